@@ -1,0 +1,310 @@
+"""Configuration: YAML files validated by pydantic, with named environments.
+
+Search order: ``--config FILE``, ``$ZHPC_CONFIG``, ``./zhpc.yaml``,
+``~/.config/zhpc/config.yaml``; with none, the embedded default (SQLite broker
+and local process backend, state under ``$ZHPC_HOME``). An environment
+(``-e NAME`` or ``$ZHPC_ENV``) is a partial configuration deep-merged over the
+base before validation, like Zocalo's ``--environment``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from zhpc.errors import ConfigError
+
+DEFAULT_DELIVERY_LIMIT = 5
+
+
+def zhpc_home() -> Path:
+    """Where zhpc keeps local state (embedded broker, spool, local jobs)."""
+    return Path(os.environ.get("ZHPC_HOME") or Path.home() / ".local/share/zhpc").expanduser()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class TLSConfig(_Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+
+class BrokerConfig(_Section):
+    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///path``."""
+
+    url: str = ""
+    password_file: Path | None = None
+    delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
+    heartbeat: int = Field(60, ge=0)
+    connection_attempts: int = Field(10, ge=1)
+    retry_delay: float = Field(1.0, ge=0)
+    tls: TLSConfig = TLSConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url and urlsplit(url).scheme not in ("amqp", "amqps", "sqlite"):
+            raise ValueError("must start with amqp://, amqps:// or sqlite:///")
+        return url
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.resolved_url_without_password()).scheme
+
+    def resolved_url_without_password(self) -> str:
+        return self.url or f"sqlite:///{zhpc_home() / 'broker.sqlite'}"
+
+    def password(self) -> str | None:
+        """The broker password: from ``password_file`` (mode 0600 only), else from the URL."""
+        if self.password_file is not None:
+            return read_secret_file(self.password_file)
+        parts = urlsplit(self.url)
+        return unquote(parts.password) if parts.password else None
+
+    def connection_url(self) -> str:
+        """The URL to connect with, password included. Never log this."""
+        url = self.resolved_url_without_password()
+        parts = urlsplit(url)
+        password = self.password()
+        if parts.scheme == "sqlite" or password is None:
+            return url
+        user = quote(unquote(parts.username or "guest"), safe="")
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}:{quote(password, safe='')}@{host}{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def display_url(self) -> str:
+        """The URL with any password replaced by ``***``: safe to print."""
+        return mask_url(self.resolved_url_without_password())
+
+    def sqlite_path(self) -> Path:
+        parts = urlsplit(self.resolved_url_without_password())
+        if parts.scheme != "sqlite":
+            raise ConfigError(f"broker.url is not a sqlite:/// URL: {self.display_url()}")
+        path = unquote(parts.path)
+        if parts.netloc:  # sqlite://relative/path
+            path = parts.netloc + path
+        return Path(path).expanduser()
+
+
+class SSHConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    key_file: Path | None = None
+    known_hosts: Path | None = None
+    strict_host_key_checking: bool = True
+    timeout: float = Field(30.0, gt=0)
+
+
+class ClusterConfig(_Section):
+    backend: Literal["local", "slurm", "ssh"] = "local"
+    partition: str | None = None
+    account: str | None = None
+    default_time: str = "01:00:00"
+    extra_sbatch_args: list[str] = []
+    command_timeout: float = Field(30.0, gt=0)
+    #: Where job scripts, recipe-wrapper files and job output go (shared filesystem on a cluster).
+    workdir: Path | None = None
+    ssh: SSHConfig = SSHConfig()
+
+    def job_workdir(self) -> Path:
+        return (self.workdir or zhpc_home() / "jobs").expanduser()
+
+
+class RecipesConfig(_Section):
+    #: Directory of ``*.json``/``*.yaml`` recipes; None means the examples shipped with zhpc.
+    directory: Path | None = None
+
+
+class StagingConfig(_Section):
+    #: Only files under these roots may be staged into or out of a job.
+    allowed_roots: list[Path] = []
+
+
+class ServiceConfig(_Section):
+    queue: str | None = None
+    prefetch: int = Field(100, ge=1)
+    max_runtime: float | None = Field(None, gt=0)
+    idle_timeout: float | None = Field(None, gt=0)
+    heartbeat_interval: float = Field(30.0, gt=0)
+    #: Free parameters a service reads for itself.
+    parameters: dict[str, Any] = {}
+
+
+class ScalerConfig(_Section):
+    min_jobs: int = Field(0, ge=0)
+    max_jobs: int = Field(20, ge=0)
+    messages_per_job: int = Field(100, ge=1)
+    time: str | None = None
+    partition: str | None = None
+    interval: float = Field(60.0, gt=0)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    broker: BrokerConfig = BrokerConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    recipes: RecipesConfig = RecipesConfig()
+    staging: StagingConfig = StagingConfig()
+    services: dict[str, ServiceConfig] = {}
+    scaler: dict[str, ScalerConfig] = {}
+    logging: LoggingConfig = LoggingConfig()
+    #: Named partial configurations, overlaid by ``-e NAME``; not part of the result.
+    environments: dict[str, dict[str, Any]] = {}
+
+    #: Where this configuration came from (None: the embedded default); not a YAML key.
+    source: Path | None = Field(None, exclude=True)
+    environment: str | None = Field(None, exclude=True)
+
+    def service(self, name: str) -> ServiceConfig:
+        return self.services.get(name) or ServiceConfig()
+
+    def scaler_for(self, name: str) -> ScalerConfig:
+        return self.scaler.get(name) or ScalerConfig()
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def read_secret_file(path: Path) -> str:
+    """Read a secret, refusing a file that group or others may read or write."""
+    path = path.expanduser()
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"password file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"password file {path} has mode {stat.S_IMODE(mode):04o}; "
+            "it must be readable by its owner only (chmod 600)"
+        )
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"password file {path}: cannot read: {exc}") from None
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The configuration file to use, following the documented search order."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        return path
+    env = os.environ.get("ZHPC_CONFIG")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} (from ZHPC_CONFIG) does not exist")
+        return path
+    for candidate in (Path("zhpc.yaml"), Path.home() / ".config/zhpc/config.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    return f"{path}: {error['msg']}"
+
+
+def parse_config(
+    data: Any, *, source: Path | None = None, environment: str | None = None
+) -> Config:
+    """Validate already-parsed YAML, overlaying ``environment`` if given."""
+    where = str(source) if source else "configuration"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    if environment:
+        environments = data.get("environments") or {}
+        if not isinstance(environments, dict) or environment not in environments:
+            known = ", ".join(sorted(environments)) if isinstance(environments, dict) else ""
+            raise ConfigError(
+                f"{where}: environment {environment!r} is not defined"
+                + (f" (known: {known})" if known else "")
+            )
+        overlay = environments[environment]
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"{where}: environments.{environment}: must be a mapping")
+        data = _deep_merge(data, overlay)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        raise ConfigError(f"{where}: {problems}") from None
+    config.source = source
+    config.environment = environment
+    return config
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environment: str | None = None
+) -> Config:
+    """Find, read and validate the configuration (the embedded default if there is none)."""
+    environment = environment or os.environ.get("ZHPC_ENV") or None
+    source = find_config_file(path)
+    if source is None:
+        if environment:
+            raise ConfigError(
+                f"environment {environment!r} requested but no configuration file was found"
+            )
+        return Config()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    config = parse_config(data, source=source, environment=environment)
+    if config.broker.password_file is not None:
+        config.broker.password()  # fail early on a world-readable password file
+    return config
+
+
+def masked_dump(config: Config) -> dict[str, Any]:
+    """The effective configuration as plain data, with every secret masked."""
+    data = config.model_dump(mode="json", exclude={"environments"})
+    data["broker"]["url"] = config.broker.display_url()
+    return data
