@@ -1,0 +1,195 @@
+"""The transport interface: everything a service needs from a message broker.
+
+Threading contract, shared by every implementation:
+
+* Subscription callbacks run only on the thread that calls :meth:`Transport.poll`
+  (normally the service's main thread), one message at a time.
+* ``publish``/``ack``/``nack``/``commit``/``dead_letter``/``hand_back`` may be
+  called from that same thread (implementations may do the I/O elsewhere).
+* A transport may keep an I/O thread of its own (heartbeats, confirms) so that
+  long work in a callback never starves the connection.
+
+Delivery guarantees: at least once. A message is removed from its queue only
+by ``ack`` (directly, or through ``commit``/``dead_letter``/``hand_back``); if
+the consumer dies, the broker hands it out again with ``delivery_count`` + 1.
+Queues declared by zhpc have a delivery limit; a message delivered more often
+than that goes to ``dlq.<queue>`` with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Self
+
+from zhpc.message import Message, Outgoing
+
+#: Header on a copy put into ``dlq.<queue>`` by zhpc itself (not by the broker's delivery limit).
+DEAD_LETTER_REASON_HEADER = "zhpc-dead-letter-reason"
+#: Header naming the queue a dead-lettered message came from.
+DEAD_LETTER_QUEUE_HEADER = "zhpc-dead-letter-queue"
+#: Header counting how often a message was handed back on drain (not failures).
+HANDBACK_HEADER = "zhpc-handbacks"
+
+Callback = Callable[[Message], None]
+
+
+def dlq_name(queue: str) -> str:
+    """The dead-letter queue of a work queue."""
+    return f"dlq.{queue}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """What the scaler needs to know about a queue.
+
+    ``unacked`` is None where the broker cannot tell cheaply (RabbitMQ over AMQP).
+    """
+
+    ready: int
+    unacked: int | None
+    consumers: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeathRecord:
+    """Why a message in a dead-letter queue is there."""
+
+    reason: str  # e.g. "delivery_limit", "malformed", "rejected"
+    queue: str  # the queue it died in
+    count: int  # deliveries before it died (0 if unknown)
+    detail: str = ""
+
+
+class Transport(abc.ABC):
+    """A connection to one broker. Lifecycle: ``connect()`` … ``close()``, or use ``with``."""
+
+    def __init__(self, *, delivery_limit: int = 5) -> None:
+        self.delivery_limit = delivery_limit
+
+    # -- lifecycle -------------------------------------------------------------
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Connect (retrying with backoff); raises TransportError when it gives up."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection; unacked messages go back to their queues."""
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- topology --------------------------------------------------------------
+    @abc.abstractmethod
+    def declare_queue(self, name: str, *, delivery_limit: int | None = None) -> None:
+        """Declare a durable work queue and its ``dlq.<name>``; idempotent.
+
+        ``delivery_limit`` None means the transport's default. A queue that
+        already exists with other arguments is used as it is.
+        """
+
+    # -- sending ---------------------------------------------------------------
+    @abc.abstractmethod
+    def publish(self, message: Outgoing) -> None:
+        """Publish and wait until the broker has taken responsibility for it.
+
+        A ``queue`` destination is declared on first use, so work sent to a
+        service that never ran waits for it. Raises UnroutableError if the
+        broker could route it nowhere (broadcasts to no listener are fine),
+        TransportError on any other failure: never drops silently.
+        """
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish several, confirmed together (cheaper than one by one)."""
+        for message in messages:
+            self.publish(message)
+
+    # -- receiving -------------------------------------------------------------
+    @abc.abstractmethod
+    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> str:
+        """Consume ``queue`` (declared if needed) with manual acks; returns a subscription id."""
+
+    @abc.abstractmethod
+    def subscribe_broadcast(self, topic: str, callback: Callback) -> str:
+        """Receive broadcasts on ``topic`` from now on (no acks needed)."""
+
+    @abc.abstractmethod
+    def unsubscribe(self, subscription: str) -> None:
+        """Stop new deliveries; messages already delivered must still be acked or nacked."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> int:
+        """Run callbacks for messages that arrive within ``timeout`` seconds; return how many."""
+
+    # -- settling --------------------------------------------------------------
+    @abc.abstractmethod
+    def ack(self, message: Message) -> None:
+        """The message is done: remove it from its queue."""
+
+    @abc.abstractmethod
+    def nack(self, message: Message, *, requeue: bool = True) -> None:
+        """Processing failed: return it (counts toward the delivery limit) or reject it."""
+
+    @abc.abstractmethod
+    def commit(self, outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
+        """Publish ``outputs``, then ack ``ack`` once every output is confirmed.
+
+        Either both happen or, if the process dies in between, the input is
+        delivered again (duplicates of outputs are possible, losses are not).
+        May return before the broker has answered, so that a service can
+        pipeline; the future completes when the ack was sent, or fails (and the
+        input is returned to its queue) if an output could not be published.
+        """
+
+    @abc.abstractmethod
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait for every pending ``commit``; raise TransportError if one failed or timed out."""
+
+    @abc.abstractmethod
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Move a message to ``dlq.<queue>`` at once (no retries), recording ``reason``."""
+
+    @abc.abstractmethod
+    def hand_back(self, message: Message) -> None:
+        """Return a message unprocessed without counting it as a failed delivery.
+
+        Used when a job must stop (drain): the copy keeps its headers, including
+        zhpc's message id, and ``zhpc-handbacks`` goes up by one.
+        """
+
+    # -- inspection ------------------------------------------------------------
+    @abc.abstractmethod
+    def queue_depth(self, name: str) -> QueueDepth:
+        """Ready and in-flight messages and consumers of a queue (zeros if it does not exist)."""
+
+
+def death_record(message: Message) -> DeathRecord | None:
+    """Why a message read from a dead-letter queue died, whoever dead-lettered it."""
+    headers = message.headers
+    reason = headers.get(DEAD_LETTER_REASON_HEADER)
+    if reason is not None:
+        return DeathRecord(
+            reason=str(reason).split(":", 1)[0],
+            queue=str(headers.get(DEAD_LETTER_QUEUE_HEADER, "")),
+            count=int(headers.get("x-delivery-count", 0) or 0),
+            detail=str(reason),
+        )
+    deaths: Any = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        first = deaths[0]
+        return DeathRecord(
+            reason=_text(first.get("reason", "")),
+            queue=_text(first.get("queue", "")),
+            count=int(first.get("count", 0) or 0),
+        )
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
