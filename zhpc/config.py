@@ -40,7 +40,7 @@ class TLSConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///path``."""
+    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///path`` (``sqlite:////abs/path``)."""
 
     url: str = ""
     password_file: Path | None = None
@@ -92,9 +92,11 @@ class BrokerConfig(_Section):
         parts = urlsplit(self.resolved_url_without_password())
         if parts.scheme != "sqlite":
             raise ConfigError(f"broker.url is not a sqlite:/// URL: {self.display_url()}")
-        path = unquote(parts.path)
-        if parts.netloc:  # sqlite://relative/path
-            path = parts.netloc + path
+        # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
+        path = unquote(parts.netloc + parts.path)
+        path = path[1:] if path.startswith("/") else path
+        if not path:
+            raise ConfigError("broker.url sqlite:/// needs a file path")
         return Path(path).expanduser()
 
 
@@ -222,7 +224,7 @@ def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | N
         return path
     for candidate in (Path("zhpc.yaml"), Path.home() / ".config/zhpc/config.yaml"):
         if candidate.is_file():
-            return candidate
+            return candidate.resolve()
     return None
 
 

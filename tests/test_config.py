@@ -1,0 +1,163 @@
+"""Configuration loading: search order, environments, secrets and every error path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zhpc.cli import main
+from zhpc.config import load_config
+from zhpc.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No user configuration leaks in: HOME, ZHPC_* and the working directory are ours."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ZHPC_HOME", str(tmp_path / "state"))
+    for name in ("ZHPC_CONFIG", "ZHPC_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_no_file_gives_embedded_default(tmp_path: Path) -> None:
+    config = load_config()
+    assert config.source is None
+    assert config.broker.scheme == "sqlite"
+    assert config.broker.sqlite_path() == tmp_path / "state" / "broker.sqlite"
+    assert config.cluster.backend == "local"
+
+
+def test_search_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = write(tmp_path / "home/.config/zhpc/config.yaml", "cluster: {backend: slurm}\n")
+    assert load_config().source == home
+    local = write(tmp_path / "zhpc.yaml", "cluster: {backend: ssh}\n")
+    assert load_config().source == local
+    env = write(tmp_path / "env.yaml", "cluster: {partition: env}\n")
+    monkeypatch.setenv("ZHPC_CONFIG", str(env))
+    assert load_config().cluster.partition == "env"
+    explicit = write(tmp_path / "explicit.yaml", "cluster: {partition: explicit}\n")
+    assert load_config(explicit).cluster.partition == "explicit"
+
+
+def test_environment_overlays_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path / "c.yaml",
+        """
+broker: {url: "amqp://zhpc@rabbit.example:5672/", delivery_limit: 3}
+cluster: {backend: slurm, partition: main, extra_sbatch_args: ["--qos=normal"]}
+services:
+  dispatcher: {prefetch: 10}
+environments:
+  test:
+    broker: {url: "amqp://guest@127.0.0.1/"}
+    services:
+      dispatcher: {idle_timeout: 60}
+""",
+    )
+    base = load_config(path)
+    assert base.broker.url.startswith("amqp://zhpc@rabbit")
+    assert base.service("dispatcher").idle_timeout is None
+    test = load_config(path, "test")
+    assert test.environment == "test"
+    assert test.broker.url == "amqp://guest@127.0.0.1/"
+    assert test.broker.delivery_limit == 3  # kept from the base
+    assert test.cluster.partition == "main"
+    assert test.service("dispatcher").prefetch == 10
+    assert test.service("dispatcher").idle_timeout == 60
+    monkeypatch.setenv("ZHPC_ENV", "test")
+    assert load_config(path).environment == "test"
+
+
+def test_password_file_is_used_and_masked(tmp_path: Path) -> None:
+    secret = write(tmp_path / "pw", "s3cr#t/pass\n", mode=0o600)
+    text = f"broker: {{url: 'amqp://zhpc@127.0.0.1:5672/', password_file: {secret}}}\n"
+    path = write(tmp_path / "c.yaml", text)
+    config = load_config(path)
+    assert config.broker.password() == "s3cr#t/pass"
+    assert config.broker.connection_url() == "amqp://zhpc:s3cr%23t%2Fpass@127.0.0.1:5672/"
+    assert "s3cr" not in config.broker.display_url()
+
+
+def test_config_show_never_prints_a_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "c.yaml", "broker: {url: 'amqp://zhpc:hunter2@127.0.0.1/'}\n")
+    assert main(["--config", str(path), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "amqp://zhpc:***@127.0.0.1/" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("broker: [unclosed\n", "invalid YAML (line 2"),
+        ("broker: {urll: x}\n", "broker.urll: unknown key"),
+        ("broker: {delivery_limit: many}\n", "broker.delivery_limit: Input should be"),
+        ("cluster: {backend: pbs}\n", "cluster.backend: Input should be 'local', 'slurm' or 'ssh'"),
+        ("broker: {url: 'http://x'}\n", "broker.url: Value error, must start with amqp://"),
+        ("services: {dispatcher: {prefetch: 0}}\n", "services.dispatcher.prefetch:"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+    ],
+)
+def test_bad_files_give_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = write(tmp_path / "bad.yaml", text)
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"zhpc: error: {path}: ")
+    assert expected in err
+
+
+def test_world_readable_password_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = write(tmp_path / "pw", "hunter2\n", mode=0o644)
+    path = write(tmp_path / "c.yaml", f"broker: {{password_file: {secret}}}\n")
+    assert main(["--config", str(path), "config", "check"]) == 2
+    err = capsys.readouterr().err
+    assert "mode 0644" in err and "chmod 600" in err
+    assert "hunter2" not in err
+
+
+def test_missing_file_and_unknown_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(tmp_path / "nope.yaml"), "config", "check"]) == 2
+    assert "nope.yaml does not exist" in capsys.readouterr().err
+    path = write(tmp_path / "c.yaml", "environments: {live: {}}\n")
+    assert main(["--config", str(path), "-e", "tset", "config", "check"]) == 2
+    assert "environment 'tset' is not defined (known: live)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="no configuration file"):
+        load_config(environment="live")
+
+
+def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
+    """The installed entry point, run as a user would: one line on stderr, exit 2."""
+    path = write(tmp_path / "bad.yaml", "logging: {level: LOUD}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "zhpc.cli", "--config", str(path), "config", "check"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"zhpc: error: {path}: logging.level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
+    ]
