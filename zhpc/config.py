@@ -141,6 +141,11 @@ class ServiceConfig(_Section):
     max_runtime: float | None = Field(None, gt=0)
     idle_timeout: float | None = Field(None, gt=0)
     heartbeat_interval: float = Field(30.0, gt=0)
+    #: After a drain signal, how long the message in progress may still run before it is
+    #: handed back. Keep it below the scheduler's KillWait (Slurm's default: 30 s).
+    drain_grace: float = Field(10.0, ge=0)
+    #: Stop this long before the job's wall-clock end, leaving time to hand back and exit.
+    end_margin: float = Field(15.0, ge=0)
     #: Free parameters a service reads for itself.
     parameters: dict[str, Any] = {}
 

@@ -1,0 +1,419 @@
+"""Services: a class with ``process()``, and the runner that makes killing it harmless.
+
+A :class:`Service` handles one message at a time. The :class:`ServiceRunner`
+feeds it from a queue and settles every message in exactly one way:
+
+* ``process`` returned: everything it sent is published and confirmed, then the
+  input is acked (``Transport.commit``). Confirms are pipelined, so the next
+  message is processed while the broker confirms the previous one.
+* ``process`` raised: if the step has an ``error`` route (or the recipe a
+  top-level one) the error details go there and the input is acked; otherwise
+  the input is returned to its queue, which counts toward the delivery limit,
+  so a message that keeps failing ends in ``dlq.<queue>``.
+* the message cannot be a recipe message at all (not JSON, no recipe, a pointer
+  to a missing step): it is dead-lettered at once with the reason.
+* the job must stop (signal, ``--max-runtime``, the Slurm end time) and the
+  message cannot be finished in time: it is handed back without counting as a
+  failure, and the runner exits 0.
+
+Threads: everything here runs on the main thread, which is also where the
+transport runs subscription callbacks (``Transport.poll``). A drain deadline
+during ``process`` is delivered by SIGALRM, which raises :class:`DrainDeadline`
+inside ``process``; code that is stuck in C and never returns to Python is
+killed by the scheduler instead, and its message is then redelivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, ClassVar
+
+from zhpc import __version__
+from zhpc.config import Config, ServiceConfig
+from zhpc.errors import RecipeError, ZhpcError
+from zhpc.jobenv import Drain, JobEnvironment
+from zhpc.message import Message, Outgoing
+from zhpc.recipe import RecipeWrapper
+from zhpc.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+STATUS_TOPIC = "transient.status"
+
+# workflows' service status codes, so its status monitors understand zhpc services.
+STATUS_STARTING, STATUS_IDLE, STATUS_PROCESSING, STATUS_SHUTDOWN, STATUS_END = 1, 2, 4, 5, 6
+_STATUS_TEXT = {1: "starting", 2: "idle", 4: "processing", 5: "shutting down", 6: "shutdown"}
+
+
+class Rejected(ZhpcError):
+    """A message that can never be processed: dead-letter it now instead of retrying."""
+
+
+class DrainDeadline(BaseException):
+    """Raised inside ``process`` when the job must stop before the message is done.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a
+    service does not swallow it.
+    """
+
+
+class Service:
+    """Base class of zhpc services: subclass it and implement :meth:`process`.
+
+    Register the class under the ``zhpc.services`` entry point group; the
+    entry point's name is the service's name (``zhpc service -s NAME``).
+    """
+
+    #: The queue consumed when the configuration names none (default: the service name).
+    queue: ClassVar[str | None] = None
+
+    def __init__(
+        self, name: str, settings: ServiceConfig | None = None, config: Config | None = None
+    ) -> None:
+        self.name = name
+        #: The whole zhpc configuration (broker, recipes directory, ...).
+        self.config = config or Config()
+        #: This service's own section, with command-line overrides applied.
+        self.settings = settings or self.config.service(name)
+        #: Free parameters from the service's configuration section.
+        self.parameters: dict[str, Any] = dict(self.settings.parameters)
+        self.log = logging.getLogger(f"zhpc.services.{name}")
+        self._outputs: list[Outgoing] | None = None
+        #: The message being processed (None between messages).
+        self.current_message: Message | None = None
+
+    # -- for subclasses ----------------------------------------------------------
+    def setup(self) -> None:
+        """Called once before the first message: open files, front-load lookups."""
+
+    def teardown(self) -> None:
+        """Called once after the last message, also after a drain."""
+
+    def process(self, rw: RecipeWrapper, payload: Any) -> None:
+        """Handle one message; send results with ``rw.send``/``rw.send_to``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement process()")
+
+    def publish(self, message: Outgoing) -> None:
+        """Send a message outside the recipe, atomically with the current input's ack."""
+        if self._outputs is None:
+            raise RuntimeError("publish() is only possible while a message is being processed")
+        self._outputs.append(message)
+
+    # -- used by the runner --------------------------------------------------------
+    def receive(self, message: Message, outputs: list[Outgoing]) -> None:
+        """Turn one received message into outputs (collected in ``outputs``).
+
+        Raises :class:`Rejected` for a message that is not a recipe message.
+        Services that consume something other than recipe messages (the
+        Dispatcher) override this.
+        """
+        self._outputs = outputs
+        self.current_message = message
+        try:
+            try:
+                rw = RecipeWrapper.from_message(message, emit=outputs.append)
+            except RecipeError as exc:
+                raise Rejected(str(exc)) from None
+            try:
+                self.process(rw, rw.payload)
+            except Exception as exc:
+                outputs.clear()  # nothing half-done leaves this step
+                if not rw.send_error(self.error_details(exc, rw, message)):
+                    raise
+                self.log.warning(
+                    "step %s failed, error route taken: %s", rw.recipe_pointer, exc, exc_info=True
+                )
+        finally:
+            self._outputs = None
+            self.current_message = None
+
+    def error_details(self, exc: Exception, rw: RecipeWrapper, message: Message) -> dict[str, Any]:
+        """What an error route receives when :meth:`process` raised."""
+        return {
+            "error": str(exc) or type(exc).__name__,
+            "exception": type(exc).__name__,
+            "traceback": traceback.format_exc(limit=20),
+            "service": self.name,
+            "host": socket.gethostname(),
+            "recipe-pointer": rw.recipe_pointer,
+            "message-id": message.message_id,
+            "payload": rw.payload,
+        }
+
+
+class _Utilization:
+    """Share of the last ``period`` seconds spent in each status, as workflows reports it."""
+
+    def __init__(self, period: float = 10.0) -> None:
+        self.period = period
+        self.history: list[tuple[float, int]] = [(time.time(), STATUS_STARTING)]
+
+    def enter(self, status: int) -> None:
+        if self.history[-1][1] != status:
+            self.history.append((time.time(), status))
+
+    def report(self) -> dict[int, float]:
+        now = time.time()
+        cutoff = now - self.period
+        spent: dict[int, float] = {}
+        ends = [start for start, _ in self.history[1:]] + [now]
+        for (start, status), end in zip(self.history, ends, strict=True):
+            if end > cutoff:
+                spent[status] = spent.get(status, 0.0) + end - max(start, cutoff)
+        while len(self.history) > 1 and self.history[1][0] < cutoff:
+            self.history.pop(0)
+        total = sum(spent.values()) or 1.0
+        return {status: round(seconds / total, 4) for status, seconds in spent.items()}
+
+
+class ServiceRunner:
+    """Runs one service on one queue until it drains; returns the process exit code."""
+
+    def __init__(
+        self,
+        service: Service,
+        transport: Transport,
+        *,
+        queue: str | None = None,
+        job: JobEnvironment | None = None,
+        drain: Drain | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.transport = transport
+        self.queue = queue or service.settings.queue or service.queue or service.name
+        self.job = job if job is not None else JobEnvironment.from_environ()
+        self.drain = drain or Drain(job=self.job)
+        self.clock = clock
+        self.processed = 0
+        self.failed = 0
+        self.handed_back = 0
+        self.dead_lettered = 0
+        self._status = STATUS_STARTING
+        self._utilization = _Utilization()
+        self._busy = False
+        self._deadline_passed = False
+        self._subscription: str | None = None
+        self._started = clock()
+        self._last_activity = self._started
+        self._next_heartbeat = self._started
+        self._host_id = f"{'.'.join(reversed(socket.gethostname().split('.')))}.{os.getpid()}"
+
+    # -- deadlines ------------------------------------------------------------------
+    def end_deadline(self) -> float | None:
+        """Monotonic time by which this service must have stopped processing, if any."""
+        config = self.service.settings
+        ends = []
+        if config.max_runtime is not None:
+            ends.append(self._started + config.max_runtime)
+        remaining = self.job.remaining()
+        if remaining is not None:
+            ends.append(self.clock() + remaining - config.end_margin)
+        return min(ends) if ends else None
+
+    def hard_deadline(self) -> float | None:
+        """When a message still in ``process`` must be handed back."""
+        deadline = self.end_deadline()
+        if self.drain.requested and self._drain_started is not None:
+            after_signal = self._drain_started + self.service.settings.drain_grace
+            deadline = after_signal if deadline is None else min(deadline, after_signal)
+        return deadline
+
+    _drain_started: float | None = None
+
+    def _arm_alarm(self) -> None:
+        deadline = self.hard_deadline()
+        if deadline is None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return
+        signal.setitimer(signal.ITIMER_REAL, max(deadline - self.clock(), 0.001))
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        if self._busy and not self._deadline_passed:
+            self._deadline_passed = True
+            raise DrainDeadline
+
+    def _on_drain_signal(self, sig: signal.Signals) -> None:
+        if self._drain_started is None:
+            self._drain_started = self.clock()
+            log.info("%s: %s, draining", self.service.name, sig.name)
+        if self._busy:
+            self._arm_alarm()
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self) -> int:
+        """Process messages until drained; 0 on a clean exit (drains included)."""
+        old_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
+        self.drain.on_signal(self._on_drain_signal)
+        self.drain.install()
+        try:
+            self.service.setup()
+            self.transport.declare_queue(self.queue)
+            self._subscription = self.transport.subscribe(
+                self.queue, self._on_message, prefetch=self.service.settings.prefetch
+            )
+            self._set_status(STATUS_IDLE)
+            log.info("%s: consuming %s", self.service.name, self.queue)
+            while not self._should_stop():
+                self.transport.poll(self._poll_timeout())
+                self._heartbeat()
+            self._shutdown()
+            return 0
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_alarm)
+            self.drain.uninstall()
+
+    def _should_stop(self) -> bool:
+        if self.drain.requested:
+            return True
+        now = self.clock()
+        end = self.end_deadline()
+        if end is not None and now >= end:
+            self.drain.request("end of the job's time")
+            return True
+        idle = self.service.settings.idle_timeout
+        if idle is not None and now - self._last_activity >= idle:
+            self.drain.request(f"idle for {idle:g} s")
+            return True
+        return False
+
+    def _poll_timeout(self) -> float:
+        now = self.clock()
+        wake = [now + 0.5, self._next_heartbeat]
+        end = self.end_deadline()
+        if end is not None:
+            wake.append(end)
+        return max(min(wake) - now, 0.0)
+
+    def _on_message(self, message: Message) -> None:
+        self._last_activity = self.clock()
+        if self._should_stop() or self._too_long_for_the_time_left(message):
+            self._hand_back(message)
+            return
+        outputs: list[Outgoing] = []
+        self._set_status(STATUS_PROCESSING)
+        self._busy = True
+        self._deadline_passed = False
+        self._arm_alarm()
+        try:
+            self.service.receive(message, outputs)
+        except DrainDeadline:
+            self._busy = False
+            log.warning("%s: out of time, handing message %s back", self.service.name,
+                        message.message_id)
+            self._hand_back(message)
+            self.drain.request("out of time during a message")
+        except Rejected as exc:
+            self._busy = False
+            self.dead_lettered += 1
+            log.error("%s: dead-lettering message %s: %s", self.service.name,
+                      message.message_id, exc)
+            self.transport.dead_letter(message, f"malformed: {exc}")
+        except Exception as exc:
+            self._busy = False
+            self.failed += 1
+            log.error("%s: processing failed (delivery %d), returning message %s: %s",
+                      self.service.name, message.delivery_count, message.message_id, exc,
+                      exc_info=True)
+            self.transport.nack(message, requeue=True)
+        else:
+            self._busy = False
+            self.transport.commit(outputs, ack=message).add_done_callback(self._committed)
+        finally:
+            self._busy = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._set_status(STATUS_IDLE)
+            self._last_activity = self.clock()
+
+    def _too_long_for_the_time_left(self, message: Message) -> bool:
+        """True if the step declares an ``expected_runtime`` that no longer fits."""
+        end = self.end_deadline()
+        if end is None:
+            return False
+        expected = _expected_runtime(message)
+        return expected is not None and self.clock() + expected > end
+
+    def _committed(self, future: Future[None]) -> None:
+        exc = future.exception()
+        if exc is None:
+            self.processed += 1
+        else:
+            self.failed += 1
+            log.error("%s: outputs not confirmed, message returned to its queue: %s",
+                      self.service.name, exc)
+
+    def _hand_back(self, message: Message) -> None:
+        self.handed_back += 1
+        self.transport.hand_back(message)
+
+    def _shutdown(self) -> None:
+        log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
+        self._set_status(STATUS_SHUTDOWN)
+        if self._subscription is not None:
+            self.transport.unsubscribe(self._subscription)
+            # Messages already prefetched go back without counting as failures.
+            while self.transport.poll(0):
+                pass
+        try:
+            self.transport.flush(timeout=max(self.service.settings.drain_grace, 5.0))
+        finally:
+            self.service.teardown()
+            self._set_status(STATUS_END)
+            self._heartbeat(force=True)
+        log.info("%s: stopped after %d processed, %d failed, %d handed back, %d dead-lettered",
+                 self.service.name, self.processed, self.failed, self.handed_back,
+                 self.dead_lettered)
+
+    # -- status -------------------------------------------------------------------
+    def _set_status(self, status: int) -> None:
+        self._status = status
+        self._utilization.enter(status)
+
+    def status(self) -> dict[str, Any]:
+        """The status broadcast: workflows' fields plus zhpc's own."""
+        return {
+            "host": self._host_id,
+            "status": self._status,
+            "statustext": _STATUS_TEXT.get(self._status, ""),
+            "service": self.service.name,
+            "serviceclass": type(self.service).__name__,
+            "utilization": self._utilization.report(),
+            "workflows": f"zhpc {__version__}",
+            "zhpc": __version__,
+            "queue": self.queue,
+            "slurm_job_id": self.job.slurm_job_id,
+            "job_id": self.job.job_id,
+            "processed": self.processed,
+            "failed": self.failed,
+            "handed_back": self.handed_back,
+            "dead_lettered": self.dead_lettered,
+        }
+
+    def _heartbeat(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.service.settings.heartbeat_interval
+        try:
+            self.transport.publish(Outgoing.json(STATUS_TOPIC, self.status(), kind="topic",
+                                                 expiration=15))
+        except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
+            log.warning("%s: status heartbeat not sent: %s", self.service.name, exc)
+
+
+def _expected_runtime(message: Message) -> float | None:
+    try:
+        body = message.json()
+        step = body["recipe"][str(body["recipe-pointer"])]
+        value = step.get("parameters", {}).get("expected_runtime")
+        return float(value) if value is not None else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
