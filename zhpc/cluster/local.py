@@ -229,6 +229,12 @@ class LocalCluster(Cluster):
             if _alive(pid_info.get("pid"), pid_info.get("start_time")):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid_info["pid"], signal.SIGTERM)
+                continue
+            # Supervisor gone (NODE_FAIL): its orphaned command must not run on.
+            state = _read_json(task_dir / _STATE) or {}
+            if _alive(state.get("child_pid"), state.get("child_start_time")):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(state["child_pid"], signal.SIGKILL)
 
 
 # -- the supervisor (runs as ``python -m zhpc.cluster.local TASKDIR``) ---------------
@@ -286,7 +292,12 @@ class _Supervisor:
             output.close()
             if error is not subprocess.STDOUT:
                 error.close()
-        self._state("RUNNING", start_time=start)
+        self._state(
+            "RUNNING",
+            start_time=start,
+            child_pid=child.pid,
+            child_start_time=process_start_time(child.pid),
+        )
         returncode, outcome, reason = self._watch(child, deadline)
         final = {"start_time": start, "end_time": time.time()}
         if returncode < 0:
