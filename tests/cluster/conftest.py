@@ -96,6 +96,10 @@ def rabbitmq_up() -> None:
 @pytest.fixture(scope="session")
 def ssh_config() -> SSHConfig:
     """Client settings for the test sshd on 127.0.0.1:2222 (key auth, strict host keys)."""
+    try:
+        import paramiko  # noqa: F401
+    except ImportError:
+        unavailable("paramiko is not installed (pip install -e '.[ssh]')")
     key = STATE_DIR / "ssh" / "id_ed25519"
     known_hosts = STATE_DIR / "ssh" / "known_hosts"
     if not (key.is_file() and known_hosts.is_file()) or not port_open(2222):

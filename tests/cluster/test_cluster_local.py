@@ -210,6 +210,7 @@ def test_unknown_command_fails_cleanly(local: LocalCluster, unique_name: str, wa
         ({"argv": ["a"], "env": {"BAD NAME": "x"}}, "environment"),
         ({"argv": ["a"], "time_limit": "soon"}, "time limit"),
         ({"argv": ["a"], "signal": "B:USR1@x"}, "signal"),
+        ({"argv": ["a"], "signal": "B:NOSUCH@10"}, "signal"),
     ],
 )
 def test_bad_specs_are_refused(kwargs: dict, message: str) -> None:

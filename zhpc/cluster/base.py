@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+import signal as _signal
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ DEFAULT_NAME_PREFIX = "zhpc"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SIGNAL_SPEC = re.compile(r"(?:[BR]{1,2}:)?(?:SIG)?[A-Z0-9]+(?:@\d+)?\Z")
+_SIGNAL_NAMES = frozenset(_signal.Signals.__members__)
 _TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\Z")
 
 
@@ -93,8 +95,10 @@ class JobSpec:
         for key, value in self.env.items():
             if not _ENV_NAME.match(key) or not isinstance(value, str) or "\0" in value:
                 raise ClusterError(f"job {self.name}: bad environment variable {key!r}")
-        if self.signal is not None and not _SIGNAL_SPEC.match(self.signal):
-            raise ClusterError(f"job {self.name}: bad signal spec {self.signal!r}")
+        if self.signal is not None:
+            parts = self.signal_parts() if _SIGNAL_SPEC.match(self.signal) else None
+            if parts is None or not (parts[0].isdigit() or f"SIG{parts[0]}" in _SIGNAL_NAMES):
+                raise ClusterError(f"job {self.name}: bad signal spec {self.signal!r}")
         if self.time_limit is not None:
             time_limit_seconds(self.time_limit)  # validate early
         object.__setattr__(self, "extra_args", tuple(self.extra_args))
