@@ -1,0 +1,114 @@
+"""zhpc.jobenv: which job we are in, when it ends, and drain on signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from zhpc.jobenv import DRAIN_SIGNALS, Drain, JobEnvironment
+
+
+def test_slurm_variables_are_read() -> None:
+    env = JobEnvironment.from_environ(
+        {
+            "SLURM_JOB_ID": "42",
+            "SLURM_ARRAY_JOB_ID": "40",
+            "SLURM_ARRAY_TASK_ID": "2",
+            "SLURM_RESTART_COUNT": "1",
+            "SLURMD_NODENAME": "n2",
+            "SLURM_JOB_NAME": "zhpc-svc",
+        }
+    )
+    assert (env.scheduler, env.job_id, env.array_job_id, env.array_task_id) == (
+        "slurm", "42", "40", 2,
+    )  # fmt: skip
+    assert (env.restart_count, env.node, env.job_name, env.in_job) == (1, "n2", "zhpc-svc", True)
+
+
+def test_local_backend_variables_and_end_time() -> None:
+    end = time.time() + 100
+    env = JobEnvironment.from_environ(
+        {"ZHPC_JOB_ID": "7_1", "ZHPC_ARRAY_JOB_ID": "7", "ZHPC_ARRAY_TASK_ID": "1",
+         "ZHPC_JOB_END_TIME": f"{end:.3f}"}
+    )  # fmt: skip
+    assert (env.scheduler, env.job_id, env.array_task_id) == ("local", "7_1", 1)
+    assert env.end_time() == pytest.approx(end, abs=0.01)
+    assert 90 < env.remaining() <= 100.01
+
+
+def test_outside_a_job_there_is_no_end_time() -> None:
+    env = JobEnvironment.from_environ({})
+    assert not env.in_job and env.end_time() is None and env.remaining() is None
+
+
+@pytest.mark.parametrize("signum", DRAIN_SIGNALS, ids=lambda s: s.name)
+def test_each_drain_signal_sets_the_flag(signum: signal.Signals) -> None:
+    seen = []
+    previous = signal.getsignal(signum)
+    with Drain() as drain:
+        drain.on_signal(seen.append)
+        assert not drain.should_drain()
+        os.kill(os.getpid(), signum)
+        assert drain.wait(5)
+        assert drain.should_drain() and drain.signal is signum and seen == [signum]
+        assert drain.reason == f"received {signum.name}"
+    assert signal.getsignal(signum) == previous
+
+
+def test_second_sigint_interrupts() -> None:
+    with Drain() as drain:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert drain.wait(5)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # interrupted by the handler at once
+
+
+def test_max_runtime_and_end_time_trigger_drain() -> None:
+    drain = Drain(max_runtime=0.05)
+    assert not drain.should_drain()
+    deadline = time.monotonic() + 5
+    while not drain.should_drain() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert drain.reason == "max runtime reached"
+
+    job = JobEnvironment.from_environ(
+        {"ZHPC_JOB_ID": "1", "ZHPC_JOB_END_TIME": str(time.time() + 30)}
+    )
+    drain = Drain(job=job)
+    assert not drain.should_drain(grace=10)
+    assert drain.should_drain(grace=60) and drain.reason == "job end time within 60 s"
+
+
+def test_a_subprocess_drains_on_sigusr1_from_outside(tmp_path: Path) -> None:
+    program = textwrap.dedent(
+        """
+        from zhpc.jobenv import Drain
+        drain = Drain().install()
+        print("ready", flush=True)
+        if drain.wait(30):
+            print("drained", drain.signal.name, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGUSR1)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert out == "drained SIGUSR1\n" and proc.returncode == 0
+
+
+def test_importing_jobenv_stays_cheap() -> None:
+    heavy = "{'subprocess', 'pydantic', 'yaml'}"
+    code = f"import sys, zhpc.jobenv; print(sorted({heavy} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
