@@ -390,8 +390,9 @@ def _rabbitmqctl(*args: str) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_broker_restart_mid_stream_loses_nothing(names):
+def test_broker_restart_mid_stream_loses_nothing(names, caplog):
     """stop_app/start_app while a publisher and a consumer run: both resume, nothing is lost."""
+    caplog.set_level(logging.INFO, logger="zhpc.transport.rabbitmq")
     _require_broker()
     if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
         pytest.skip("needs rabbitmqctl as root to restart the broker")
@@ -445,8 +446,41 @@ def test_broker_restart_mid_stream_loses_nothing(names):
             thread.join(90)
         publisher.close()
         consumer.close()
+    text = caplog.text
+    assert text.count("lost (") >= 2 and "resubscribed to" in text  # both really reconnected
     missing = set(published) - received
     assert not missing, f"{len(missing)} confirmed messages never arrived"
     assert len(published) > 200
     # publishes that raised were reported to the caller; they may or may not have arrived
     assert len(publish_errors) <= 3
+
+
+@pytest.mark.timeout(300)
+def test_consumer_timeout_is_detected_and_the_message_redelivered(names, caplog):
+    """Needs a broker whose consumer_timeout is short (3.10 has only the global setting).
+
+    Run with ZHPC_TEST_CONSUMER_TIMEOUT_MS set to the broker's value, e.g. after
+    ``rabbitmqctl eval 'application:set_env(rabbit, consumer_timeout, 2000).'``
+    (3.10 checks it about once a minute, so this takes up to ~70 s).
+    """
+    _require_broker()
+    timeout_ms = os.environ.get("ZHPC_TEST_CONSUMER_TIMEOUT_MS")
+    if not timeout_ms:
+        pytest.skip("set ZHPC_TEST_CONSUMER_TIMEOUT_MS on a broker with a short consumer_timeout")
+    queue = names("ctimeout")
+    t = RabbitMQTransport(URL, connection_attempts=3, retry_delay=0.1)
+    t.connect()
+    try:
+        t.publish(Outgoing.json(queue, {"slow": True}))
+        got = collect(t, queue)
+        with caplog.at_level(logging.ERROR, logger="zhpc.transport.rabbitmq"):
+            poll_until(t, lambda: len(got) == 1)
+            # hold it unacked; the broker closes the channel and the transport resubscribes
+            poll_until(t, lambda: len(got) == 2, timeout=180)
+        assert "consumer_timeout" in caplog.text
+        assert got[1].message_id == got[0].message_id and got[1].redelivered
+        with pytest.raises(TransportError):
+            t.commit([], got[0]).result(10)  # the first delivery's channel is gone
+        t.ack(got[1])
+    finally:
+        t.close()

@@ -68,6 +68,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import BrokerConfig, TLSConfig
 
 log = logging.getLogger(__name__)
+# pika logs every failed connection attempt and every expected 404 on the topology
+# channel at ERROR/WARNING, several lines each; zhpc reports those itself in one line.
+if logging.getLogger("pika").level == logging.NOTSET:
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 #: Header on a dead-lettered copy: deliveries of the original before zhpc moved it.
 DEAD_LETTER_COUNT_HEADER = "zhpc-dead-letter-count"
@@ -1056,10 +1060,24 @@ def _fail(future: Future[Any], error: BaseException) -> None:
 
 
 def _describe(error: BaseException) -> str:
+    """One line for a pika error, unwrapping pika's nested connection-workflow errors."""
+    seen = 0
+    while seen < 5:
+        seen += 1
+        inner = getattr(error, "exceptions", None)
+        if isinstance(inner, list | tuple) and inner and isinstance(inner[-1], BaseException):
+            error = inner[-1]
+        elif isinstance(getattr(error, "exception", None), BaseException):
+            error = error.exception  # type: ignore[attr-defined]
+        elif error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        else:
+            break
     if isinstance(error, pika.exceptions.ConnectionClosed | pika.exceptions.ChannelClosed):
         return f"({error.reply_code}) {error.reply_text}"
-    text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}" if str(error) else text
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _mask(url: str) -> str:
