@@ -83,6 +83,8 @@ _DELAY_EXPIRY_MARGIN_MS = 60_000
 _DELAY_REDECLARE_S = 30.0
 #: Headers the broker sets on delivery; never copied into a republished message.
 _BROKER_HEADERS = ("x-delivery-count",)
+#: publish_many hands messages to the I/O thread in chunks of this many.
+_PUBLISH_CHUNK = 500
 _NOT_FOUND = 404
 _PRECONDITION_FAILED = 406
 
@@ -355,21 +357,34 @@ class RabbitMQTransport(Transport):
         self.publish_many([message])
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
-        """Publish all, wait for all confirms; retried after a lost connection (may duplicate)."""
-        if not messages:
-            return
-        pubs = [self._to_pub(m) for m in messages]
+        """Publish all, wait for all confirms; retried after a lost connection (may duplicate).
+
+        Chunks go to the I/O thread as soon as they are built, so the wire work
+        overlaps with building the rest.
+        """
+        chunks: list[tuple[list[_Pub], Future[None]]] = []
+        for start in range(0, len(messages), _PUBLISH_CHUNK):
+            pubs = [self._to_pub(m) for m in messages[start : start + _PUBLISH_CHUNK]]
+            chunks.append((pubs, self._send(pubs)))
         for attempt in itertools.count(1):
-            future: Future[None] = Future()
-            batch = _Batch(pubs, future)
-            self._submit(lambda b=batch: self._io_send_batch(b), future)
-            try:
-                self._wait(future)
+            failed: list[tuple[list[_Pub], Future[None]]] = []
+            for pubs, future in chunks:
+                try:
+                    self._wait(future)
+                except ConnectionLostError as exc:
+                    if attempt >= 3 or self._closing:
+                        raise
+                    log.warning("publish interrupted (%s); publishing again", exc)
+                    failed.append((pubs, future))
+            if not failed:
                 return
-            except ConnectionLostError as exc:
-                if attempt >= 3 or self._closing:
-                    raise
-                log.warning("publish interrupted (%s); publishing again", exc)
+            chunks = [(pubs, self._send(pubs)) for pubs, _future in failed]
+
+    def _send(self, pubs: list[_Pub]) -> Future[None]:
+        future: Future[None] = Future()
+        batch = _Batch(pubs, future)
+        self._submit(lambda: self._io_send_batch(batch), future)
+        return future
 
     def _to_pub(self, out: Outgoing) -> _Pub:
         """Declare what ``out`` needs and build its wire form (caller thread)."""
