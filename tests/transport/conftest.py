@@ -36,7 +36,7 @@ def _rabbitmq_unavailable() -> str | None:
 @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "embedded":
-        found = Backend("embedded", f"sqlite:///{tmp_path / 'broker.sqlite'}")
+        found = Backend("embedded", f"sqlite://{tmp_path / 'broker.sqlite'}")
     else:
         missing = _rabbitmq_unavailable()
         if missing:
