@@ -55,6 +55,7 @@ from pika.adapters.select_connection import IOLoop
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import MESSAGE_ID_HEADER, Message, Outgoing
 from zhpc.transport.base import (
+    DEAD_LETTER_COUNT_HEADER,
     DEAD_LETTER_QUEUE_HEADER,
     DEAD_LETTER_REASON_HEADER,
     HANDBACK_HEADER,
@@ -73,8 +74,6 @@ log = logging.getLogger(__name__)
 if logging.getLogger("pika").level == logging.NOTSET:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
-#: Header on a dead-lettered copy: deliveries of the original before zhpc moved it.
-DEAD_LETTER_COUNT_HEADER = "zhpc-dead-letter-count"
 #: Prefix of the holding queues that implement delays (TTL + dead-letter to the target).
 DELAY_QUEUE_PREFIX = "zhpc.delay"
 #: How long a holding queue outlives its last declaration beyond twice its TTL.
