@@ -1,0 +1,332 @@
+"""The transport contract, checked the same way on every transport (see conftest.backend).
+
+Each test uses fresh queue names, so runs against a shared RabbitMQ never collide.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from conformance_support import Backend, Inbox, unique, wait_for
+
+from zhpc.errors import TransportError, UnroutableError
+from zhpc.message import Outgoing
+from zhpc.transport import QueueDepth, Transport, death_record, dlq_name
+from zhpc.transport.base import HANDBACK_HEADER
+
+
+def out(queue: str, body: bytes | str, **kwargs: object) -> Outgoing:
+    data = body.encode() if isinstance(body, str) else body
+    return Outgoing(destination=queue, body=data, **kwargs)  # type: ignore[arg-type]
+
+
+def bodies(messages: list) -> list[bytes]:
+    return [m.body for m in messages]
+
+
+# -- order, content, settling ----------------------------------------------------------------
+def test_order_within_a_queue_and_content_kept(transport: Transport, qname: str) -> None:
+    sent = [out(qname, f"m{i}", headers={"i": i, "s": "x", "d": {"k": [1, 2]}}) for i in range(40)]
+    for message in sent[:20]:
+        transport.publish(message)
+    transport.publish_many(sent[20:])
+
+    inbox = Inbox(transport, qname, prefetch=7, auto_ack=True)
+    got = inbox.wait(40)
+
+    assert bodies(got) == [m.body for m in sent]
+    for original, received in zip(sent, got, strict=True):
+        assert received.message_id == original.message_id
+        assert received.headers.items() >= original.headers.items()
+        assert received.delivery_count == 1 and not received.redelivered
+        assert received.queue == qname
+    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="queue drained")
+
+
+def test_prefetch_limits_unsettled_deliveries(transport: Transport, qname: str) -> None:
+    transport.publish_many([out(qname, str(i)) for i in range(10)])
+    inbox = Inbox(transport, qname, prefetch=3)
+    inbox.wait(3)
+    transport.poll(0.2)
+    assert len(inbox.messages) == 3
+    transport.ack(inbox.messages[0])
+    inbox.wait(4)
+    transport.poll(0.2)
+    assert bodies(inbox.messages) == [b"0", b"1", b"2", b"3"]
+
+
+def test_nack_requeue_redelivers_and_ack_removes(transport: Transport, qname: str) -> None:
+    transport.publish(out(qname, "once"))
+    inbox = Inbox(transport, qname, prefetch=1)
+    first = inbox.next()
+    assert first.delivery_count == 1 and not first.redelivered
+    transport.nack(first, requeue=True)
+
+    again = inbox.next()
+    assert again.body == b"once"
+    assert again.redelivered and again.delivery_count == 2
+    assert again.message_id == first.message_id
+    transport.ack(again)
+
+    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="queue empty")
+    transport.poll(0.2)
+    assert inbox.messages == []
+
+
+def test_nack_without_requeue_dead_letters_as_rejected(transport: Transport, qname: str) -> None:
+    transport.declare_queue(qname)
+    transport.publish(out(qname, "bad"))
+    inbox = Inbox(transport, qname, prefetch=1)
+    transport.nack(inbox.next(), requeue=False)
+
+    dead = Inbox(transport, dlq_name(qname), auto_ack=True).next()
+    assert dead.body == b"bad"
+    record = death_record(dead)
+    assert record is not None and record.reason == "rejected" and record.queue == qname
+
+
+def test_close_returns_unacked_messages(backend: Backend, qname: str) -> None:
+    first = backend.make()
+    first.publish_many([out(qname, "a"), out(qname, "b")])
+    Inbox(first, qname, prefetch=5).wait(2)
+    first.close()
+
+    second = backend.make()
+    got = Inbox(second, qname, prefetch=5, auto_ack=True).wait(2)
+    assert sorted(bodies(got)) == [b"a", b"b"]
+    assert all(m.redelivered for m in got)
+
+
+# -- crashes -----------------------------------------------------------------------------------
+def test_sigkilled_consumer_loses_nothing(backend: Backend, qname: str) -> None:
+    transport = backend.make()
+    transport.publish_many([out(qname, f"k{i}") for i in range(30)])
+    helper = backend.spawn("hold", qname, "--prefetch", "10")
+    helper.wait_lines(lambda lines: sum(line.startswith("got ") for line in lines) >= 10)
+    held = {line.split()[1].encode() for line in helper.lines if line.startswith("got ")}
+    assert len(held) == 10
+    helper.kill()
+
+    got = Inbox(transport, qname, prefetch=50, auto_ack=True).wait(30, timeout=20)
+    assert sorted(bodies(got)) == sorted(f"k{i}".encode() for i in range(30))
+    for message in got:
+        if message.body in held:
+            assert message.redelivered and message.delivery_count == 2
+        else:
+            assert message.delivery_count == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_commit_killed_at_random_moment_loses_nothing(
+    backend: Backend, qname: str, seed: int
+) -> None:
+    """Kill a committing consumer mid-stream: every input is still queued or has its output."""
+    rng = random.Random(seed)
+    total = 400
+    out_queue = unique("zt.out")
+    transport = backend.make()
+    transport.declare_queue(out_queue)
+    inputs = {f"c{i}".encode() for i in range(total)}
+    transport.publish_many([out(qname, body) for body in sorted(inputs)])
+
+    helper = backend.spawn(
+        "commit", qname, "--out", out_queue, "--prefetch", "20", "--work", "0.002"
+    )
+    kill_after = rng.randint(20, total // 2)
+    wait_for(
+        lambda: transport.queue_depth(out_queue).ready >= kill_after,
+        timeout=30,
+        what=f"{kill_after} outputs",
+    )
+    helper.kill()
+
+    outputs = Inbox(transport, out_queue, prefetch=100, auto_ack=True)
+    remaining = Inbox(transport, qname, prefetch=100, auto_ack=True)
+
+    def covered() -> bool:
+        transport.poll(0.05)
+        return inputs <= set(bodies(outputs.messages) + bodies(remaining.messages))
+
+    wait_for(covered, timeout=30, what="every input either queued or processed")
+    assert remaining.messages, "the kill came after all the work: nothing was tested"
+
+
+# -- dead-lettering ----------------------------------------------------------------------------
+def test_delivery_limit_dead_letters_with_reason_and_count(
+    transport: Transport, qname: str
+) -> None:
+    transport.declare_queue(qname, delivery_limit=2)
+    transport.publish(out(qname, "poison"))
+    inbox = Inbox(transport, qname, prefetch=1)
+    counts = []
+    for _ in range(3):
+        message = inbox.next()
+        counts.append(message.delivery_count)
+        transport.nack(message, requeue=True)
+    assert counts == [1, 2, 3]  # limit N: at most N+1 deliveries
+
+    dead = Inbox(transport, dlq_name(qname), auto_ack=True).next()
+    assert dead.body == b"poison"
+    record = death_record(dead)
+    assert record is not None
+    assert (record.reason, record.queue) == ("delivery_limit", qname)
+    assert record.count >= 1
+    assert dead.headers.get("x-first-death-reason") in ("delivery_limit", b"delivery_limit")
+    transport.poll(0.2)
+    assert inbox.messages == []
+
+
+def test_dead_letter_records_reason(transport: Transport, qname: str) -> None:
+    transport.publish(out(qname, b"\x00not json"))
+    inbox = Inbox(transport, qname, prefetch=1)
+    transport.dead_letter(inbox.next(), "malformed: body is not JSON")
+
+    dead = Inbox(transport, dlq_name(qname), auto_ack=True).next()
+    assert dead.body == b"\x00not json"
+    record = death_record(dead)
+    assert record is not None
+    assert (record.reason, record.queue) == ("malformed", qname)
+    assert "not JSON" in record.detail
+    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="input gone")
+
+
+def test_hand_back_does_not_count_toward_the_limit(transport: Transport, qname: str) -> None:
+    transport.declare_queue(qname, delivery_limit=1)
+    original = out(qname, "drain me")
+    transport.publish(original)
+    inbox = Inbox(transport, qname, prefetch=1)
+    for _ in range(4):
+        message = inbox.next()
+        assert message.delivery_count == 1
+        transport.hand_back(message)
+
+    last = inbox.next()
+    assert last.body == b"drain me"
+    assert last.delivery_count == 1
+    assert last.message_id == original.message_id
+    assert int(last.headers[HANDBACK_HEADER]) == 4
+    transport.ack(last)
+    assert transport.queue_depth(dlq_name(qname)).ready == 0
+
+
+# -- commit ------------------------------------------------------------------------------------
+def test_commit_publishes_outputs_then_acks(transport: Transport, qname: str) -> None:
+    out_queue = unique("zt.out")
+    transport.publish(out(qname, "in"))
+    inbox = Inbox(transport, qname, prefetch=1)
+    future = transport.commit([out(out_queue, "o1"), out(out_queue, "o2")], ack=inbox.next())
+    transport.flush(10)
+    assert future.result(timeout=10) is None
+
+    got = Inbox(transport, out_queue, auto_ack=True).wait(2)
+    assert bodies(got) == [b"o1", b"o2"]
+    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="input acked")
+    transport.poll(0.2)
+    assert inbox.messages == []
+
+
+def test_commit_with_unroutable_output_fails_and_returns_input(
+    transport: Transport, qname: str
+) -> None:
+    transport.publish(out(qname, "in"))
+    inbox = Inbox(transport, qname, prefetch=1)
+    nowhere = Outgoing(
+        destination="amq.direct", kind="exchange", routing_key=unique("nobody"), body=b"x"
+    )
+    future = transport.commit([nowhere], ack=inbox.next())
+    with pytest.raises(TransportError):
+        transport.flush(10)
+    assert isinstance(future.exception(timeout=10), TransportError)
+
+    again = inbox.next()
+    assert again.body == b"in" and again.delivery_count == 2
+
+
+# -- routing -----------------------------------------------------------------------------------
+def test_unroutable_exchange_publish_raises(transport: Transport) -> None:
+    with pytest.raises(UnroutableError):
+        transport.publish(
+            Outgoing(
+                destination="amq.direct", kind="exchange", routing_key=unique("nobody"), body=b"x"
+            )
+        )
+
+
+def test_publish_to_new_queue_declares_it(transport: Transport, qname: str) -> None:
+    transport.publish(out(qname, "early"))
+    wait_for(lambda: transport.queue_depth(qname).ready == 1, what="message waiting")
+    assert Inbox(transport, qname, auto_ack=True).next().body == b"early"
+
+
+def test_broadcast_reaches_every_subscriber(backend: Backend) -> None:
+    topic = unique("zt.topic")
+    publisher = backend.make()
+    publisher.publish(out(topic, "nobody listens", kind="topic"))  # fine: no listener
+
+    listeners = [backend.make() for _ in range(2)]
+    inboxes = [Inbox(t, topic, broadcast=True) for t in listeners]
+    helper = backend.spawn("broadcast", topic)
+    helper.wait_lines(lambda lines: "ready" in lines)
+
+    publisher.publish(out(topic, "hello", kind="topic"))
+    for inbox in inboxes:
+        assert bodies(inbox.wait(1)) == [b"hello"]
+    helper.wait_lines(lambda lines: any(line.startswith("got hello") for line in lines))
+
+
+# -- malformed bodies --------------------------------------------------------------------------
+def test_malformed_bodies_are_delivered_flagged(transport: Transport, qname: str) -> None:
+    payloads = [b"\xff\xfe\x00binary", b"{not json", b"", b'{"ok": true}']
+    transport.publish_many([out(qname, body) for body in payloads])
+    got = Inbox(transport, qname, auto_ack=True).wait(4)
+    assert bodies(got) == payloads
+    assert [m.malformed is not None for m in got] == [True, True, True, False]
+    assert got[3].json() == {"ok": True}
+
+
+# -- time --------------------------------------------------------------------------------------
+def test_delayed_message_is_not_visible_before_its_time(transport: Transport, qname: str) -> None:
+    transport.declare_queue(qname)
+    start = time.monotonic()
+    transport.publish(out(qname, "later", delay=1.0))
+    transport.publish(out(qname, "now"))
+    inbox = Inbox(transport, qname, auto_ack=True)
+
+    assert inbox.next().body == b"now"
+    later = inbox.next(timeout=15)
+    assert later.body == b"later"
+    assert time.monotonic() - start >= 0.9
+
+
+def test_expired_message_is_never_delivered(transport: Transport, qname: str) -> None:
+    transport.declare_queue(qname)
+    start = time.monotonic()
+    transport.publish(out(qname, "stale", expiration=0.2))
+    wait_for(lambda: time.monotonic() - start > 0.4, what="expiry time to pass")
+    transport.publish(out(qname, "fresh"))
+
+    inbox = Inbox(transport, qname, auto_ack=True)
+    assert inbox.next().body == b"fresh"
+    transport.poll(0.2)
+    assert inbox.messages == []
+
+
+# -- inspection --------------------------------------------------------------------------------
+def test_queue_depth_counts_ready_unacked_and_consumers(backend: Backend, qname: str) -> None:
+    transport = backend.make()
+    assert transport.queue_depth(unique("zt.none")) in (QueueDepth(0, 0, 0), QueueDepth(0, None, 0))
+    transport.declare_queue(qname)
+    transport.publish_many([out(qname, str(i)) for i in range(3)])
+    wait_for(lambda: transport.queue_depth(qname).ready == 3, what="3 ready")
+    assert transport.queue_depth(qname).consumers == 0
+
+    consumer = backend.make()
+    Inbox(consumer, qname, prefetch=1).wait(1)
+
+    def depth_seen() -> bool:
+        depth = transport.queue_depth(qname)
+        return depth.ready == 2 and depth.unacked in (1, None) and depth.consumers == 1
+
+    wait_for(depth_seen, what=f"2 ready, 1 unacked, 1 consumer: {transport.queue_depth(qname)}")
