@@ -49,5 +49,5 @@ def setup_logging(verbosity: int = 0, fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pika is chatty at INFO; keep it to warnings unless debugging.
-    logging.getLogger("pika").setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+    # pika logs every expected 404 and retry as errors; zhpc reports those itself.
+    logging.getLogger("pika").setLevel(logging.DEBUG if verbosity >= 3 else logging.CRITICAL)
