@@ -216,10 +216,10 @@ class _Substitution:
             out = {}
             for key, value in item.items():
                 new_key = self.apply(key, (*path, "<key>")) if isinstance(key, str) else key
-                try:
-                    hash(new_key)
-                except TypeError:
-                    self._fail((*path, key), key, "a key cannot become a list or mapping")
+                if isinstance(key, str) and not isinstance(new_key, str):
+                    # JSON keys are strings; workflows would build an unsendable recipe
+                    self._fail((*path, key), key, "a key must stay a string, but "
+                               f"$REPLACE made it {_short(new_key, 30)}")
                     new_key = key
                 out[new_key] = self.apply(value, (*path, key))
             return out
@@ -548,6 +548,8 @@ class Recipe:
                                             f"of them, not {_short(targets)}")
                             continue
                         check_targets(f"{where}.{name}", targets, number)
+                elif _is_node_number(value):  # workflows keeps a single error link as is
+                    check_targets(where, [value], number)
                 elif isinstance(value, list):
                     check_targets(where, value, number)
                 else:
