@@ -333,8 +333,8 @@ def _where(path: tuple[Any, ...]) -> str:
     if not path:
         return "recipe"
     head, rest = path[0], path[1:]
-    text = f"node {head}" if _is_node_number(head) else str(head)
-    tail = ""
+    node = _is_node_number(head)
+    tail = "" if node else str(head)
     for part in rest:
         if isinstance(part, int):
             tail += f"[{part}]"
@@ -342,7 +342,9 @@ def _where(path: tuple[Any, ...]) -> str:
             tail += " (a key)"
         else:
             tail += f".{part}" if tail else str(part)
-    return f"{text}: {tail}" if tail else text
+    if not node:
+        return tail
+    return f"node {head}: {tail}" if tail else f"node {head}"
 
 
 # --------------------------------------------------------------------------
