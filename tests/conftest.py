@@ -1,4 +1,4 @@
-"""Fixtures for tests against the real test cluster (scripts/setup-cluster).
+"""Shared fixtures: the real test cluster (scripts/setup-cluster), waiting, unique names.
 
 When a service is not up the tests that need it are skipped on a developer
 machine, but fail in CI (``CI=true``), where the cluster must be running.
