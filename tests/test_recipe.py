@@ -437,3 +437,12 @@ def test_load_recipe_file_errors(tmp_path: Path) -> None:
         load_recipe_file(tmp_path / "bin.json")
     (tmp_path / "r.txt").write_text("1: {queue: a}\nstart: [[1, 0]]\n")
     assert load_recipe_file(tmp_path / "r.txt").problems() == []
+
+
+def test_receiving_does_not_modify_the_message() -> None:
+    body = {"recipe": {"1": {"queue": "a", "output": 2}, "2": {"queue": "b"}},
+            "recipe-pointer": 1}
+    message = Message(body=json.dumps(body).encode(), headers={RECIPE_HEADER: True}, queue="a")
+    wrapper = RecipeWrapper.from_message(message)
+    assert wrapper.recipe_step == {"queue": "a", "output": [2]}
+    assert message.json() == body
