@@ -15,9 +15,11 @@ Schema (``PRAGMA user_version`` = 1)::
         ``consumer`` NULL means ready; otherwise the row is leased to that
         consumer. Partial index on (queue, id) WHERE consumer IS NULL keeps
         "next ready message" an index lookup however many are in flight.
-    consumers(id PK, host, pid, pid_start, heartbeat)
+    consumers(id PK, host, pid, pid_start, heartbeat, lease_timeout NULL)
         One row per connected EmbeddedTransport; ``pid_start`` is the boot id
         plus the process start time, so a recycled pid is not mistaken for us.
+        Each consumer states its own lease timeout, so transports configured
+        differently never evict each other early.
     subscriptions(consumer, queue)   for queue_depth's consumer count.
     bindings(exchange, routing_key, queue)   direct-exchange routes (see bind()).
 
@@ -28,8 +30,8 @@ Leases and reclaim:
   if the lease is still ours (same consumer and delivery number).
 * A consumer is dead when it runs on this host and its pid is gone, a zombie,
   or a different process (start time differs), or when its heartbeat is older
-  than ``lease_timeout`` (the only test possible for other hosts, and it also
-  frees messages held by a stopped process). Any transport reclaims dead
+  than its own ``lease_timeout`` (the only test possible for other hosts, and
+  it also frees messages held by a stopped process). Any transport reclaims dead
   consumers from ``poll`` and ``queue_depth`` (at most every
   ``RECLAIM_INTERVAL`` s): their leased messages become ready again, or go to
   ``dlq.<queue>`` if delivered more than ``delivery_limit`` + 1 times (the
@@ -127,7 +129,8 @@ CREATE TABLE IF NOT EXISTS consumers (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     pid_start TEXT NOT NULL,
-    heartbeat REAL NOT NULL
+    heartbeat REAL NOT NULL,
+    lease_timeout REAL
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
     consumer INTEGER NOT NULL,
@@ -333,12 +336,14 @@ class EmbeddedTransport(Transport):
     def _register(self) -> None:
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO consumers(host, pid, pid_start, heartbeat) VALUES (?,?,?,?)",
+                "INSERT INTO consumers(host, pid, pid_start, heartbeat, lease_timeout) "
+                "VALUES (?,?,?,?,?)",
                 (
                     socket.gethostname(),
                     os.getpid(),
                     _process_start(os.getpid()) or "?",
                     time.time(),
+                    self.lease_timeout,
                 ),
             )
             self._consumer = cur.lastrowid
@@ -874,10 +879,10 @@ class EmbeddedTransport(Transport):
     def _reclaim(self) -> int:
         db = self._read()
         host = socket.gethostname()
-        cutoff = None if self.lease_timeout is None else time.time() - self.lease_timeout
+        now = time.time()
         dead = []
-        for cid, chost, pid, pid_start, heartbeat in db.execute(
-            "SELECT id, host, pid, pid_start, heartbeat FROM consumers"
+        for cid, chost, pid, pid_start, heartbeat, timeout in db.execute(
+            "SELECT id, host, pid, pid_start, heartbeat, lease_timeout FROM consumers"
         ).fetchall():
             if cid == self._consumer:
                 continue
@@ -886,7 +891,7 @@ class EmbeddedTransport(Transport):
                 if start is None or (start != "?" and start != pid_start):
                     dead.append(cid)
                     continue
-            if cutoff is not None and heartbeat < cutoff:
+            if timeout is not None and heartbeat < now - timeout:
                 dead.append(cid)
         if not dead:
             return 0
