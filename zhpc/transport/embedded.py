@@ -41,7 +41,7 @@ Leases and reclaim:
   is a no-op with a warning, since someone else will get or got it.
 
 Threads: the caller's thread does all message work on one connection, under a
-lock. A daemon heartbeat thread with its own connection only refreshes
+lock (a forked child must connect its own transport). A daemon heartbeat thread with its own connection only refreshes
 ``consumers.heartbeat`` so that long callbacks keep their leases.
 
 Durability: WAL with ``synchronous=NORMAL``: every committed change survives
@@ -252,6 +252,7 @@ class EmbeddedTransport(Transport):
         #: Seconds without heartbeat after which any consumer counts as dead (None: never).
         self.lease_timeout = lease_timeout
         self._db: sqlite3.Connection | None = None
+        self._pid = os.getpid()
         self._lock = threading.RLock()
         self._consumer: int | None = None
         self._subs: dict[str, _Subscription] = {}
@@ -281,6 +282,7 @@ class EmbeddedTransport(Transport):
         if self._db is not None:
             return
         try:
+            self._pid = os.getpid()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
             self._db.executescript(_SCHEMA)
@@ -393,9 +395,7 @@ class EmbeddedTransport(Transport):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: taken at once (BEGIN IMMEDIATE), rolled back on any error."""
-        db = self._db
-        if db is None:
-            raise TransportError("embedded broker: not connected")
+        db = self._read()
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -417,6 +417,9 @@ class EmbeddedTransport(Transport):
     def _read(self) -> sqlite3.Connection:
         if self._db is None:
             raise TransportError("embedded broker: not connected")
+        if self._pid != os.getpid():
+            # A forked child shares the parent's SQLite handle and consumer row: unsafe.
+            raise TransportError("embedded broker: connection used after fork; connect anew")
         return self._db
 
     # -- topology ----------------------------------------------------------------------------
