@@ -34,15 +34,17 @@ Leases and reclaim:
   it also frees messages held by a stopped process). Any transport reclaims dead
   consumers from ``poll`` and ``queue_depth`` (at most every
   ``RECLAIM_INTERVAL`` s): their leased messages become ready again, or go to
-  ``dlq.<queue>`` if delivered more than ``delivery_limit`` + 1 times (the
-  RabbitMQ 3.10 rule), their broadcast queues and subscriptions are deleted.
+  ``dlq.<queue>`` once delivered more than ``delivery_limit`` times (limit N:
+  at most N+1 deliveries, the RabbitMQ 3.10 rule; nack with requeue counts the
+  same way); their broadcast queues and subscriptions are deleted.
 * A transport that finds its own consumer row gone (it was stopped longer than
   the lease timeout) registers again; settling a message whose lease it lost
   is a no-op with a warning, since someone else will get or got it.
 
 Threads: the caller's thread does all message work on one connection, under a
-lock (a forked child must connect its own transport). A daemon heartbeat thread with its own connection only refreshes
-``consumers.heartbeat`` so that long callbacks keep their leases.
+lock (a forked child must connect its own transport). A daemon heartbeat
+thread with its own connection only refreshes ``consumers.heartbeat`` so that
+long callbacks keep their leases.
 
 Durability: WAL with ``synchronous=NORMAL``: every committed change survives
 the death of any process (SIGKILL included), not an OS crash or power loss,
@@ -51,7 +53,8 @@ file on NFS or Lustre: SQLite locking is only reliable on a local disk.
 
 Semantics beyond RabbitMQ's: ``commit`` is one SQLite transaction, so outputs
 and the ack happen together or not at all. A delayed message's expiration
-counts from when it becomes visible.
+counts from when it becomes visible. The ``x-death`` entry's ``count`` is the
+number of deliveries (RabbitMQ's counts how often the message died: 1).
 """
 
 from __future__ import annotations
