@@ -30,6 +30,9 @@ from zhpc.message import Message, Outgoing
 DEAD_LETTER_REASON_HEADER = "zhpc-dead-letter-reason"
 #: Header naming the queue a dead-lettered message came from.
 DEAD_LETTER_QUEUE_HEADER = "zhpc-dead-letter-queue"
+#: Header on a copy put into ``dlq.<queue>`` by zhpc: deliveries before it was moved
+#: (RabbitMQ overwrites ``x-delivery-count`` when the copy is delivered from the DLQ).
+DEAD_LETTER_COUNT_HEADER = "zhpc-dead-letter-count"
 #: Header counting how often a message was handed back on drain (not failures).
 HANDBACK_HEADER = "zhpc-handbacks"
 
@@ -177,7 +180,7 @@ def death_record(message: Message) -> DeathRecord | None:
         return DeathRecord(
             reason=str(reason).split(":", 1)[0],
             queue=str(headers.get(DEAD_LETTER_QUEUE_HEADER, "")),
-            count=int(headers.get("x-delivery-count", 0) or 0),
+            count=int(headers.get(DEAD_LETTER_COUNT_HEADER, headers.get("x-delivery-count")) or 0),
             detail=str(reason),
         )
     deaths: Any = headers.get("x-death")

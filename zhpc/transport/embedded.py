@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Message, Outgoing
 from zhpc.transport.base import (
+    DEAD_LETTER_COUNT_HEADER,
     DEAD_LETTER_QUEUE_HEADER,
     DEAD_LETTER_REASON_HEADER,
     HANDBACK_HEADER,
@@ -817,7 +818,7 @@ class EmbeddedTransport(Transport):
         def headers(h: dict[str, Any], deliveries: int) -> dict[str, Any]:
             h[DEAD_LETTER_REASON_HEADER] = reason
             h[DEAD_LETTER_QUEUE_HEADER] = message.queue
-            h["x-delivery-count"] = deliveries
+            h[DEAD_LETTER_COUNT_HEADER] = deliveries
             return h
 
         with self._settling(message) as (db, lease):
