@@ -6,8 +6,8 @@ consume+ack with prefetch 100, and consume+commit (one output per input).
 Target: consume+ack >= 5,000 msg/s in one process.
 
 RabbitMQ (``bench/transport_rabbitmq.py``, written separately): if that file
-exists, its ``measure(n: int) -> dict`` runs in the same process and its keys
-are merged into the same line.
+exists, its ``run(n: int) -> dict`` runs in the same process and its keys are
+merged into the same line.
 
 Usage: ``python bench/transport.py [-n 20000] [--only embedded|rabbitmq] [--dir DIR]``
 """
@@ -98,7 +98,7 @@ def measure_embedded(n: int, directory: str | None) -> dict[str, Any]:
 
 
 def measure_rabbitmq(n: int) -> dict[str, Any] | None:
-    """Run bench/transport_rabbitmq.py's ``measure(n)`` if that file exists."""
+    """Run bench/transport_rabbitmq.py's ``run(n)`` if that file exists."""
     path = Path(__file__).with_name("transport_rabbitmq.py")
     if not path.exists():
         return None
@@ -106,7 +106,7 @@ def measure_rabbitmq(n: int) -> dict[str, Any] | None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.measure(n)
+    return module.run(n)
 
 
 def main() -> int:
