@@ -40,8 +40,14 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") 
         time.sleep(0.005)
 
 
+#: Every name unique() handed out, so a RabbitMQ backend can delete its queues afterwards.
+NAMES: list[str] = []
+
+
 def unique(prefix: str = "zt") -> str:
-    return f"{prefix}.{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}.{uuid.uuid4().hex[:12]}"
+    NAMES.append(name)
+    return name
 
 
 class Inbox:
@@ -153,6 +159,7 @@ class Backend:
     url: str
     _opened: list[Transport] = field(default_factory=list)
     _helpers: list[Helper] = field(default_factory=list)
+    _first_name: int = field(default_factory=lambda: len(NAMES))
 
     def make(self, **config: Any) -> Transport:
         transport = get_transport(BrokerConfig(url=self.url, **config))
@@ -174,3 +181,25 @@ class Backend:
                 transport.close()
             except Exception as exc:  # teardown must go on for the others
                 print(f"closing {transport!r}: {exc}")
+        if self.name == "rabbitmq":
+            self._delete_rabbitmq_queues(NAMES[self._first_name :])
+
+    def _delete_rabbitmq_queues(self, names: list[str]) -> None:
+        """Best effort: remove this test's uuid-named queues from the shared broker."""
+        import pika  # only the RabbitMQ backend needs it
+
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        except pika.exceptions.AMQPError as exc:
+            print(f"cleanup: cannot connect to RabbitMQ: {exc}")
+            return
+        try:
+            channel = connection.channel()
+            for name in names:
+                for queue in (name, f"dlq.{name}"):
+                    try:
+                        channel.queue_delete(queue)
+                    except pika.exceptions.AMQPError:
+                        channel = connection.channel()
+        finally:
+            connection.close()

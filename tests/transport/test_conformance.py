@@ -187,7 +187,7 @@ def test_dead_letter_records_reason(transport: Transport, qname: str) -> None:
     assert dead.body == b"\x00not json"
     record = death_record(dead)
     assert record is not None
-    assert (record.reason, record.queue) == ("malformed", qname)
+    assert (record.reason, record.queue, record.count) == ("malformed", qname, 1)
     assert "not JSON" in record.detail
     wait_for(lambda: transport.queue_depth(qname).ready == 0, what="input gone")
 

@@ -158,8 +158,10 @@ def test_killed_subscriber_loses_its_consumer_and_broadcast_queue(
     assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
 
 
-def test_long_work_keeps_its_lease_while_alive(path: Path) -> None:
-    holder = open_transport(path, lease_timeout=0.3)
+@pytest.mark.parametrize("holder_timeout", [0.3, None])
+def test_long_work_keeps_its_lease_while_alive(path: Path, holder_timeout: float | None) -> None:
+    """Heartbeats keep a lease; a consumer without a lease timeout is judged by its pid only."""
+    holder = open_transport(path, lease_timeout=holder_timeout)
     holder.publish(out("q", "slow"))
     held = Inbox(holder, "q", prefetch=1).next()
 

@@ -15,9 +15,11 @@ Schema (``PRAGMA user_version`` = 1)::
         ``consumer`` NULL means ready; otherwise the row is leased to that
         consumer. Partial index on (queue, id) WHERE consumer IS NULL keeps
         "next ready message" an index lookup however many are in flight.
-    consumers(id PK, host, pid, pid_start, heartbeat)
+    consumers(id PK, host, pid, pid_start, heartbeat, lease_timeout NULL)
         One row per connected EmbeddedTransport; ``pid_start`` is the boot id
         plus the process start time, so a recycled pid is not mistaken for us.
+        Each consumer states its own lease timeout, so transports configured
+        differently never evict each other early.
     subscriptions(consumer, queue)   for queue_depth's consumer count.
     bindings(exchange, routing_key, queue)   direct-exchange routes (see bind()).
 
@@ -28,19 +30,21 @@ Leases and reclaim:
   if the lease is still ours (same consumer and delivery number).
 * A consumer is dead when it runs on this host and its pid is gone, a zombie,
   or a different process (start time differs), or when its heartbeat is older
-  than ``lease_timeout`` (the only test possible for other hosts, and it also
-  frees messages held by a stopped process). Any transport reclaims dead
+  than its own ``lease_timeout`` (the only test possible for other hosts, and
+  it also frees messages held by a stopped process). Any transport reclaims dead
   consumers from ``poll`` and ``queue_depth`` (at most every
   ``RECLAIM_INTERVAL`` s): their leased messages become ready again, or go to
-  ``dlq.<queue>`` if delivered more than ``delivery_limit`` + 1 times (the
-  RabbitMQ 3.10 rule), their broadcast queues and subscriptions are deleted.
+  ``dlq.<queue>`` once delivered more than ``delivery_limit`` times (limit N:
+  at most N+1 deliveries, the RabbitMQ 3.10 rule; nack with requeue counts the
+  same way); their broadcast queues and subscriptions are deleted.
 * A transport that finds its own consumer row gone (it was stopped longer than
   the lease timeout) registers again; settling a message whose lease it lost
   is a no-op with a warning, since someone else will get or got it.
 
 Threads: the caller's thread does all message work on one connection, under a
-lock. A daemon heartbeat thread with its own connection only refreshes
-``consumers.heartbeat`` so that long callbacks keep their leases.
+lock (a forked child must connect its own transport). A daemon heartbeat
+thread with its own connection only refreshes ``consumers.heartbeat`` so that
+long callbacks keep their leases.
 
 Durability: WAL with ``synchronous=NORMAL``: every committed change survives
 the death of any process (SIGKILL included), not an OS crash or power loss,
@@ -49,7 +53,8 @@ file on NFS or Lustre: SQLite locking is only reliable on a local disk.
 
 Semantics beyond RabbitMQ's: ``commit`` is one SQLite transaction, so outputs
 and the ack happen together or not at all. A delayed message's expiration
-counts from when it becomes visible.
+counts from when it becomes visible. The ``x-death`` entry's ``count`` is the
+number of deliveries (RabbitMQ's counts how often the message died: 1).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from typing import TYPE_CHECKING, Any
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Message, Outgoing
 from zhpc.transport.base import (
+    DEAD_LETTER_COUNT_HEADER,
     DEAD_LETTER_QUEUE_HEADER,
     DEAD_LETTER_REASON_HEADER,
     HANDBACK_HEADER,
@@ -127,7 +133,8 @@ CREATE TABLE IF NOT EXISTS consumers (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     pid_start TEXT NOT NULL,
-    heartbeat REAL NOT NULL
+    heartbeat REAL NOT NULL,
+    lease_timeout REAL
 );
 CREATE TABLE IF NOT EXISTS subscriptions (
     consumer INTEGER NOT NULL,
@@ -249,6 +256,7 @@ class EmbeddedTransport(Transport):
         #: Seconds without heartbeat after which any consumer counts as dead (None: never).
         self.lease_timeout = lease_timeout
         self._db: sqlite3.Connection | None = None
+        self._pid = os.getpid()
         self._lock = threading.RLock()
         self._consumer: int | None = None
         self._subs: dict[str, _Subscription] = {}
@@ -278,6 +286,7 @@ class EmbeddedTransport(Transport):
         if self._db is not None:
             return
         try:
+            self._pid = os.getpid()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
             self._db.executescript(_SCHEMA)
@@ -333,12 +342,14 @@ class EmbeddedTransport(Transport):
     def _register(self) -> None:
         with self._tx() as db:
             cur = db.execute(
-                "INSERT INTO consumers(host, pid, pid_start, heartbeat) VALUES (?,?,?,?)",
+                "INSERT INTO consumers(host, pid, pid_start, heartbeat, lease_timeout) "
+                "VALUES (?,?,?,?,?)",
                 (
                     socket.gethostname(),
                     os.getpid(),
                     _process_start(os.getpid()) or "?",
                     time.time(),
+                    self.lease_timeout,
                 ),
             )
             self._consumer = cur.lastrowid
@@ -388,9 +399,7 @@ class EmbeddedTransport(Transport):
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: taken at once (BEGIN IMMEDIATE), rolled back on any error."""
-        db = self._db
-        if db is None:
-            raise TransportError("embedded broker: not connected")
+        db = self._read()
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -412,6 +421,9 @@ class EmbeddedTransport(Transport):
     def _read(self) -> sqlite3.Connection:
         if self._db is None:
             raise TransportError("embedded broker: not connected")
+        if self._pid != os.getpid():
+            # A forked child shares the parent's SQLite handle and consumer row: unsafe.
+            raise TransportError("embedded broker: connection used after fork; connect anew")
         return self._db
 
     # -- topology ----------------------------------------------------------------------------
@@ -806,7 +818,7 @@ class EmbeddedTransport(Transport):
         def headers(h: dict[str, Any], deliveries: int) -> dict[str, Any]:
             h[DEAD_LETTER_REASON_HEADER] = reason
             h[DEAD_LETTER_QUEUE_HEADER] = message.queue
-            h["x-delivery-count"] = deliveries
+            h[DEAD_LETTER_COUNT_HEADER] = deliveries
             return h
 
         with self._settling(message) as (db, lease):
@@ -874,10 +886,10 @@ class EmbeddedTransport(Transport):
     def _reclaim(self) -> int:
         db = self._read()
         host = socket.gethostname()
-        cutoff = None if self.lease_timeout is None else time.time() - self.lease_timeout
+        now = time.time()
         dead = []
-        for cid, chost, pid, pid_start, heartbeat in db.execute(
-            "SELECT id, host, pid, pid_start, heartbeat FROM consumers"
+        for cid, chost, pid, pid_start, heartbeat, timeout in db.execute(
+            "SELECT id, host, pid, pid_start, heartbeat, lease_timeout FROM consumers"
         ).fetchall():
             if cid == self._consumer:
                 continue
@@ -886,7 +898,7 @@ class EmbeddedTransport(Transport):
                 if start is None or (start != "?" and start != pid_start):
                     dead.append(cid)
                     continue
-            if cutoff is not None and heartbeat < cutoff:
+            if timeout is not None and heartbeat < now - timeout:
                 dead.append(cid)
         if not dead:
             return 0
