@@ -161,3 +161,17 @@ def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"zhpc: error: {path}: logging.level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite:///var/lib/zhpc/b.sqlite", "/var/lib/zhpc/b.sqlite"),
+        ("sqlite:////var/lib/zhpc/b.sqlite", "/var/lib/zhpc/b.sqlite"),
+        ("sqlite://state/b.sqlite", "state/b.sqlite"),
+    ],
+)
+def test_sqlite_urls(url: str, expected: str) -> None:
+    from zhpc.config import BrokerConfig
+
+    assert str(BrokerConfig(url=url).sqlite_path()) == expected

@@ -40,7 +40,7 @@ class TLSConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///path`` (``sqlite:////abs/path``)."""
+    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``."""
 
     url: str = ""
     password_file: Path | None = None
@@ -62,7 +62,7 @@ class BrokerConfig(_Section):
         return urlsplit(self.resolved_url_without_password()).scheme
 
     def resolved_url_without_password(self) -> str:
-        return self.url or f"sqlite:///{zhpc_home() / 'broker.sqlite'}"
+        return self.url or f"sqlite://{zhpc_home() / 'broker.sqlite'}"
 
     def password(self) -> str | None:
         """The broker password: from ``password_file`` (mode 0600 only), else from the URL."""
@@ -92,9 +92,10 @@ class BrokerConfig(_Section):
         parts = urlsplit(self.resolved_url_without_password())
         if parts.scheme != "sqlite":
             raise ConfigError(f"broker.url is not a sqlite:/// URL: {self.display_url()}")
-        # SQLAlchemy's convention: sqlite:///relative/path, sqlite:////absolute/path.
+        # sqlite:///abs/path and SQLAlchemy's sqlite:////abs/path both mean /abs/path;
+        # sqlite://rel/path is relative to the working directory.
         path = unquote(parts.netloc + parts.path)
-        path = path[1:] if path.startswith("/") else path
+        path = path[1:] if path.startswith("//") else path
         if not path:
             raise ConfigError("broker.url sqlite:/// needs a file path")
         return Path(path).expanduser()
