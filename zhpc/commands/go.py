@@ -1,0 +1,193 @@
+"""``zhpc go``: ask the Dispatcher to run recipes (Zocalo's ``zocalo.go``), and ``--pickup``.
+
+The request is checked here first (recipes loaded and merged, parameters
+applied, the result validated), so a mistake is reported at once rather than
+in the Dispatcher's error queue. The recipe id is made here too (parameter
+``guid``, which the Dispatcher uses as the recipe id), so the printed id is
+the id the recipe runs under.
+
+Exit codes: 0 sent (or ``--dry-run``), 2 an error (nothing sent, nothing
+saved), 3 the broker could not be reached and the request was saved in the
+spool (``$ZHPC_HOME/spool``): do not send it again, ``zhpc go --pickup`` will.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.config import Config
+    from zhpc.services.dispatcher import DispatchRequest
+
+#: Exit code when the request was saved in the spool instead of sent.
+EXIT_SPOOLED = 3
+#: Connection attempts before a request is spooled: it is safe in the spool, so
+#: an interactive command should not wait minutes for a broker that is down.
+GO_CONNECTION_ATTEMPTS = 3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "go",
+        help="run recipes: send a request to the Dispatcher",
+        description="Send a processing request to the Dispatcher (in zocalo.go's format) and "
+        "print the recipe id. If the broker cannot be reached the request is saved in "
+        "$ZHPC_HOME/spool and the exit code is 3; 'zhpc go --pickup' sends saved requests.",
+    )
+    parser.add_argument("recipes", nargs="*", metavar="RECIPE",
+                        help="recipe names (files in recipes.directory, without suffix)")
+    parser.add_argument("-s", "--set", dest="parameters", action="append", default=[],
+                        metavar="KEY=VALUE", help="a recipe parameter (a string; repeatable)")
+    parser.add_argument("-f", "--file", metavar="FILE",
+                        help="also run the recipe in this JSON or YAML file")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the request and print it instead of sending it")
+    parser.add_argument("--pickup", action="store_true",
+                        help="send the requests saved in the spool, oldest first")
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from zhpc.config import load_config
+    from zhpc.errors import ZhpcError
+
+    config = load_config(args.config, args.environment)
+    if args.pickup:
+        if args.recipes or args.parameters or args.file or args.dry_run:
+            raise ZhpcError("--pickup takes no recipes or other options")
+        return pickup(config)
+    request = build_request(args.recipes, args.parameters, args.file)
+    validate(request, config)
+    if args.dry_run:
+        from zhpc.services.dispatcher import request_headers
+
+        print(json.dumps({"queue": dispatcher_queue(config), "headers": request_headers(),
+                          "message": request.to_body()}, indent=2))
+        return 0
+    sent, where = send_request(request, config)
+    if sent:
+        print(request.guid)
+        return 0
+    print(request.guid)
+    print(f"zhpc go: broker {config.broker.display_url()} unreachable ({where}); request saved "
+          "in the spool, 'zhpc go --pickup' sends it", file=sys.stderr)
+    return EXIT_SPOOLED
+
+
+def parse_parameters(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings to a mapping (values stay strings, as in zocalo.go)."""
+    from zhpc.errors import ZhpcError
+
+    parameters: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ZhpcError(f"invalid parameter {pair!r}: use KEY=VALUE")
+        parameters[key.strip()] = value
+    return parameters
+
+
+def build_request(
+    recipes: list[str], parameter_pairs: list[str], custom_file: str | None = None
+) -> DispatchRequest:
+    """The request for these command-line arguments, with a fresh guid unless one is set."""
+    import uuid
+
+    from zhpc.errors import ZhpcError
+    from zhpc.recipe import load_recipe_file
+    from zhpc.services.dispatcher import DispatchRequest
+
+    if not recipes and not custom_file:
+        raise ZhpcError("name at least one recipe, or a recipe file with -f")
+    parameters: dict[str, Any] = parse_parameters(parameter_pairs)
+    custom = None
+    if custom_file:
+        recipe = load_recipe_file(custom_file)
+        recipe.validate()
+        custom = json.loads(recipe.to_json())
+    if not str(parameters.get("guid", "")).strip():
+        parameters["guid"] = str(uuid.uuid4())
+    return DispatchRequest.from_body(
+        {"recipes": list(recipes), "parameters": parameters, "custom_recipe": custom})
+
+
+def validate(request: DispatchRequest, config: Config) -> None:
+    """Do what the Dispatcher will do (without lookups), so errors show before sending."""
+    from zhpc.services.dispatcher import RecipeCache, prepare
+
+    rw = prepare(request, RecipeCache(config.recipes.directory).get, emit=lambda _out: None)
+    rw.start()
+
+
+def dispatcher_queue(config: Config) -> str:
+    from zhpc.services.dispatcher import DISPATCHER_QUEUE
+
+    return config.service("dispatcher").queue or DISPATCHER_QUEUE
+
+
+def _quick_transport(config: Config) -> Any:
+    from zhpc.transport import get_transport
+
+    attempts = min(config.broker.connection_attempts, GO_CONNECTION_ATTEMPTS)
+    return get_transport(config.broker.model_copy(update={"connection_attempts": attempts}))
+
+
+def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
+    """Publish (confirmed) or, if the broker is unreachable, spool the request.
+
+    Returns ``(True, "")`` when sent, ``(False, reason)`` when spooled.
+    """
+    from zhpc.errors import TransportError
+    from zhpc.services.dispatcher import request_message
+    from zhpc.spool import Spool
+
+    message = request_message(request, dispatcher_queue(config))
+    try:
+        with _quick_transport(config) as transport:
+            transport.publish(message)
+        return True, ""
+    except TransportError as exc:
+        Spool().save(message.destination, request.to_body(), dict(message.headers),
+                     label=request.guid or "")
+        return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def pickup(config: Config) -> int:
+    """Send every spooled request; each file is removed only after its publish is confirmed."""
+    from zhpc.errors import TransportError, ZhpcError
+    from zhpc.message import Outgoing
+    from zhpc.spool import Spool, SpooledMessage
+
+    spool = Spool()
+    waiting = spool.files()
+    if not waiting:
+        print(f"no spooled requests in {spool.directory}")
+        return 0
+    bad: list[str] = []
+
+    def report_bad(path: Any, reason: str) -> None:
+        bad.append(path.name)
+        print(f"zhpc go: {path}: {reason}; renamed to {path.name}.bad", file=sys.stderr)
+
+    sent = 0
+    try:
+        with _quick_transport(config) as transport:
+
+            def send(item: SpooledMessage) -> None:
+                nonlocal sent
+                transport.publish(Outgoing.json(item.queue, item.message, headers=item.headers))
+                sent += 1
+                guid = item.message.get("parameters", {}).get("guid") if isinstance(
+                    item.message, dict) else None
+                print(f"sent {item.path.name}" + (f" (recipe id {guid})" if guid else ""))
+
+            spool.send_all(send, on_bad=report_bad)
+    except TransportError as exc:
+        left = len(spool.files())
+        raise ZhpcError(f"broker {config.broker.display_url()} unreachable after sending "
+                        f"{sent}: {exc}; {left} request(s) stay in {spool.directory}") from None
+    print(f"sent {sent} spooled request(s); {len(spool.files())} left in {spool.directory}")
+    return 2 if bad else 0
