@@ -32,9 +32,9 @@ a mapping of parameters to add. If it has a ``close()`` method, teardown calls i
 from __future__ import annotations
 
 import copy
+import datetime
 import getpass
 import socket
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +54,6 @@ DISPATCHER_QUEUE = "processing_recipe"
 USER_HEADER = "zocalo.go.user"
 HOST_HEADER = "zocalo.go.host"
 
-_REQUEST_KEYS = ("recipes", "parameters", "custom_recipe")
 # Namespace for recipe ids derived from a request's message id: a request that
 # is delivered twice (the Dispatcher died before its ack) starts the same recipe id.
 _GUID_NAMESPACE = uuid.UUID("0b8f6c1e-3d7a-4f0e-9a51-6c2d8e4b7f13")
@@ -83,10 +82,7 @@ class DispatchRequest:
         """Check a decoded request body; RecipeError says what is wrong with it."""
         if not isinstance(body, dict):
             raise RecipeError(f"request must be a JSON object, not {type(body).__name__}")
-        unknown = sorted(set(body) - set(_REQUEST_KEYS))
-        if unknown:
-            raise RecipeError(f"request has unknown keys {unknown} "
-                              f"(expected {', '.join(_REQUEST_KEYS)})")
+        # Other keys are ignored, as Zocalo's Dispatcher ignores them (site senders add some).
         recipes = body.get("recipes") or []
         if not isinstance(recipes, list) or not all(isinstance(r, str) for r in recipes):
             raise RecipeError("request 'recipes' must be a list of recipe names")
@@ -239,9 +235,9 @@ class DispatchInfo:
         self.host = socket.gethostname()
 
     def __call__(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-        return {"dispatch_time": stamp, "dispatch_host": self.host}
+        now = datetime.datetime.now(datetime.UTC)
+        return {"dispatch_time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "dispatch_host": self.host}
 
 
 # --------------------------------------------------------------------------
