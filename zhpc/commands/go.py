@@ -51,6 +51,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    transport_log = logging.getLogger("zhpc.transport")
+    level = transport_log.level
+    if args.verbose <= 0:
+        # Connection failures are reported here, in one line; the transport's own log
+        # lines about them would only repeat it.
+        transport_log.setLevel(logging.CRITICAL)
+    try:
+        return _go(args)
+    finally:
+        transport_log.setLevel(level)
+
+
+def _go(args: argparse.Namespace) -> int:
     from zhpc.config import load_config
     from zhpc.errors import ZhpcError
 
@@ -68,12 +83,13 @@ def _run(args: argparse.Namespace) -> int:
                           "message": request.to_body()}, indent=2))
         return 0
     sent, where = send_request(request, config)
-    if sent:
-        print(request.guid)
-        return 0
     print(request.guid)
-    print(f"zhpc go: broker {config.broker.display_url()} unreachable ({where}); request saved "
-          "in the spool, 'zhpc go --pickup' sends it", file=sys.stderr)
+    if sent:
+        return 0
+    from zhpc.spool import default_spool
+
+    print(f"zhpc go: {where}; request saved in the spool ({default_spool()}), "
+          "'zhpc go --pickup' sends it", file=sys.stderr)
     return EXIT_SPOOLED
 
 
