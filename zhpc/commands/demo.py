@@ -54,6 +54,7 @@ class _Service:
     log_file: IO[bytes]
     processed: int = 0
     seen: bool = False
+    shown: bool = False
     returncode: int | None = None
 
 
@@ -134,7 +135,7 @@ def _run_demo(demo: _Demo, timeout: float) -> int:
             processed = status.get("processed")
             if isinstance(processed, int) and processed > service.processed:
                 service.processed = processed
-                _show_step(demo, service)
+                _show_steps(demo)
 
         transport.subscribe_broadcast(STATUS_TOPIC, on_status)
         for name in SERVICES:
@@ -183,6 +184,17 @@ def load_recipe_start(config: Any) -> str:
 
     start = load_recipe(RECIPE, config.recipes.directory).start
     return json.dumps(start[0][1] if len(start) == 1 else [p for _, p in start])
+
+
+def _show_steps(demo: _Demo) -> None:
+    """Show each step once it has processed its message, in the recipe's order
+    (status broadcasts may arrive in any order)."""
+    for service in demo.services.values():
+        if not service.processed:
+            return
+        if not service.shown:
+            service.shown = True
+            _show_step(demo, service)
 
 
 def _show_step(demo: _Demo, service: _Service) -> None:
