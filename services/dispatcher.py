@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import datetime
 import getpass
+import re
 import socket
 import uuid
 from collections.abc import Callable, Mapping
@@ -54,6 +55,7 @@ DISPATCHER_QUEUE = "processing_recipe"
 USER_HEADER = "zocalo.go.user"
 HOST_HEADER = "zocalo.go.host"
 
+_GUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # Namespace for recipe ids derived from a request's message id: a request that
 # is delivered twice (the Dispatcher died before its ack) starts the same recipe id.
 _GUID_NAMESPACE = uuid.UUID("0b8f6c1e-3d7a-4f0e-9a51-6c2d8e4b7f13")
@@ -99,8 +101,10 @@ class DispatchRequest:
         if not recipes and custom is None:
             raise RecipeError("request names no recipe (give 'recipes' or 'custom_recipe')")
         guid = parameters.get("guid")
-        if guid is not None and not (isinstance(guid, str) and guid.strip()):
-            raise RecipeError("request parameter 'guid' must be a non-empty string")
+        if guid is not None and not (isinstance(guid, str) and _GUID.match(guid)):
+            # Recipes put the guid into paths ("/scratch/{guid}/"): no separators, no "..".
+            raise RecipeError(f"request parameter 'guid' {guid!r:.60} must be 1-128 letters, "
+                              "digits, '.', '_' or '-', starting with a letter or digit")
         return cls(list(recipes), dict(parameters), custom)
 
     def to_body(self) -> dict[str, Any]:
@@ -253,6 +257,9 @@ class Dispatcher(Service):
         self.recipes = RecipeCache(self.config.recipes.directory)
         self.lookups: list[tuple[str, Lookup]] = []
         wanted = self.parameters.get("lookups")
+        if wanted is not None and not (isinstance(wanted, list)
+                                       and all(isinstance(n, str) for n in wanted)):
+            raise ZhpcError("services.dispatcher.parameters.lookups must be a list of names")
         installed = plugins.available(plugins.LOOKUPS)
         names = list(installed) if wanted is None else list(wanted)
         for name in names:

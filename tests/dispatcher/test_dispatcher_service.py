@@ -198,6 +198,8 @@ BAD_REQUESTS = [
     pytest.param({"recipes": ["alpha"], "parameters": [1]}, "'parameters' must be",
                  id="parameters-not-object"),
     pytest.param({"recipes": ["alpha"], "parameters": {"guid": 5}}, "'guid'", id="guid-int"),
+    pytest.param({"recipes": ["alpha"], "parameters": {"guid": "../x"}}, "'guid'",
+                 id="guid-path"),
     pytest.param({"recipes": ["nosuch"]}, "no recipe 'nosuch'", id="unknown-recipe"),
     pytest.param({"recipes": ["../alpha"]}, "invalid recipe name", id="path-in-name"),
     pytest.param({"recipes": ["badtemplate"]}, "node 1", id="bad-template"),

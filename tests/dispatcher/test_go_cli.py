@@ -122,6 +122,7 @@ def test_dry_run_prints_the_request_and_sends_nothing(
         pytest.param(["../demo"], "invalid recipe name", id="path"),
         pytest.param(["demo", "-s", "novalue"], "invalid parameter 'novalue'", id="bad-set"),
         pytest.param([], "name at least one recipe", id="nothing"),
+        pytest.param(["demo", "-s", "guid=a/b"], "parameter 'guid'", id="bad-guid"),
         pytest.param(["-f", "missing.json"], "no such recipe file", id="missing-file"),
         pytest.param(["-f", "BAD"], "invalid recipe", id="invalid-file"),
         pytest.param(["-f", "TEMPLATE"], "node 1", id="bad-template"),
