@@ -14,6 +14,7 @@ spool (``$ZHPC_HOME/spool``): do not send it again, ``zhpc go --pickup`` will.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -161,14 +162,20 @@ def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
     from zhpc.spool import Spool
 
     message = request_message(request, dispatcher_queue(config))
+    transport = _quick_transport(config)
     try:
-        with _quick_transport(config) as transport:
-            transport.publish(message)
+        transport.connect()
+        transport.publish(message)
         return True, ""
     except TransportError as exc:
         Spool().save(message.destination, request.to_body(), dict(message.headers),
                      label=request.guid or "")
         return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        # Once the publish is confirmed the request is the broker's: a failing close
+        # must not make us spool (and later send) it a second time.
+        with contextlib.suppress(TransportError):
+            transport.close()
 
 
 def pickup(config: Config) -> int:
