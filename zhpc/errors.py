@@ -35,3 +35,7 @@ class ClusterError(ZhpcError):
 
 class StagingError(ZhpcError):
     """A file may not be staged (outside the allowed roots, or missing)."""
+
+
+class Rejected(ZhpcError):
+    """A message that can never be processed: dead-letter it now instead of retrying."""

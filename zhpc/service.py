@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 from zhpc import __version__
 from zhpc.config import Config, ServiceConfig
-from zhpc.errors import RecipeError, ZhpcError
+from zhpc.errors import RecipeError, Rejected, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
@@ -50,10 +50,6 @@ STATUS_TOPIC = "transient.status"
 # workflows' service status codes, so its status monitors understand zhpc services.
 STATUS_STARTING, STATUS_IDLE, STATUS_PROCESSING, STATUS_SHUTDOWN, STATUS_END = 1, 2, 4, 5, 6
 _STATUS_TEXT = {1: "starting", 2: "idle", 4: "processing", 5: "shutting down", 6: "shutdown"}
-
-
-class Rejected(ZhpcError):
-    """A message that can never be processed: dead-letter it now instead of retrying."""
 
 
 class DrainDeadline(BaseException):

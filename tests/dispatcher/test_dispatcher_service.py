@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from zhpc import dispatch as dispatcher_module
 from zhpc.config import Config, RecipesConfig, ServiceConfig
 from zhpc.errors import RecipeError
 from zhpc.message import Message, Outgoing
 from zhpc.service import ServiceRunner
-from zhpc.services import dispatcher as dispatcher_module
 from zhpc.services.dispatcher import (
     DISPATCHER_QUEUE,
     Dispatcher,

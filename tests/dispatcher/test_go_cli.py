@@ -13,8 +13,8 @@ import pytest
 
 from zhpc.cli import main
 from zhpc.commands.go import EXIT_SPOOLED
+from zhpc.dispatch import DISPATCHER_QUEUE, HOST_HEADER, USER_HEADER
 from zhpc.message import Message
-from zhpc.services.dispatcher import DISPATCHER_QUEUE, HOST_HEADER, USER_HEADER
 from zhpc.spool import Spool
 from zhpc.transport.embedded import EmbeddedTransport
 

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from zhpc.config import BrokerConfig
-from zhpc.services.dispatcher import DISPATCHER_QUEUE
+from zhpc.dispatch import DISPATCHER_QUEUE
 from zhpc.transport import dlq_name, get_transport
 
 pytestmark = pytest.mark.rabbitmq

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import Config
-    from zhpc.services.dispatcher import DispatchRequest
+    from zhpc.dispatch import DispatchRequest
 
 #: Exit code when the request was saved in the spool instead of sent.
 EXIT_SPOOLED = 3
@@ -78,7 +78,7 @@ def _go(args: argparse.Namespace) -> int:
     request = build_request(args.recipes, args.parameters, args.file)
     validate(request, config)
     if args.dry_run:
-        from zhpc.services.dispatcher import request_headers
+        from zhpc.dispatch import request_headers
 
         print(json.dumps({"queue": dispatcher_queue(config), "headers": request_headers(),
                           "message": request.to_body()}, indent=2))
@@ -113,9 +113,9 @@ def build_request(
     """The request for these command-line arguments, with a fresh guid unless one is set."""
     import uuid
 
+    from zhpc.dispatch import DispatchRequest
     from zhpc.errors import ZhpcError
     from zhpc.recipe import load_recipe_file
-    from zhpc.services.dispatcher import DispatchRequest
 
     if not recipes and not custom_file:
         raise ZhpcError("name at least one recipe, or a recipe file with -f")
@@ -133,14 +133,14 @@ def build_request(
 
 def validate(request: DispatchRequest, config: Config) -> None:
     """Do what the Dispatcher will do (without lookups), so errors show before sending."""
-    from zhpc.services.dispatcher import RecipeCache, prepare
+    from zhpc.dispatch import RecipeCache, prepare
 
     rw = prepare(request, RecipeCache(config.recipes.directory).get, emit=lambda _out: None)
     rw.start()
 
 
 def dispatcher_queue(config: Config) -> str:
-    from zhpc.services.dispatcher import DISPATCHER_QUEUE
+    from zhpc.dispatch import DISPATCHER_QUEUE
 
     return config.service("dispatcher").queue or DISPATCHER_QUEUE
 
@@ -157,8 +157,8 @@ def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
 
     Returns ``(True, "")`` when sent, ``(False, reason)`` when spooled.
     """
+    from zhpc.dispatch import request_message
     from zhpc.errors import TransportError
-    from zhpc.services.dispatcher import request_message
     from zhpc.spool import Spool
 
     message = request_message(request, dispatcher_queue(config))
