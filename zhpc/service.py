@@ -224,6 +224,8 @@ class ServiceRunner:
         # Commit futures complete on the transport's I/O thread.
         self._lock = threading.Lock()
         self._pending: set[Future[None]] = set()
+        #: Messages handed back because their expected_runtime did not fit.
+        self._left_alone: set[str] = set()
 
     # -- deadlines ------------------------------------------------------------------
     def end_deadline(self) -> float | None:
@@ -312,7 +314,18 @@ class ServiceRunner:
 
     def _on_message(self, message: Message) -> None:
         self._last_activity = self.clock()
-        if self._should_stop() or self._too_long_for_the_time_left(message):
+        if self._should_stop():
+            self._stop_consuming()
+            self._hand_back(message)
+            return
+        if self._too_long_for_the_time_left(message):
+            if message.message_id in self._left_alone:
+                # It came back to us: only work we cannot finish is left. Leave it to
+                # jobs with more time instead of handing it back and forth until the end.
+                self.drain.request("the messages left do not fit the time left")
+                self._stop_consuming()
+            elif message.message_id is not None:
+                self._left_alone.add(message.message_id)
             self._hand_back(message)
             return
         outputs: list[Outgoing] = []
@@ -327,8 +340,9 @@ class ServiceRunner:
         except DrainDeadline:
             log.warning("%s: out of time, handing message %s back", self.service.name,
                         message.message_id)
-            self._hand_back(message)
             self.drain.request("out of time during a message")
+            self._stop_consuming()
+            self._hand_back(message)
         except Rejected as exc:
             self.dead_lettered += 1
             log.error("%s: dead-lettering message %s: %s", self.service.name,
@@ -370,6 +384,18 @@ class ServiceRunner:
             log.error("%s: outputs not confirmed, message returned to its queue: %s",
                       self.service.name, exc)
 
+    def _stop_consuming(self) -> None:
+        """Cancel the subscription (once) before handing anything back.
+
+        Otherwise a handed-back message can be delivered straight back to this
+        consumer, handed back again, and so on until the process is killed.
+        Deliveries already on their way still reach ``_on_message``, which hands
+        them back too.
+        """
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            self.transport.unsubscribe(subscription)
+
     def _hand_back(self, message: Message) -> None:
         self.handed_back += 1
         self.transport.hand_back(message)
@@ -379,12 +405,11 @@ class ServiceRunner:
         self._set_status(STATUS_SHUTDOWN)
         code = 0
         try:
-            if self._subscription is not None:
-                # Once unsubscribed no more arrive; messages already prefetched are
-                # delivered here and handed back (``_should_stop`` is true), uncounted.
-                self.transport.unsubscribe(self._subscription)
-                while self.transport.poll(0):
-                    pass
+            # Once unsubscribed no more arrive; messages already prefetched are
+            # delivered here and handed back (``_should_stop`` is true), uncounted.
+            self._stop_consuming()
+            while self.transport.poll(0):
+                pass
             with self._lock:
                 pending = list(self._pending)
             _done, late = wait_futures(pending, timeout=max(self.service.settings.drain_grace, 5))
