@@ -16,11 +16,16 @@ feeds it from a queue and settles every message in exactly one way:
   message cannot be finished in time: it is handed back without counting as a
   failure, and the runner exits 0.
 
-Threads: everything here runs on the main thread, which is also where the
-transport runs subscription callbacks (``Transport.poll``). A drain deadline
-during ``process`` is delivered by SIGALRM, which raises :class:`DrainDeadline`
-inside ``process``; code that is stuck in C and never returns to Python is
-killed by the scheduler instead, and its message is then redelivered.
+Threads: ``process`` runs on the main thread, which is also where the
+transport runs subscription callbacks (``Transport.poll``); only the commit
+callbacks that count processed/failed messages may run on the transport's I/O
+thread. A drain deadline during ``process`` is delivered by SIGALRM, which
+raises :class:`DrainDeadline` inside ``process``; code that is stuck in C and
+never returns to Python is killed by the scheduler instead, and its message is
+then redelivered.
+
+Draining cancels the subscription before anything is handed back, so a handed
+back message goes to another consumer rather than straight back to this one.
 """
 
 from __future__ import annotations
@@ -226,6 +231,7 @@ class ServiceRunner:
         self._pending: set[Future[None]] = set()
         #: Messages handed back because their expected_runtime did not fit.
         self._left_alone: set[str] = set()
+        self._set_up = False  # setup() ran and teardown() is still due
 
     # -- deadlines ------------------------------------------------------------------
     def end_deadline(self) -> float | None:
@@ -277,6 +283,7 @@ class ServiceRunner:
             self._end = self.end_deadline()
             self._arm_alarm()
             self.service.setup()
+            self._set_up = True
             self.transport.declare_queue(self.queue)
             self._subscription = self.transport.subscribe(
                 self.queue, self._on_message, prefetch=self.service.settings.prefetch
@@ -287,6 +294,11 @@ class ServiceRunner:
                 self.transport.poll(self._poll_timeout())
                 self._heartbeat()
             return self._shutdown()
+        except BaseException:
+            if self._set_up:  # e.g. the broker went away for good: still close files
+                with contextlib.suppress(Exception):
+                    self.service.teardown()
+            raise
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
@@ -420,6 +432,7 @@ class ServiceRunner:
             with contextlib.suppress(TransportError):
                 self.transport.flush(0)  # failures were counted and logged as they happened
         finally:
+            self._set_up = False
             self.service.teardown()
             self._set_status(STATUS_END)
             self._heartbeat(force=True)

@@ -76,3 +76,24 @@ def test_an_error_route_gets_the_details_and_the_input_is_acked(broker: Broker) 
     assert error.json()["payload"]["exception"] == "KeyError"
     assert transport.queue_depth(queue).ready == 0
     assert transport.queue_depth(dlq_name(queue)).ready == 0
+
+
+class ToNowhere(Service):
+    """Publishes to an exchange that does not exist: every commit fails."""
+
+    def process(self, rw: RecipeWrapper, payload: Any) -> None:
+        self.publish(Outgoing.json("zst.no-such-exchange", payload, kind="exchange",
+                                   routing_key="x"))
+
+
+def test_a_failed_commit_returns_the_input_and_the_runner_carries_on(broker: Broker) -> None:
+    queue = broker.queue("nowhere")
+    transport = broker.transport()
+    transport.declare_queue(queue, delivery_limit=1)
+    publish_recipe(transport, {"1": {"service": "n", "queue": queue}}, [{"value": 1}])
+    service = ToNowhere("nowhere", ServiceConfig(queue=queue, idle_timeout=0.5))
+    runner = ServiceRunner(service, broker.transport())
+    assert runner.run() == 0  # failures were counted and logged; the drain itself was clean
+    assert runner.failed == 2 and runner.processed == 0
+    (dead,) = collect(transport, dlq_name(queue), 1, timeout=10)
+    assert dead.json()["payload"] == {"value": 1}
