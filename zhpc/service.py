@@ -16,28 +16,36 @@ feeds it from a queue and settles every message in exactly one way:
   message cannot be finished in time: it is handed back without counting as a
   failure, and the runner exits 0.
 
-Threads: everything here runs on the main thread, which is also where the
-transport runs subscription callbacks (``Transport.poll``). A drain deadline
-during ``process`` is delivered by SIGALRM, which raises :class:`DrainDeadline`
-inside ``process``; code that is stuck in C and never returns to Python is
-killed by the scheduler instead, and its message is then redelivered.
+Threads: ``process`` runs on the main thread, which is also where the
+transport runs subscription callbacks (``Transport.poll``); only the commit
+callbacks that count processed/failed messages may run on the transport's I/O
+thread. A drain deadline during ``process`` is delivered by SIGALRM, which
+raises :class:`DrainDeadline` inside ``process``; code that is stuck in C and
+never returns to Python is killed by the scheduler instead, and its message is
+then redelivered.
+
+Draining cancels the subscription before anything is handed back, so a handed
+back message goes to another consumer rather than straight back to this one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from typing import Any, ClassVar
 
 from zhpc import __version__
 from zhpc.config import Config, ServiceConfig
-from zhpc.errors import RecipeError, Rejected, ZhpcError
+from zhpc.errors import RecipeError, Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
@@ -145,32 +153,43 @@ class Service:
 
 
 class _Utilization:
-    """Share of the last ``period`` seconds spent in each status, as workflows reports it."""
+    """Share of recent time spent in each status, as workflows reports it.
 
-    def __init__(self, period: float = 10.0) -> None:
-        self.period = period
-        self.history: list[tuple[float, int]] = [(time.time(), STATUS_STARTING)]
+    O(1) per status change: a service switches status twice per message, so a
+    history list would grow by thousands of entries a second under load.
+    Each report covers the time since the previous report.
+    """
+
+    def __init__(self, status: int = STATUS_STARTING) -> None:
+        self.status = status
+        self.since = time.monotonic()
+        self.spent: dict[int, float] = {}
 
     def enter(self, status: int) -> None:
-        if self.history[-1][1] != status:
-            self.history.append((time.time(), status))
+        if status != self.status:
+            now = time.monotonic()
+            self.spent[self.status] = self.spent.get(self.status, 0.0) + now - self.since
+            self.status, self.since = status, now
 
     def report(self) -> dict[int, float]:
-        now = time.time()
-        cutoff = now - self.period
-        spent: dict[int, float] = {}
-        ends = [start for start, _ in self.history[1:]] + [now]
-        for (start, status), end in zip(self.history, ends, strict=True):
-            if end > cutoff:
-                spent[status] = spent.get(status, 0.0) + end - max(start, cutoff)
-        while len(self.history) > 1 and self.history[1][0] < cutoff:
-            self.history.pop(0)
+        now = time.monotonic()
+        spent, self.spent = self.spent, {}
+        spent[self.status] = spent.get(self.status, 0.0) + now - self.since
+        self.since = now
         total = sum(spent.values()) or 1.0
         return {status: round(seconds / total, 4) for status, seconds in spent.items()}
 
 
 class ServiceRunner:
-    """Runs one service on one queue until it drains; returns the process exit code."""
+    """Runs one service on one queue until it drains; :meth:`run` returns the exit code.
+
+    Deadlines: the *end deadline* (``max_runtime``, the job's end time minus
+    ``end_margin``) stops the service taking messages; the *hard deadline*
+    (the end deadline, or ``drain_grace`` after a drain signal) interrupts a
+    message still in ``process`` with :class:`DrainDeadline` and hands it back.
+    The SIGALRM timer is armed once per deadline change, not per message, and
+    only ever raises while a message is being received.
+    """
 
     def __init__(
         self,
@@ -198,9 +217,17 @@ class ServiceRunner:
         self._deadline_passed = False
         self._subscription: str | None = None
         self._started = clock()
+        self._drain_started: float | None = None
+        self._end: float | None = None
         self._last_activity = self._started
         self._next_heartbeat = self._started
         self._host_id = f"{'.'.join(reversed(socket.gethostname().split('.')))}.{os.getpid()}"
+        # Commit futures complete on the transport's I/O thread.
+        self._lock = threading.Lock()
+        self._pending: set[Future[None]] = set()
+        #: Messages handed back because their expected_runtime did not fit.
+        self._left_alone: set[str] = set()
+        self._set_up = False  # setup() ran and teardown() is still due
 
     # -- deadlines ------------------------------------------------------------------
     def end_deadline(self) -> float | None:
@@ -216,41 +243,43 @@ class ServiceRunner:
 
     def hard_deadline(self) -> float | None:
         """When a message still in ``process`` must be handed back."""
-        deadline = self.end_deadline()
-        if self.drain.requested and self._drain_started is not None:
+        deadline = self._end
+        if self._drain_started is not None:
             after_signal = self._drain_started + self.service.settings.drain_grace
             deadline = after_signal if deadline is None else min(deadline, after_signal)
         return deadline
 
-    _drain_started: float | None = None
-
     def _arm_alarm(self) -> None:
         deadline = self.hard_deadline()
-        if deadline is None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            return
-        signal.setitimer(signal.ITIMER_REAL, max(deadline - self.clock(), 0.001))
+        if deadline is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(deadline - self.clock(), 0.001))
 
     def _on_alarm(self, signum: int, frame: object) -> None:
         if self._busy and not self._deadline_passed:
             self._deadline_passed = True
             raise DrainDeadline
+        # Between messages: the loop sees the deadline itself (``_should_stop``).
 
     def _on_drain_signal(self, sig: signal.Signals) -> None:
         if self._drain_started is None:
             self._drain_started = self.clock()
-            log.info("%s: %s, draining", self.service.name, sig.name)
-        if self._busy:
             self._arm_alarm()
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> int:
-        """Process messages until drained; 0 on a clean exit (drains included)."""
+        """Process messages until drained: 0 after a clean drain, 1 if outputs stayed unconfirmed.
+
+        Errors that make processing impossible (broker unreachable, ``setup``
+        failing) propagate; unsettled messages then go back to their queues.
+        """
         old_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
         self.drain.on_signal(self._on_drain_signal)
         self.drain.install()
         try:
+            self._end = self.end_deadline()
+            self._arm_alarm()
             self.service.setup()
+            self._set_up = True
             self.transport.declare_queue(self.queue)
             self._subscription = self.transport.subscribe(
                 self.queue, self._on_message, prefetch=self.service.settings.prefetch
@@ -260,8 +289,12 @@ class ServiceRunner:
             while not self._should_stop():
                 self.transport.poll(self._poll_timeout())
                 self._heartbeat()
-            self._shutdown()
-            return 0
+            return self._shutdown()
+        except BaseException:
+            if self._set_up:  # e.g. the broker went away for good: still close files
+                with contextlib.suppress(Exception):
+                    self.service.teardown()
+            raise
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
@@ -271,8 +304,7 @@ class ServiceRunner:
         if self.drain.requested:
             return True
         now = self.clock()
-        end = self.end_deadline()
-        if end is not None and now >= end:
+        if self._end is not None and now >= self._end:
             self.drain.request("end of the job's time")
             return True
         idle = self.service.settings.idle_timeout
@@ -283,90 +315,127 @@ class ServiceRunner:
 
     def _poll_timeout(self) -> float:
         now = self.clock()
-        wake = [now + 0.5, self._next_heartbeat]
-        end = self.end_deadline()
-        if end is not None:
-            wake.append(end)
-        return max(min(wake) - now, 0.0)
+        wake = min(now + 0.5, self._next_heartbeat)
+        if self._end is not None:
+            wake = min(wake, self._end)
+        return max(wake - now, 0.0)
 
     def _on_message(self, message: Message) -> None:
         self._last_activity = self.clock()
-        if self._should_stop() or self._too_long_for_the_time_left(message):
+        if self._should_stop():
+            self._stop_consuming()
+            self._hand_back(message)
+            return
+        if self._too_long_for_the_time_left(message):
+            if message.message_id in self._left_alone:
+                # It came back to us: only work we cannot finish is left. Leave it to
+                # jobs with more time instead of handing it back and forth until the end.
+                self.drain.request("the messages left do not fit the time left")
+                self._stop_consuming()
+            elif message.message_id is not None:
+                self._left_alone.add(message.message_id)
             self._hand_back(message)
             return
         outputs: list[Outgoing] = []
         self._set_status(STATUS_PROCESSING)
-        self._busy = True
-        self._deadline_passed = False
-        self._arm_alarm()
         try:
-            self.service.receive(message, outputs)
+            self._deadline_passed = False
+            self._busy = True  # from here on SIGALRM may raise DrainDeadline
+            try:
+                self.service.receive(message, outputs)
+            finally:
+                self._busy = False
         except DrainDeadline:
-            self._busy = False
             log.warning("%s: out of time, handing message %s back", self.service.name,
                         message.message_id)
-            self._hand_back(message)
             self.drain.request("out of time during a message")
+            self._stop_consuming()
+            self._hand_back(message)
         except Rejected as exc:
-            self._busy = False
             self.dead_lettered += 1
             log.error("%s: dead-lettering message %s: %s", self.service.name,
                       message.message_id, exc)
             self.transport.dead_letter(message, f"malformed: {exc}")
         except Exception as exc:
-            self._busy = False
-            self.failed += 1
+            with self._lock:
+                self.failed += 1
             log.error("%s: processing failed (delivery %d), returning message %s: %s",
                       self.service.name, message.delivery_count, message.message_id, exc,
                       exc_info=True)
             self.transport.nack(message, requeue=True)
         else:
-            self._busy = False
-            self.transport.commit(outputs, ack=message).add_done_callback(self._committed)
-        finally:
-            self._busy = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            self._set_status(STATUS_IDLE)
-            self._last_activity = self.clock()
+            future = self.transport.commit(outputs, ack=message)
+            with self._lock:
+                self._pending.add(future)
+            future.add_done_callback(self._committed)
+        self._set_status(STATUS_IDLE)
+        self._last_activity = self.clock()
 
     def _too_long_for_the_time_left(self, message: Message) -> bool:
         """True if the step declares an ``expected_runtime`` that no longer fits."""
-        end = self.end_deadline()
-        if end is None:
+        if self._end is None:
             return False
         expected = _expected_runtime(message)
-        return expected is not None and self.clock() + expected > end
+        return expected is not None and self.clock() + expected > self._end
 
     def _committed(self, future: Future[None]) -> None:
+        """Count a settled commit (runs on whichever thread completed the future)."""
         exc = future.exception()
-        if exc is None:
-            self.processed += 1
-        else:
-            self.failed += 1
+        with self._lock:
+            self._pending.discard(future)
+            if exc is None:
+                self.processed += 1
+            else:
+                self.failed += 1
+        if exc is not None:
+            # The transport already returned the input (or the broker will): nothing is lost.
             log.error("%s: outputs not confirmed, message returned to its queue: %s",
                       self.service.name, exc)
+
+    def _stop_consuming(self) -> None:
+        """Cancel the subscription (once) before handing anything back.
+
+        Otherwise a handed-back message can be delivered straight back to this
+        consumer, handed back again, and so on until the process is killed.
+        Deliveries already on their way still reach ``_on_message``, which hands
+        them back too.
+        """
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            self.transport.unsubscribe(subscription)
 
     def _hand_back(self, message: Message) -> None:
         self.handed_back += 1
         self.transport.hand_back(message)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> int:
         log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
         self._set_status(STATUS_SHUTDOWN)
-        if self._subscription is not None:
-            self.transport.unsubscribe(self._subscription)
-            # Messages already prefetched go back without counting as failures.
+        code = 0
+        try:
+            # Once unsubscribed no more arrive; messages already prefetched are
+            # delivered here and handed back (``_should_stop`` is true), uncounted.
+            self._stop_consuming()
             while self.transport.poll(0):
                 pass
-        try:
-            self.transport.flush(timeout=max(self.service.settings.drain_grace, 5.0))
+            with self._lock:
+                pending = list(self._pending)
+            _done, late = wait_futures(pending, timeout=max(self.service.settings.drain_grace, 5))
+            if late:
+                code = 1
+                log.error("%s: %d commit(s) still unconfirmed at exit; the broker delivers "
+                          "those inputs again", self.service.name, len(late))
+            with contextlib.suppress(TransportError):
+                self.transport.flush(0)  # failures were counted and logged as they happened
         finally:
+            self._set_up = False
             self.service.teardown()
             self._set_status(STATUS_END)
             self._heartbeat(force=True)
         log.info("%s: stopped after %d processed, %d failed, %d handed back, %d dead-lettered",
                  self.service.name, self.processed, self.failed, self.handed_back,
                  self.dead_lettered)
+        return code
 
     # -- status -------------------------------------------------------------------
     def _set_status(self, status: int) -> None:

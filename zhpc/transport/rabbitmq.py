@@ -460,7 +460,14 @@ class RabbitMQTransport(Transport):
         if sub is None or not sub.active:
             return
         sub.active = False
-        self._submit(lambda: self._io_cancel(sub))
+        # Wait for the broker's cancel-ok: every delivery sent before it is then in
+        # ``_deliveries``, so a poll(0) sees all of them (a drain hands them back).
+        future: Future[None] = Future()
+        self._submit(lambda: self._io_cancel(sub, future), future)
+        try:
+            self._wait(future, 10)
+        except TransportError as exc:
+            log.warning("unsubscribing from %r: %s", sub.source, exc)
 
     def poll(self, timeout: float) -> int:
         if self._fatal is not None:
@@ -1061,9 +1068,16 @@ class RabbitMQTransport(Transport):
             callback=lambda _frame: future.set_result(None),
         )
 
-    def _io_cancel(self, sub: _Subscription) -> None:
+    def _io_cancel(self, sub: _Subscription, future: Future[None]) -> None:
         if self._work is not None and sub.sub_id in self._work.consumer_tags:
-            self._work.basic_cancel(sub.sub_id)
+            self._work.basic_cancel(sub.sub_id, callback=lambda _frame: _done(future))
+        else:
+            _done(future)
+
+
+def _done(future: Future[None]) -> None:
+    if not future.done() and future.set_running_or_notify_cancel():
+        future.set_result(None)
 
 
 def _fail(future: Future[Any], error: BaseException) -> None:

@@ -1,0 +1,307 @@
+"""Service hop benchmark: prints ONE JSON line (not a test; targets are judged by reading it).
+
+One service on a 2-node recipe (step 1: the service doubles ``payload.value``;
+step 2: a plain queue) over real RabbitMQ, in the same run for:
+
+* ``zhpc``: a zhpc ``ServiceRunner`` (its only mode: outputs confirmed, then the ack);
+* ``workflows_plain``: a python-workflows ``CommonService`` that acks, then sends
+  (a crash between the two loses the message);
+* ``workflows_tx``: the same service with one transaction per message (ack + send
+  committed together; workflows' safe mode, as its Dispatcher does).
+
+The workflows service runs under workflows' ``Frontend`` in its own process,
+which is what ``zocalo.service`` does after reading the site configuration
+(``zocalo.service`` itself can only start services registered as
+``workflows.services`` entry points; this benchmark's is not).
+
+Per implementation:
+* ``msgs_per_s``: a backlog of ``-n`` messages is queued first, then the service
+  started; rate between the first and the last output arriving on step 2.
+* ``p50_ms``/``p99_ms``: one message in flight, publish to step 1 until it is
+  consumed from step 2 (raw pika client, same for all), ``--samples`` times.
+* ``idle_rss_mb``: all processes of the service (workflows: frontend + service)
+  once it consumes, before any message; ``peak_rss_mb``: their VmHWM after the backlog.
+
+Usage: ``python bench/service_hop.py [-n 5000] [--samples 300] [--only zhpc,...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+AMQP_URL = os.environ.get("ZHPC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+IMPLEMENTATIONS = ("zhpc", "workflows_plain", "workflows_tx")
+PREFETCH = 100
+
+
+# == the services (run as children of this script) ==========================
+def child_zhpc(queue: str) -> int:
+    from typing import Any as _Any
+
+    from zhpc.config import BrokerConfig, Config, ServiceConfig
+    from zhpc.recipe import RecipeWrapper
+    from zhpc.service import Service, ServiceRunner
+    from zhpc.transport import get_transport
+
+    class Double(Service):
+        def process(self, rw: RecipeWrapper, payload: _Any) -> None:
+            rw.send({"value": payload["value"] * 2})
+
+    config = Config(broker=BrokerConfig(url=AMQP_URL))
+    settings = ServiceConfig(queue=queue, prefetch=PREFETCH)
+    with get_transport(config.broker) as transport:
+        return ServiceRunner(Double("double", settings, config), transport).run()
+
+
+def child_workflows(queue: str, transactional: bool) -> int:
+    import workflows.recipe
+    from workflows.frontend import Frontend
+    from workflows.services.common_service import CommonService
+    from workflows.transport.pika_transport import PikaTransport
+
+    class Double(CommonService):
+        _service_name = "bench double"
+        _logger_name = "bench.double"
+
+        def initializing(self) -> None:
+            workflows.recipe.wrap_subscribe(
+                self._transport, queue, self.receive, acknowledgement=True,
+                prefetch_count=PREFETCH,
+            )
+
+        def receive(self, rw: Any, header: dict, message: Any) -> None:
+            result = {"value": message["value"] * 2}
+            if transactional:
+                txn = rw.transport.transaction_begin(subscription_id=header["subscription"])
+                rw.transport.ack(header, transaction=txn)
+                rw.send(result, transaction=txn)
+                rw.transport.transaction_commit(txn)
+            else:
+                rw.transport.ack(header)
+                rw.send(result)
+
+    Frontend(transport=PikaTransport, service=Double, environment={"live": False}).run()
+    return 0
+
+
+# == measuring ===============================================================
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo += children.get(current, [])
+    return found
+
+
+def _rss_mb(pid: int, field: str) -> float:
+    total = 0
+    for proc in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
+
+
+class Client:
+    """Raw pika publisher/consumer of the benchmark itself (the same for every service)."""
+
+    def __init__(self) -> None:
+        import pika
+
+        from zhpc.config import BrokerConfig
+        from zhpc.transport import get_transport
+
+        self.transport = get_transport(BrokerConfig(url=AMQP_URL))
+        self.transport.connect()
+        self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        self.channel = self.conn.channel()
+        self.properties = pika.BasicProperties(
+            headers={"workflows-recipe": True}, delivery_mode=2
+        )
+
+    def recipe_body(self, inq: str, outq: str) -> bytes:
+        from zhpc.recipe import RecipeWrapper
+
+        recipe = {"1": {"service": "double", "queue": inq, "output": 2},
+                  "2": {"service": "sink", "queue": outq}, "start": [[1, {"value": 21}]]}
+        return RecipeWrapper.from_recipe(recipe).start()[0].body
+
+    def backlog(self, inq: str, outq: str, count: int) -> None:
+        from zhpc.message import Outgoing
+
+        body = self.recipe_body(inq, outq)
+        self.transport.publish_many(
+            [Outgoing(inq, body, headers={"workflows-recipe": True}) for _ in range(count)]
+        )
+
+    def wait_consuming(self, inq: str, proc: subprocess.Popen, timeout: float = 60) -> float:
+        began = time.monotonic()
+        while self.transport.queue_depth(inq).consumers < 1:
+            if proc.poll() is not None or time.monotonic() - began > timeout:
+                raise RuntimeError(f"the service did not start consuming {inq}")
+            time.sleep(0.01)
+        return time.monotonic() - began
+
+    def drain_rate(self, outq: str, count: int, timeout: float = 300) -> float:
+        """Outputs per second between the first and the count-th arriving on ``outq``."""
+        deadline = time.monotonic() + timeout
+        first: tuple[float, int] | None = None
+        while True:
+            depth = self.transport.queue_depth(outq).ready
+            now = time.monotonic()
+            if first is None and depth > 0:
+                first = (now, depth)
+            if depth >= count and first is not None:
+                return (count - first[1]) / (now - first[0]) if now > first[0] else 0.0
+            if now > deadline:
+                raise RuntimeError(f"only {depth} of {count} outputs after {timeout} s")
+            time.sleep(0.005)
+
+    def latencies(self, inq: str, outq: str, samples: int, warmup: int = 20) -> list[float]:
+        body = self.recipe_body(inq, outq)
+        results = []
+        consumer = self.channel.consume(outq, auto_ack=True, inactivity_timeout=30)
+        for i in range(samples + warmup):
+            began = time.perf_counter()
+            self.channel.basic_publish("", inq, body, self.properties)
+            method, _props, _body = next(consumer)
+            if method is None:
+                raise RuntimeError("no output within 30 s")
+            if i >= warmup:
+                results.append((time.perf_counter() - began) * 1000)
+        self.channel.cancel()
+        return results
+
+    def queues(self) -> tuple[str, str]:
+        tag = uuid.uuid4().hex[:8]
+        inq, outq = f"bench.hop.{tag}.in", f"bench.hop.{tag}.out"
+        for queue in (inq, outq):
+            self.transport.declare_queue(queue)
+        return inq, outq
+
+    def delete(self, *queues: str) -> None:
+        for queue in queues:
+            for name in (queue, f"dlq.{queue}"):
+                self.transport.delete_queue(name)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.conn.close()
+        self.transport.close()
+
+
+def start(kind: str, queue: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, __file__, "--child", kind, queue],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    # 1. idle RSS and one-in-flight latency on an empty queue
+    inq, outq = client.queues()
+    proc = start(kind, inq)
+    try:
+        result["startup_s"] = round(client.wait_consuming(inq, proc), 3)
+        time.sleep(1.0)  # let start-up allocations settle before reading RSS
+        result["idle_rss_mb"] = _rss_mb(proc.pid, "VmRSS")
+        result["processes"] = len(_descendants(proc.pid))
+        lat = sorted(client.latencies(inq, outq, samples))
+        result["p50_ms"] = round(statistics.median(lat), 3)
+        result["p99_ms"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3)
+    finally:
+        stop(proc)
+        client.delete(inq, outq)
+    # 2. draining a backlog queued before the service starts
+    inq, outq = client.queues()
+    client.backlog(inq, outq, messages)
+    proc = start(kind, inq)
+    try:
+        result["msgs_per_s"] = round(client.drain_rate(outq, messages), 1)
+        result["peak_rss_mb"] = _rss_mb(proc.pid, "VmHWM")
+    finally:
+        stop(proc)
+        client.delete(inq, outq)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--messages", type=int, default=5000)
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--only", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "QUEUE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, queue = args.child
+        if kind == "zhpc":
+            return child_zhpc(queue)
+        return child_workflows(queue, transactional=kind == "workflows_tx")
+
+    import workflows
+
+    client = Client()
+    results: dict[str, Any] = {}
+    try:
+        for kind in args.only.split(","):
+            results[kind] = measure(client, kind, args.messages, args.samples)
+    finally:
+        client.close()
+    line: dict[str, Any] = {
+        "benchmark": "service_hop",
+        "broker": "rabbitmq",
+        "messages": args.messages,
+        "samples": args.samples,
+        "prefetch": PREFETCH,
+        "workflows": workflows.__version__,
+        **results,
+    }
+    wf = [results[k] for k in ("workflows_plain", "workflows_tx") if k in results]
+    if "zhpc" in results and wf:
+        zhpc = results["zhpc"]
+        line["zhpc_vs_fastest_workflows"] = round(
+            zhpc["msgs_per_s"] / max(r["msgs_per_s"] for r in wf), 2)
+        line["targets"] = {
+            "throughput_1.5x": line["zhpc_vs_fastest_workflows"] >= 1.5,
+            "p50_le_workflows_tx": "workflows_tx" in results
+            and zhpc["p50_ms"] <= results["workflows_tx"]["p50_ms"],
+            "idle_rss_le_half": zhpc["idle_rss_mb"] <= min(r["idle_rss_mb"] for r in wf) / 2,
+        }
+    print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Fixtures for the service tests: ``broker`` is the embedded broker and real RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from service_support import AMQP_URL, Broker
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    if request.param == "rabbitmq":
+        request.getfixturevalue("rabbitmq_up")  # skips, or fails under CI=true
+        found = Broker("rabbitmq", AMQP_URL)
+    else:
+        found = Broker("embedded", f"sqlite://{tmp_path / 'broker.sqlite'}")
+    yield found
+    found.teardown()
+
+
+@pytest.fixture
+def rabbitmq(rabbitmq_up: None) -> Iterator[Broker]:
+    found = Broker("rabbitmq", AMQP_URL)
+    yield found
+    found.teardown()

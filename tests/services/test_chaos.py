@@ -1,0 +1,113 @@
+"""Chaos: services SIGKILLed at random mid-stream lose nothing (duplicates allowed).
+
+500 recipe instances go through ``double`` (3 processes, 20 ms of simulated
+work per message) and then the real ``jsonlines`` sink (2 processes started
+with ``python -m zhpc service``). Each time the sink has grown by another
+``KILL_EVERY`` lines a random service process is SIGKILLed and restarted.
+At the end every value is in the sink file; a line that appears twice has the
+same message id (recipe output ids are derived from the input's id).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from service_support import Broker, ServiceProcess, publish_recipe
+
+from zhpc.transport.base import dlq_name
+
+MESSAGES = 500
+KILL_EVERY = 40
+MIN_KILLS = 5
+DEADLINE = 90.0
+
+
+def test_random_sigkills_lose_nothing(
+    broker: Broker, tmp_path: Path, wait_until: Callable[..., object]
+) -> None:
+    # Killed consumers return their prefetched messages counted as deliveries; with up to
+    # a dozen kills a message may be caught more than the default 5 times.
+    broker.delivery_limit = 50
+    work, sink = broker.queue("chaos-double"), broker.queue("chaos-sink")
+    home = tmp_path / "home"
+    output = home / "output" / "chaos.jsonl"
+    config = tmp_path / "zhpc.yaml"
+    config.write_text(yaml.safe_dump({
+        "broker": {"url": broker.url, "delivery_limit": broker.delivery_limit},
+        "services": {"jsonlines": {"queue": sink, "prefetch": 10}},
+    }))
+    transport = broker.transport()
+    recipe = {
+        "1": {"service": "double", "queue": work, "output": 2},
+        "2": {"service": "jsonlines", "queue": sink,
+              "parameters": {"output_filename": "chaos.jsonl"}},
+    }
+    publish_recipe(transport, recipe, [{"value": n} for n in range(MESSAGES)])
+
+    def start(role: str, index: int) -> ServiceProcess:
+        log = tmp_path / f"{role}-{index}.log"
+        if role == "double":
+            return ServiceProcess.runner(log, broker.url, "double", work, "--prefetch", "10",
+                                         "--work", "0.02", "--delivery-limit", "50")
+        return ServiceProcess(["-m", "zhpc", "-v", "--config", str(config), "service",
+                               "-s", "jsonlines"], log, env={"ZHPC_HOME": str(home)})
+
+    roles = ["double"] * 3 + ["jsonlines"] * 2
+    procs = [start(role, i) for i, role in enumerate(roles)]
+    rng = random.Random()
+    kills, restarts, last_kill_at = 0, len(procs), 0
+    deadline = time.monotonic() + DEADLINE
+    try:
+        while True:
+            lines = _lines(output)
+            if len({line["payload"]["value"] for line in lines}) == MESSAGES:
+                break
+            assert time.monotonic() < deadline, (
+                f"only {len(lines)} lines after {DEADLINE} s and {kills} kills; "
+                f"last log:\n{procs[0].output()}")
+            if len(lines) - last_kill_at >= KILL_EVERY:
+                victim = rng.randrange(len(procs))
+                procs[victim].proc.send_signal(signal.SIGKILL)
+                procs[victim].wait(10)
+                procs[victim] = start(roles[victim], restarts)
+                kills, restarts, last_kill_at = kills + 1, restarts + 1, len(lines)
+            time.sleep(0.01)  # polling the sink file, not waiting for time to pass
+        for proc in procs:  # a drain needs the handlers installed: wait for start-up
+            wait_until(lambda p=proc: "consuming" in p.output(), 30, 0.05, "start-up")
+            proc.proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(30) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.stop()
+    assert codes == [0] * len(procs), [
+        p.output() for p, c in zip(procs, codes, strict=True) if c]
+    assert kills >= MIN_KILLS, f"only {kills} kills: the services finished too fast"
+
+    lines = _lines(output)
+    values = sorted(line["payload"]["value"] for line in lines)
+    assert sorted(set(values)) == [2 * n for n in range(MESSAGES)]
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for line in lines:
+        by_id[line["message_id"]].append(line["payload"])
+    assert len(by_id) == MESSAGES, "a duplicate line came with a new message id"
+    assert all(all(p == group[0] for p in group) for group in by_id.values())
+    for queue in (work, sink, dlq_name(work), dlq_name(sink)):
+        assert transport.queue_depth(queue).ready == 0, queue
+    print(f"{broker.kind}: {kills} kills, {len(lines) - MESSAGES} duplicate lines",
+          file=sys.stderr)
+
+
+def _lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    text = path.read_text()
+    complete = text[: text.rfind("\n") + 1]  # a line being written right now is skipped
+    return [json.loads(line) for line in complete.splitlines()]

@@ -1,0 +1,84 @@
+"""Interoperability with python-workflows over real RabbitMQ.
+
+workflows' RecipeWrapper starts a recipe; its first step is a zhpc service
+(``double``); its second a workflows CommonService run by workflows' Frontend
+in another process. The value has to cross both boundaries intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from service_support import Broker
+
+from zhpc.config import ServiceConfig
+from zhpc.recipe import RecipeWrapper
+from zhpc.service import Service, ServiceRunner
+
+workflows_recipe = pytest.importorskip("workflows.recipe.wrapper")
+pika_transport = pytest.importorskip("workflows.transport.pika_transport")
+
+SIDE = Path(__file__).with_name("workflows_side.py")
+
+
+class Double(Service):
+    def process(self, rw: RecipeWrapper, payload: Any) -> None:
+        rw.send({"value": payload["value"] * 2, "seen": rw.recipe_pointer})
+
+
+def test_workflows_to_zhpc_to_workflows(
+    rabbitmq: Broker, tmp_path: Path, wait_until: Callable[..., Any]
+) -> None:
+    first, second = rabbitmq.queue("interop-zhpc"), rabbitmq.queue("interop-workflows")
+    transport = rabbitmq.transport()
+    for queue in (first, second):  # workflows subscribes to existing queues only
+        transport.declare_queue(queue)
+    output = tmp_path / "sink.jsonl"
+    side = subprocess.Popen(
+        [sys.executable, str(SIDE), second, str(output)],
+        stdout=(tmp_path / "workflows.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,  # the Frontend forks its service: stop the whole group
+    )
+    try:
+        wait_until(output.with_suffix(".ready").exists, 60, 0.05, "the workflows service")
+
+        sender = pika_transport.PikaTransport()
+        sender.connect()
+        try:
+            recipe = {
+                "1": {"service": "zhpc double", "queue": first, "output": 2},
+                "2": {"service": "workflows sink", "queue": second},
+                "start": [[1, {"value": 21}]],
+            }
+            workflows_recipe.RecipeWrapper(
+                recipe=recipe, transport=sender, environment={"ID": "interop-1"}
+            ).start()
+        finally:
+            sender.disconnect()
+
+        runner = ServiceRunner(
+            Double("double", ServiceConfig(queue=first, idle_timeout=1.0)), transport
+        )
+        assert runner.run() == 0
+        assert runner.processed == 1 and runner.failed == 0 and runner.dead_lettered == 0
+
+        wait_until(output.exists, 30, 0.05, "the workflows service to receive")
+        (line,) = output.read_text().splitlines()
+    finally:
+        if side.poll() is None:
+            os.killpg(side.pid, signal.SIGTERM)
+        side.wait(15)
+    record = json.loads(line)
+    assert record["payload"] == {"value": 42, "seen": 1}
+    assert record["recipe_pointer"] == 2
+    assert record["recipe_path"] == [1]
+    assert record["environment"]["ID"] == "interop-1"
+    assert record["headers"]["workflows-recipe"] in (True, "True", "true")
