@@ -18,7 +18,7 @@ from zhpc import __version__
 from zhpc.errors import ZhpcError
 
 #: Command modules, in the order ``zhpc --help`` lists them. Only working commands belong here.
-COMMAND_MODULES: tuple[str, ...] = ("recipe", "service", "config")
+COMMAND_MODULES: tuple[str, ...] = ("recipe", "service", "wrap", "submit", "config")
 
 log = logging.getLogger("zhpc")
 
