@@ -86,6 +86,20 @@ class CommandResult:
     stderr: str
 
 
+def _start_deaf(thread: threading.Thread) -> None:
+    """Start a helper thread with the forwarded signals blocked in it.
+
+    The kernel then delivers them to the main thread, whose wait for the child
+    they interrupt, so Python runs the forwarding handler at once rather than
+    when the child has already exited.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _Tee(threading.Thread):
     """Copies a pipe to one of our own streams, keeping the last ``limit`` bytes."""
 
@@ -221,7 +235,7 @@ def run_command(
         _Tee(err_r, getattr(sys.stderr, "buffer", sys.stderr), tail_bytes),
     ]
     for tee in tees:
-        tee.start()
+        _start_deaf(tee)
     if started is not None:
         started(proc)
     try:
@@ -492,7 +506,7 @@ class WrapRun:
             first=0.0 if self.rw is not None else self.quiet_start,
             interval=self.heartbeat_interval,
         )
-        heartbeat.start()
+        _start_deaf(heartbeat)  # threads it starts (the broker's I/O) inherit its mask
         ok, error, files = False, None, []
         try:
             ok, files = self._work(drain)
