@@ -45,10 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def service_command(config: Config, service: str) -> list[str]:
-    """The argument vector each task runs: this interpreter, this configuration."""
+    """The argument vector each task runs: this interpreter, this configuration, and
+    ``-v`` so that the job's log says when and why the service drained."""
     from zhpc.wrap import zhpc_command
 
-    return [*zhpc_command(config), "service", "-s", service]
+    return [*zhpc_command(config), "-v", "service", "-s", service]
 
 
 def batch_script(command: list[str]) -> str:
