@@ -79,12 +79,13 @@ def missing(what: str) -> None:
     pytest.skip(what)
 
 
-def wrapped_recipe(queue: str, step: dict[str, Any], payload: Any) -> dict[str, Any]:
+def wrapped_recipe(queue: str, step: dict[str, Any], payload: Any,
+                   submission: str | None = None) -> dict[str, Any]:
     """A recipe whose step 1 is a cluster step with all four named outputs on test queues."""
     return {
         "1": {
             "service": "wrapped command",
-            "queue": f"{queue}.submission",
+            "queue": submission or f"{queue}.submission",
             "output": {"job_submitted": 5, "success": 2, "failure": 3, "done": 4},
             **step,
         },
