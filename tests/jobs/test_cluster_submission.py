@@ -198,3 +198,19 @@ def test_redelivery_after_sbatch_does_not_submit_twice(site: Site) -> None:
     finally:
         service.cluster.cancel([payloads[0]["job_id"]] if payloads else [])
         service.teardown()
+
+
+def test_a_cancelled_job_still_reports_failure_with_the_signal(site: Site) -> None:
+    code = "import time; print('started', flush=True); time.sleep(120)"
+    step = {"cluster": {"command": [sys.executable, "-c", code]}}
+    name, job = site.run(step)
+    job_log = Path(job["workdir"]) / "job.out"
+    deadline = time.monotonic() + 60
+    while "started" not in (job_log.read_text() if job_log.exists() else ""):
+        assert time.monotonic() < deadline, "the command did not start"
+        time.sleep(0.2)
+    SlurmCluster().cancel([job["job_id"]])
+    payload = site.outcome(name, "failure", job)
+    assert (payload["signal"], payload["exit_code"]) == (15, 143)
+    assert payload["stdout"] == "started\n"
+    assert finished_job(job["job_id"]).state is JobState.CANCELLED
