@@ -17,10 +17,13 @@ The run, in order:
    exit code (zhpc wrap's own errors: 2).
 
 A job has no input message to ack, so results are published with
-``publish_many`` (confirmed) before the process exits. If the broker cannot be
-reached they are not lost: they are written next to FILE as
-``<FILE stem>.results.json`` (or under ``$ZHPC_HOME/spool``), the exit code is
-non-zero and one line says how to send them later (``zhpc wrap --resend``).
+``publish_many`` (confirmed) before the process exits. They are first written
+next to FILE as ``<FILE stem>.results.json`` (or under ``$ZHPC_HOME/spool``)
+and that file is removed once the broker confirmed them. If the broker cannot
+be reached (or the job is killed while publishing) the file stays: the exit
+code is then non-zero and one line says how to send them later
+(``zhpc wrap --resend FILE``; message ids are deterministic, so a duplicate
+is recognisable).
 
 Start-up matters (a wrap runs per image on some beamlines): without
 ``--recipewrapper`` nothing beyond the standard library is imported unless
@@ -617,25 +620,30 @@ class WrapRun:
         return payload
 
     def _deliver(self, payload: dict[str, Any], code: int, heartbeat: _Heartbeat) -> int:
-        """Send success/failure then done, confirmed; spool them if the broker is away."""
+        """Send success/failure then done, confirmed; keep them on disk until they are.
+
+        The results file is written *before* publishing, so that a SIGKILL
+        during a slow publish (scancel's KillWait) cannot lose them either.
+        """
         rw = self.rw
         assert rw is not None
         outputs = [*rw.send_to(payload["status"], payload), *rw.send_to("done", payload)]
+        spool = self._spool(outputs)
         heartbeat.join(timeout=1)
         try:
             self.reporter.transport().publish_many(outputs)
         except ZhpcError as exc:
-            spool = self._spool(outputs)
-            print(
-                f"zhpc wrap: error: results not sent ({exc}); saved in {spool}; "
-                f"send them later with: zhpc wrap --resend {spool}",
-                file=sys.stderr,
-            )
+            kept = (f"saved in {spool}; send them later with: zhpc wrap --resend {spool}"
+                    if spool else "and no results file could be written: they are lost")
+            print(f"zhpc wrap: error: results not sent ({exc}); {kept}", file=sys.stderr)
             return code or OWN_ERROR
+        if spool is not None:
+            with contextlib.suppress(OSError):
+                spool.unlink()
         self.reporter.status(self.status())
         return code
 
-    def _spool(self, outputs: list[Outgoing]) -> Path:
+    def _spool(self, outputs: list[Outgoing]) -> Path | None:
         data = {
             "created": time.time(),
             "slurm_job_id": self.job.slurm_job_id,
@@ -656,7 +664,7 @@ class WrapRun:
                 return path
             except OSError as exc:
                 log.warning("cannot write results to %s: %s", path, exc)
-        raise ZhpcError("results not sent and no spool file could be written: they are lost")
+        return None
 
 
 def _outgoing_to_json(out: Outgoing) -> dict[str, Any]:

@@ -97,6 +97,7 @@ def test_success_sends_success_then_done_with_the_run_details(
     assert payload["command"] == [sys.executable, "-c", "print('hello')"]
     assert payload["runtime"] > 0 and payload["signal"] is None
     assert payload["slurm_job_id"] is None  # not in a Slurm job here
+    assert not rwfile.with_name("recipewrapper.results.json").exists()  # sent: not kept
     broker.poll(0.5)
     assert statuses and statuses[-1].json()["statustext"] == "shutdown"
     assert statuses[-1].json()["service"] == "wrap:command"
