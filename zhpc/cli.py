@@ -18,7 +18,15 @@ from zhpc import __version__
 from zhpc.errors import ZhpcError
 
 #: Command modules, in the order ``zhpc --help`` lists them. Only working commands belong here.
-COMMAND_MODULES: tuple[str, ...] = ("go", "demo", "recipe", "service", "config")
+COMMAND_MODULES: tuple[str, ...] = (
+    "go",
+    "demo",
+    "recipe",
+    "service",
+    "submit",
+    "wrap",
+    "config",
+)
 
 log = logging.getLogger("zhpc")
 

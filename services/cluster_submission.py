@@ -1,0 +1,165 @@
+"""Cluster submission: a recipe step with a ``cluster`` section becomes a batch job.
+
+The step's message is written to a recipe-wrapper file in the job's own
+directory under ``cluster.workdir``, and a job running ``zhpc wrap
+--recipewrapper FILE [--wrap NAME] -- CMD...`` is submitted. The step's named
+output ``job_submitted`` gets the job id; the job itself later sends
+``success``/``failure`` and ``done`` for the same step. The input is acked
+only after the scheduler returned a job id, and no broker message is held
+while the job waits or runs.
+
+Redelivery (the service died after ``sbatch`` but before the ack) must not
+submit twice: the job's name and directory derive from the message id, and
+before submitting the service looks for the job id it recorded in that
+directory, then for a job of that name in the cluster's listing (one
+``squeue`` call, cached briefly by the backend).
+
+Step format::
+
+    cluster:
+      command: [prog, "arg={param}", ...]   # argv, never a shell string
+      wrapper: azimuthal                    # optional zhpc.wrappers plug-in
+      time: "00:10:00"                      # default: cluster.default_time
+      cpus: 4
+      memory: 8G
+      partition: debug
+      stage_in: [/data/in.cbf]              # read by zhpc wrap in the job
+      stage_out: ["*.xy"]
+      results_directory: /data/processed
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from zhpc.cluster import Cluster, JobSpec, get_cluster
+from zhpc.errors import ClusterError
+from zhpc.message import MESSAGE_ID_HEADER
+from zhpc.recipe import RecipeWrapper
+from zhpc.service import Rejected, Service
+from zhpc.wrap import write_recipewrapper, zhpc_command
+
+#: Wrap jobs are named ``zhpc-wrap-<hash of the message id>``.
+JOB_PREFIX = "zhpc-wrap-"
+RECIPEWRAPPER_FILE = "recipewrapper.json"
+JOB_ID_FILE = "job_id"
+_KEYS = {"command", "wrapper", "time", "cpus", "memory", "partition", "stage_in", "stage_out",
+         "results_directory"}
+
+
+def cluster_section(step: dict[str, Any] | None) -> dict[str, Any]:
+    """The step's ``cluster`` section, checked; Rejected says what is wrong with it."""
+    section = (step or {}).get("cluster")
+    if not isinstance(section, dict):
+        raise Rejected("the step has no 'cluster' section")
+    unknown = sorted(set(section) - _KEYS)
+    if unknown:
+        raise Rejected(f"cluster: unknown key(s) {', '.join(map(str, unknown))}")
+    command = section.get("command", [])
+    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+        raise Rejected("cluster.command must be a list of strings (one per argument)")
+    wrapper = section.get("wrapper")
+    if wrapper is not None and not (isinstance(wrapper, str) and wrapper.isidentifier()):
+        raise Rejected("cluster.wrapper must be the name of a wrapper plug-in")
+    if not command and not wrapper:
+        raise Rejected("cluster: needs a command, a wrapper, or both")
+    cpus = section.get("cpus")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
+        raise Rejected("cluster.cpus must be a whole number >= 1")
+    memory = section.get("memory")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, str | int)):
+        raise Rejected("cluster.memory must be a size such as 8G or a number of megabytes")
+    for key in ("partition",):
+        if section.get(key) is not None and not isinstance(section[key], str):
+            raise Rejected(f"cluster.{key} must be a string")
+    return section
+
+
+def job_key(message_id: str) -> str:
+    """A short, name-safe, deterministic key for one logical message."""
+    return hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:20]
+
+
+class ClusterSubmission(Service):
+    """Submits a batch job running ``zhpc wrap`` for each cluster step."""
+
+    queue = "cluster.submission"
+
+    def setup(self) -> None:
+        self.cluster: Cluster = get_cluster(self.config.cluster)
+
+    def teardown(self) -> None:
+        self.cluster.close()
+
+    def process(self, rw: RecipeWrapper, payload: Any) -> None:
+        section = cluster_section(rw.recipe_step)
+        message_id = self._message_id()
+        name = JOB_PREFIX + job_key(message_id)
+        jobdir = self.config.cluster.job_workdir() / name
+        rwfile = jobdir / RECIPEWRAPPER_FILE
+        job_id = self._already_submitted(jobdir, name)
+        resubmission = job_id is not None
+        if job_id is None:
+            spec = self._spec(section, name, jobdir, rwfile, message_id)
+            jobdir.mkdir(parents=True, exist_ok=True)
+            body = rw.body(rw.recipe_pointer or 0, payload, add_path_step=False)
+            write_recipewrapper(rwfile, body, message_id)
+            job_id = self.cluster.submit(spec)
+            (jobdir / JOB_ID_FILE).write_text(job_id + "\n", encoding="utf-8")
+            self.log.info("submitted job %s (%s) for recipe %s", job_id, name, rw.recipe_id)
+        else:
+            self.log.warning("message %s was submitted before as job %s: not submitting again",
+                             message_id, job_id)
+        rw.send_to("job_submitted", {
+            "job_id": job_id,
+            "job_name": name,
+            "workdir": str(jobdir),
+            "recipewrapper": str(rwfile),
+            "resubmission": resubmission,
+        })
+
+    def _message_id(self) -> str:
+        message = self.current_message
+        if message is None:
+            raise RuntimeError("process() called outside a message")
+        value = message.headers.get(MESSAGE_ID_HEADER) or message.message_id
+        if value:
+            return str(value.decode() if isinstance(value, bytes) else value)
+        return hashlib.sha256(message.body).hexdigest()  # no id at all: the content is the id
+
+    def _already_submitted(self, jobdir: Path, name: str) -> str | None:
+        """The job id if this message was submitted before (recorded file, then squeue)."""
+        try:
+            recorded = (jobdir / JOB_ID_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            recorded = ""
+        if recorded:
+            return recorded
+        for info in self.cluster.jobs(name):
+            if info.name == name:
+                return info.array_job_id or info.job_id
+        return None
+
+    def _spec(self, section: dict[str, Any], name: str, jobdir: Path, rwfile: Path,
+              message_id: str) -> JobSpec:
+        argv = [*zhpc_command(self.config), "wrap", "--recipewrapper", str(rwfile)]
+        if section.get("wrapper"):
+            argv += ["--wrap", section["wrapper"]]
+        argv += ["--", *section.get("command", [])]
+        memory = section.get("memory")
+        try:
+            return JobSpec(
+                name=name,
+                argv=argv,
+                time_limit=section.get("time") or self.config.cluster.default_time,
+                partition=section.get("partition") or None,
+                cpus=section.get("cpus"),
+                memory=str(memory) if memory is not None else None,
+                comment=f"zhpc-wrap:{message_id}",
+                workdir=jobdir,
+                output=jobdir / "job.out",
+            )
+        except ClusterError as exc:  # a bad time limit will not get better on retry
+            raise Rejected(str(exc)) from None
