@@ -1,9 +1,6 @@
 """A recipe with a cluster step, end to end on the real cluster and RabbitMQ:
-cluster submission service -> sbatch -> ``zhpc wrap`` in a Slurm job -> the step's
-named outputs reach the next steps.
-
-Until the Dispatcher lands, recipes start with ``RecipeWrapper.from_recipe().start()``
-published directly (what the Dispatcher will publish).
+a ``zocalo.go``-style request -> Dispatcher -> cluster submission service -> sbatch ->
+``zhpc wrap`` in a Slurm job -> the step's named outputs reach the next steps.
 """
 
 from __future__ import annotations
@@ -32,6 +29,7 @@ from jobs_support import (
 from zhpc.cluster import JobInfo, JobState
 from zhpc.cluster.slurm import SlurmCluster
 from zhpc.config import BrokerConfig, load_config
+from zhpc.dispatch import DispatchRequest, request_message
 from zhpc.message import Message
 from zhpc.transport import Transport, dlq_name, get_transport
 
@@ -41,11 +39,12 @@ ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[
 
 @dataclass
 class Site:
-    """A running cluster submission service and what it needs."""
+    """Running Dispatcher and cluster submission services, and what they need."""
 
     base: Path
     config: Path
     queue: str
+    dispatcher_queue: str
     data: Path
     log: Path
     transport: Transport
@@ -61,7 +60,9 @@ class Site:
         """Start a one-cluster-step recipe; returns its queue prefix and job_submitted payload."""
         name = self.new_queue()
         recipe = wrapped_recipe(name, step, payload or {}, submission=self.queue)
-        self.transport.publish(recipe_message(recipe, parameters))
+        (self.base / "recipes" / f"{name}.json").write_text(json.dumps(recipe))
+        request = DispatchRequest(recipes=[name], parameters=dict(parameters or {}))
+        self.transport.publish(request_message(request, self.dispatcher_queue))
         (submitted,) = collect(self.transport, f"{name}.submitted", 1, timeout=30) or [None]
         assert submitted is not None, self.log.read_text()[-3000:]
         return name, submitted.json()["payload"]
@@ -83,29 +84,36 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
          ) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("site")
     queue = f"zhpc-test-{uuid.uuid4().hex[:10]}.submission"
-    (base / "data").mkdir()
-    (base / "jobs").mkdir()
+    dispatcher_queue = f"zhpc-test-{uuid.uuid4().hex[:10]}.processing_recipe"
+    for folder in ("data", "jobs", "recipes"):
+        (base / folder).mkdir()
     config = write_config(base / "zhpc.yaml", {
         "broker": {"url": RABBITMQ_URL},
         "cluster": {"backend": "slurm", "workdir": str(base / "jobs"),
                     "default_time": "00:05:00"},
         "staging": {"allowed_roots": [str(base / "data")]},
-        "services": {"cluster_submission": {"queue": queue, "prefetch": 10}},
+        "recipes": {"directory": str(base / "recipes")},
+        "services": {"cluster_submission": {"queue": queue, "prefetch": 10},
+                     "dispatcher": {"queue": dispatcher_queue}},
     })
     log = base / "service.log"
+    services = []
     with open(log, "w") as out:
-        service = subprocess.Popen(
-            [sys.executable, "-m", "zhpc", "--config", str(config), "-v", "service", "-s",
-             "cluster_submission"], env=zhpc_env(), stdout=out, stderr=subprocess.STDOUT)
+        for name in ("dispatcher", "cluster_submission"):
+            services.append(subprocess.Popen(
+                [sys.executable, "-m", "zhpc", "--config", str(config), "-v", "service", "-s",
+                 name], env=zhpc_env(), stdout=out, stderr=subprocess.STDOUT))
     transport = get_transport(BrokerConfig(url=RABBITMQ_URL))
     transport.connect()
-    site = Site(base, config, queue, base / "data", log, transport,
-                queues=[queue, dlq_name(queue)])
+    site = Site(base, config, queue, dispatcher_queue, base / "data", log, transport,
+                queues=[queue, dlq_name(queue), dispatcher_queue, dlq_name(dispatcher_queue)])
     try:
         yield site
     finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=30)
+        for service in services:
+            service.send_signal(signal.SIGTERM)
+        for service in services:
+            assert service.wait(timeout=30) == 0
         cluster = SlurmCluster()  # jobs of this module have their directory under base
         cluster.cancel([j.job_id for j in cluster.jobs("zhpc-wrap-")
                         if not j.state.finished and (base / "jobs" / j.name).is_dir()])
