@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output")
     parser.add_argument("-q", "--quiet", action="count", default=0, help="less output")
     parser.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="log line format"
+        "--log-format",
+        choices=("text", "json"),
+        help="log line format (default: the configuration's logging.format, else text)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
@@ -84,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("zhpc: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        return 1
+    except Exception as exc:  # a bug, not a user error: still one line unless -v
+        if verbosity > 0:
+            log.exception("internal error")
+        print(f"zhpc: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+              file=sys.stderr)
         return 1
 
 

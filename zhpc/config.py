@@ -306,6 +306,9 @@ def load_config(
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
     config = parse_config(data, source=source, environment=environment)
+    from zhpc.logs import apply_config
+
+    apply_config(config.logging.level, config.logging.format)
     if config.broker.password_file is not None:
         config.broker.password()  # fail early on a world-readable password file
     return config

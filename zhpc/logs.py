@@ -30,15 +30,56 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(verbosity: int = 0, fmt: str = "text") -> None:
-    """Configure the root logger; ``verbosity`` is the -v count minus the -q count."""
-    level = logging.WARNING
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "ERROR": logging.ERROR}
+#: Whether the command line chose the level / format (the configuration then yields to it).
+_chosen_on_command_line = {"level": False, "format": False}
+
+
+def setup_logging(
+    verbosity: int = 0, fmt: str | None = None, *, level: str | None = None
+) -> None:
+    """Configure the root logger.
+
+    ``verbosity`` is the -v count minus the -q count; a non-zero value or an
+    explicit ``fmt`` wins over what a configuration file asks for later
+    (:func:`apply_config`).
+    """
+    _chosen_on_command_line["level"] = verbosity != 0
+    _chosen_on_command_line["format"] = fmt is not None
+    _install(_level_for(verbosity) if level is None else _LEVELS[level], fmt or "text",
+             debug_pika=verbosity >= 3)
+
+
+def apply_config(level: str, fmt: str) -> None:
+    """Use the configuration's ``logging`` section where the command line chose nothing.
+
+    Does nothing when zhpc is used as a library (logging is then the caller's).
+    """
+    if _installed is None:
+        return
+    root = logging.getLogger()
+    current_fmt = "json" if isinstance(_installed.formatter, JsonFormatter) else "text"
+    new_level = root.level if _chosen_on_command_line["level"] else _LEVELS[level]
+    new_fmt = current_fmt if _chosen_on_command_line["format"] else fmt
+    _install(new_level, new_fmt, debug_pika=logging.getLogger("pika").level == logging.DEBUG)
+
+
+def _level_for(verbosity: int) -> int:
     if verbosity == 1:
-        level = logging.INFO
-    elif verbosity >= 2:
-        level = logging.DEBUG
-    elif verbosity < 0:
-        level = logging.ERROR
+        return logging.INFO
+    if verbosity >= 2:
+        return logging.DEBUG
+    if verbosity < 0:
+        return logging.ERROR
+    return logging.WARNING
+
+
+_installed: logging.Handler | None = None
+
+
+def _install(level: int, fmt: str, *, debug_pika: bool) -> None:
+    global _installed
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
@@ -47,7 +88,10 @@ def setup_logging(verbosity: int = 0, fmt: str = "text") -> None:
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    if _installed is not None:
+        root.removeHandler(_installed)
+    root.addHandler(handler)
     root.setLevel(level)
+    _installed = handler
     # pika logs every expected 404 and retry as errors; zhpc reports those itself.
-    logging.getLogger("pika").setLevel(logging.DEBUG if verbosity >= 3 else logging.CRITICAL)
+    logging.getLogger("pika").setLevel(logging.DEBUG if debug_pika else logging.CRITICAL)
