@@ -1,64 +1,25 @@
-"""Shared fixtures: the real test cluster (scripts/setup-cluster), waiting, unique names.
+"""Shared fixtures: the real test cluster (scripts/setup-cluster) and unique names.
 
 When a service is not up the tests that need it are skipped on a developer
-machine, but fail in CI (``CI=true``), where the cluster must be running.
+machine, but fail in CI (``CI=true``), where the cluster must be running
+(``testsupport.unavailable``). Helpers for tests are in ``testsupport.py``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+from testsupport import port_open, unavailable
 
 from zhpc.config import SSHConfig
 
-T = TypeVar("T")
-
 STATE_DIR = Path(os.environ.get("ZHPC_TEST_CLUSTER_STATE", "/var/lib/zhpc-test-cluster"))
 NODES = ("n1", "n2", "n3")
-
-
-def unavailable(what: str) -> None:
-    """Skip (developer machine) or fail (CI) because part of the test cluster is missing."""
-    message = f"{what}; run scripts/setup-cluster (as root) first"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI: {message}", pytrace=False)
-    pytest.skip(message)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(
-    condition: Callable[[], T], timeout: float, interval: float = 0.2, what: str = "condition"
-) -> T:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}", pytrace=False)
-        time.sleep(interval)
-
-
-@pytest.fixture(name="wait_until")
-def wait_until_fixture() -> Callable[..., object]:
-    return wait_until
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from testsupport import wait_until
 
 from zhpc.jobenv import DRAIN_SIGNALS, Drain, JobEnvironment
 
@@ -74,9 +75,7 @@ def test_second_sigint_interrupts() -> None:
 def test_max_runtime_and_end_time_trigger_drain() -> None:
     drain = Drain(max_runtime=0.05)
     assert not drain.should_drain()
-    deadline = time.monotonic() + 5
-    while not drain.should_drain() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(drain.should_drain, 5, 0.01, "the max runtime to pass")
     assert drain.reason == "max runtime reached"
 
     job = JobEnvironment.from_environ(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pika
 import pytest
+from testsupport import port_open, unavailable, wait_until
 
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Message, Outgoing
@@ -30,32 +31,12 @@ URL = os.environ.get("ZHPC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2
 HOST, PORT = "127.0.0.1", 5672
 
 
-def _broker_listens() -> bool:
-    try:
-        with socket.create_connection((HOST, PORT), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 def _require_broker() -> None:
-    if _broker_listens():
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"no RabbitMQ broker listens on {HOST}:{PORT} (run scripts/setup-cluster)")
-    pytest.skip(f"no RabbitMQ broker listens on {HOST}:{PORT}")
+    if not port_open(PORT, HOST, timeout=1):
+        unavailable(f"no RabbitMQ broker listens on {HOST}:{PORT}")
 
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(120)]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -97,11 +78,14 @@ def collect(t: RabbitMQTransport, queue: str, *, prefetch: int = 10) -> list[Mes
 
 
 def poll_until(t: RabbitMQTransport, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s")
-        t.poll(0.05)
+    """Poll ``t`` (it delivers in poll) until ``condition`` holds."""
+
+    def polled() -> bool:
+        if not condition():
+            t.poll(0.05)
+        return condition()
+
+    wait_until(polled, timeout, interval=0, what=repr(condition))
 
 
 # -- topology and the wire ---------------------------------------------------------------------
@@ -187,7 +171,7 @@ def test_queue_depth(transport, names):
     depth = transport.queue_depth(queue)
     assert (depth.ready, depth.unacked, depth.consumers) == (3, None, 0)
     collect(transport, queue, prefetch=1)
-    wait_for(lambda: transport.queue_depth(queue).consumers == 1, what="consumer count")
+    wait_until(lambda: transport.queue_depth(queue).consumers == 1, what="consumer count")
 
 
 # -- unroutable, commit, dead letters, hand-back ------------------------------------------------
@@ -236,7 +220,7 @@ def test_commits_pipeline_and_ack_inputs_after_outputs_confirm(transport, names)
     poll_until(transport, lambda: len(futures) == n)
     transport.flush(30)
     assert all(f.done() and f.exception() is None for f in futures)
-    wait_for(lambda: transport.queue_depth(outq).ready == n, what="outputs")
+    wait_until(lambda: transport.queue_depth(outq).ready == n, what="outputs")
     # inputs acked: nothing ready, and nothing comes back after unsubscribing and reconnecting
     transport.close()
     transport.connect()
@@ -282,7 +266,7 @@ def test_delay_and_expiry(transport, names):
 
     expiring = names("expiry")
     transport.publish(Outgoing.json(expiring, {}, expiration=0.05))
-    wait_for(lambda: transport.queue_depth(expiring).ready == 0, what="expiry")
+    wait_until(lambda: transport.queue_depth(expiring).ready == 0, what="expiry")
     with pytest.raises(TransportError, match="both"):
         transport.publish(Outgoing.json(queue, {}, delay=1, expiration=1))
 
@@ -374,7 +358,8 @@ def test_first_connection_is_retried_until_the_broker_listens(caplog, names):
     with caplog.at_level(logging.WARNING, logger="zhpc.transport.rabbitmq"):
         thread = threading.Thread(target=connect)
         thread.start()
-        wait_for(lambda: "attempt 2 of 20" in caplog.text, what="two failed attempts")
+        wait_until(lambda: "attempt 2 of 20" in caplog.text, interval=0.01,
+                   what="two failed attempts")
         proxy.listen()
         thread.join(30)
     try:
@@ -441,11 +426,11 @@ def test_broker_restart_mid_stream_loses_nothing(names, caplog):
     for thread in threads:
         thread.start()
     try:
-        wait_for(lambda: len(received) >= 100, what="the stream to flow")
+        wait_until(lambda: len(received) >= 100, what="the stream to flow")
         _rabbitmqctl("stop_app")
         _rabbitmqctl("start_app")
         before = len(received)
-        wait_for(lambda: len(received) >= before + 100, timeout=90, what="the stream to resume")
+        wait_until(lambda: len(received) >= before + 100, timeout=90, what="the stream to resume")
     finally:
         give_up = time.monotonic() + 60
         stop.set()

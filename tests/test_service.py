@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testsupport import collect
 
 from zhpc.config import ServiceConfig
-from zhpc.message import Message, Outgoing
+from zhpc.message import Outgoing
 from zhpc.recipe import RecipeWrapper
 from zhpc.service import Service, ServiceRunner
 from zhpc.transport.base import death_record, dlq_name
@@ -56,21 +57,6 @@ def start(transport: EmbeddedTransport, rec: dict, payloads: list[Any]) -> None:
         transport.publish_many(rw.start())
 
 
-def drain_queue(transport: EmbeddedTransport, queue: str, expect: int) -> list[Message]:
-    got: list[Message] = []
-
-    def keep(message: Message) -> None:
-        got.append(message)
-        transport.ack(message)
-
-    sub = transport.subscribe(queue, keep, prefetch=100)
-    deadline = time.monotonic() + 10
-    while len(got) < expect and time.monotonic() < deadline:
-        transport.poll(0.2)
-    transport.unsubscribe(sub)
-    return got
-
-
 def run(service: Service, transport: EmbeddedTransport, **settings: Any) -> ServiceRunner:
     service.settings = ServiceConfig(**{"idle_timeout": 0.5, **settings})
     runner = ServiceRunner(service, transport, queue=service.queue)
@@ -83,7 +69,7 @@ def test_outputs_are_sent_and_inputs_acked(transport: EmbeddedTransport) -> None
     runner = run(Double("double"), transport)
     assert runner.processed == 20
     assert transport.queue_depth("double").ready == 0
-    out = drain_queue(transport, "double.out", 20)
+    out = collect(transport, "double.out", 20)
     assert sorted(m.json()["payload"]["value"] for m in out) == [2 * v for v in range(20)]
     assert all(m.is_recipe and m.json()["recipe-pointer"] == 2 for m in out)
 
@@ -93,7 +79,7 @@ def test_failure_without_error_route_ends_in_dlq(transport: EmbeddedTransport) -
     start(transport, recipe("double"), [{"nothing": 1}])
     runner = run(Double("double"), transport)
     assert runner.failed == 2  # limit 1: two deliveries, then dead-lettered
-    dead = drain_queue(transport, dlq_name("double"), 1)
+    dead = collect(transport, dlq_name("double"), 1)
     assert len(dead) == 1
     record = death_record(dead[0])
     assert record is not None and record.reason == "delivery_limit"
@@ -103,7 +89,7 @@ def test_failure_with_error_route_is_routed_and_acked(transport: EmbeddedTranspo
     start(transport, recipe("double", error=True), [{"nothing": 1}])
     runner = run(Double("double"), transport)
     assert runner.failed == 0
-    errors = drain_queue(transport, "double.err", 1)
+    errors = collect(transport, "double.err", 1)
     details = errors[0].json()["payload"]
     assert details["exception"] == "KeyError"
     assert details["payload"] == {"nothing": 1}
@@ -120,7 +106,7 @@ def test_malformed_messages_are_dead_lettered_at_once(transport: EmbeddedTranspo
                                     headers=header))
     runner = run(Double("double"), transport)
     assert runner.dead_lettered == 3
-    dead = drain_queue(transport, dlq_name("double"), 3)
+    dead = collect(transport, dlq_name("double"), 3)
     reasons = sorted(death_record(m).detail for m in dead)  # type: ignore[union-attr]
     assert len(reasons) == 3
     assert all(r.startswith("malformed: ") for r in reasons)
@@ -136,7 +122,7 @@ def test_max_runtime_hands_back_a_long_message_without_counting(
     runner = run(Sleepy("sleepy"), transport, max_runtime=0.5, end_margin=0)
     assert time.monotonic() - began < 10
     assert runner.handed_back == 1 and runner.failed == 0
-    back = drain_queue(transport, "sleepy", 1)
+    back = collect(transport, "sleepy", 1)
     assert back[0].delivery_count == 1
     assert back[0].headers.get("zhpc-handbacks") == 1
 
@@ -145,7 +131,7 @@ def test_expected_runtime_that_does_not_fit_is_left_alone(transport: EmbeddedTra
     start(transport, recipe("sleepy", parameters={"expected_runtime": 60}), [{"sleep": 0}])
     runner = run(Sleepy("sleepy"), transport, max_runtime=2, end_margin=0)
     assert runner.processed == 0 and runner.handed_back >= 1
-    assert drain_queue(transport, "sleepy", 1)[0].delivery_count == 1
+    assert collect(transport, "sleepy", 1)[0].delivery_count == 1
 
 
 def test_status_is_broadcast_with_workflows_fields(transport: EmbeddedTransport) -> None:

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from testsupport import jobs_finished, wait_until
 
 from zhpc.cluster import JobSpec, JobState
 from zhpc.cluster.slurm import SlurmCluster
@@ -14,7 +15,7 @@ from zhpc.cluster.slurm import SlurmCluster
 
 @pytest.mark.slurm
 def test_end_time_inside_a_real_slurm_job(
-    slurm_up: None, unique_name: str, tmp_path: Path, wait_until
+    slurm_up: None, unique_name: str, tmp_path: Path
 ) -> None:
     program = textwrap.dedent(
         """
@@ -30,9 +31,7 @@ def test_end_time_inside_a_real_slurm_job(
     job_id = cluster.submit(
         JobSpec(name=name, argv=[sys.executable, "-c", program], time_limit="00:05:00", output=out)
     )
-    (info,) = wait_until(
-        lambda: [j for j in cluster.jobs(name) if j.state.finished], timeout=60, what="the job"
-    )
+    (info,) = wait_until(jobs_finished(cluster, name, 1), timeout=60, what="the job")
     assert info.state is JobState.COMPLETED, out.read_text()
     scheduler, seen_id, node, end, remaining = out.read_text().split()
     assert (scheduler, seen_id, node) == ("slurm", job_id, info.node)

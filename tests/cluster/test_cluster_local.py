@@ -11,13 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from testsupport import ARGV_DUMP, jobs_finished, wait_until
 
 from zhpc.cluster import JobSpec, JobState, get_cluster
 from zhpc.cluster.local import LocalCluster, process_start_time
 from zhpc.config import ClusterConfig
 from zhpc.errors import ClusterError
-
-ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
 
 
 @pytest.fixture
@@ -28,35 +27,27 @@ def local(tmp_path: Path):
     cluster.cancel(running)
 
 
-def _finished(cluster: LocalCluster, prefix: str, count: int):
-    def check():
-        jobs = cluster.jobs(prefix)
-        return jobs if len(jobs) == count and all(j.state.finished for j in jobs) else None
-
-    return check
-
-
 def test_get_cluster_builds_the_local_backend_under_the_job_workdir(tmp_path: Path) -> None:
     cluster = get_cluster(ClusterConfig(backend="local", workdir=tmp_path))
     assert isinstance(cluster, LocalCluster) and cluster.root == tmp_path / "local"
 
 
 def test_argv_runs_literally_and_completes(
-    local: LocalCluster, unique_name: str, tmp_path: Path, wait_until
+    local: LocalCluster, unique_name: str, tmp_path: Path
 ) -> None:
     args = ['"; touch /tmp/zhpc-pwned-local', "$HOME", "a  b", "*"]
     out = tmp_path / "argv.json"
     job_id = local.submit(
         JobSpec(name=unique_name, argv=[sys.executable, "-c", ARGV_DUMP, str(out), *args])
     )
-    (info,) = wait_until(_finished(local, unique_name, 1), timeout=30, what="the job")
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="the job")
     assert (info.job_id, info.state, info.exit_code) == (job_id, JobState.COMPLETED, 0)
     assert json.loads(out.read_text()) == args
     assert not Path("/tmp/zhpc-pwned-local").exists()
 
 
 def test_failure_exit_code_output_env_and_workdir(
-    local: LocalCluster, unique_name: str, tmp_path: Path, wait_until
+    local: LocalCluster, unique_name: str, tmp_path: Path
 ) -> None:
     script = '#!/bin/sh\necho "$PWD $ZHPC_JOB_ID $GREETING"\necho oops >&2\nexit 7\n'
     job_id = local.submit(
@@ -70,7 +61,7 @@ def test_failure_exit_code_output_env_and_workdir(
             comment="why",
         )
     )
-    (info,) = wait_until(_finished(local, unique_name, 1), timeout=30, what="the job")
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="the job")
     assert (info.state, info.exit_code, info.reason) == (JobState.FAILED, 7, "NonZeroExitCode")
     assert info.comment == "why"
     assert (tmp_path / f"{job_id}.out").read_text() == f"{tmp_path} {job_id} hi there\n"
@@ -78,7 +69,7 @@ def test_failure_exit_code_output_env_and_workdir(
 
 
 def test_array_tasks_get_their_index(
-    local: LocalCluster, unique_name: str, tmp_path: Path, wait_until
+    local: LocalCluster, unique_name: str, tmp_path: Path
 ) -> None:
     job_id = local.submit(
         JobSpec(
@@ -88,7 +79,7 @@ def test_array_tasks_get_their_index(
             output=tmp_path / "%A_%a.out",
         )
     )
-    jobs = wait_until(_finished(local, unique_name, 3), timeout=30, what="the tasks")
+    jobs = wait_until(jobs_finished(local, unique_name, 3), timeout=30, what="the tasks")
     assert [j.job_id for j in jobs] == [f"{job_id}_{i}" for i in range(3)]
     assert {j.state for j in jobs} == {JobState.COMPLETED}
     for task in range(3):
@@ -96,7 +87,7 @@ def test_array_tasks_get_their_index(
 
 
 def test_time_limit_sends_early_signal_then_term(
-    local: LocalCluster, unique_name: str, tmp_path: Path, wait_until
+    local: LocalCluster, unique_name: str, tmp_path: Path
 ) -> None:
     # The job logs each signal; USR1 comes 1 s before the 2 s limit, TERM at the limit.
     program = textwrap.dedent(
@@ -122,23 +113,23 @@ def test_time_limit_sends_early_signal_then_term(
             signal="B:USR1@1",
         )
     )
-    (info,) = wait_until(_finished(local, unique_name, 1), timeout=30, what="the timeout")
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="the timeout")
     assert (info.state, info.reason) == (JobState.TIMEOUT, "TimeLimit")
     assert log.read_text().split() == ["SIGUSR1", "SIGTERM"]
 
 
 def test_job_ignoring_term_is_killed_after_kill_wait(
-    local: LocalCluster, unique_name: str, wait_until
+    local: LocalCluster, unique_name: str
 ) -> None:
     local.submit(
         JobSpec(name=unique_name, argv=["sh", "-c", "trap '' TERM; sleep 60"], time_limit=1)
     )
-    (info,) = wait_until(_finished(local, unique_name, 1), timeout=30, what="the kill")
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="the kill")
     assert info.state is JobState.TIMEOUT and info.signal == signal.SIGKILL
 
 
 def test_another_process_lists_and_cancels(
-    local: LocalCluster, unique_name: str, wait_until
+    local: LocalCluster, unique_name: str
 ) -> None:
     job_id = local.submit(JobSpec(name=unique_name, argv=["sleep", "60"], array=2))
     wait_until(
@@ -159,11 +150,11 @@ def test_another_process_lists_and_cancels(
         check=True,
     )
     assert other.stdout.strip() == "2"
-    jobs = wait_until(_finished(local, unique_name, 2), timeout=30, what="the cancel")
+    jobs = wait_until(jobs_finished(local, unique_name, 2), timeout=30, what="the cancel")
     assert {j.state for j in jobs} == {JobState.CANCELLED}
 
 
-def test_cancel_one_array_task_only(local: LocalCluster, unique_name: str, wait_until) -> None:
+def test_cancel_one_array_task_only(local: LocalCluster, unique_name: str) -> None:
     job_id = local.submit(JobSpec(name=unique_name, argv=["sleep", "60"], array=2))
     local.cancel([f"{job_id}_1"])
     wait_until(
@@ -177,7 +168,7 @@ def test_cancel_one_array_task_only(local: LocalCluster, unique_name: str, wait_
 
 
 def test_killed_supervisor_is_reported_as_node_fail(
-    local: LocalCluster, unique_name: str, wait_until
+    local: LocalCluster, unique_name: str
 ) -> None:
     job_id = local.submit(JobSpec(name=unique_name, argv=["sleep", "60"]))
     wait_until(
@@ -185,7 +176,7 @@ def test_killed_supervisor_is_reported_as_node_fail(
     )
     supervisor = json.loads((local.root / job_id / "pid").read_text())["pid"]
     os.kill(supervisor, signal.SIGKILL)
-    (info,) = wait_until(_finished(local, unique_name, 1), timeout=30, what="node_fail")
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="node_fail")
     assert info.state is JobState.NODE_FAIL and info.reason == "supervisor process gone"
     # Cancelling it kills the orphaned command, which no supervisor watches any more.
     child = json.loads((local.root / job_id / "state.json").read_text())["child_pid"]
@@ -193,9 +184,9 @@ def test_killed_supervisor_is_reported_as_node_fail(
     wait_until(lambda: process_start_time(child) is None, timeout=30, what="the orphan to die")
 
 
-def test_unknown_command_fails_cleanly(local: LocalCluster, unique_name: str, wait_until) -> None:
+def test_unknown_command_fails_cleanly(local: LocalCluster, unique_name: str) -> None:
     local.submit(JobSpec(name=unique_name, argv=["/nonexistent/zhpc-program"]))
-    (info,) = wait_until(_finished(local, unique_name, 1), timeout=30, what="the failure")
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="the failure")
     assert info.state is JobState.FAILED and info.exit_code == 127
     assert "cannot start" in info.reason
 

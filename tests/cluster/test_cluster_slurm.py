@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from testsupport import ARGV_DUMP, jobs_finished, wait_until
 
 from zhpc.cluster import JobSpec, JobState
 from zhpc.cluster.slurm import (
@@ -19,9 +20,6 @@ from zhpc.cluster.slurm import (
     sbatch_argv,
 )
 from zhpc.errors import ClusterError
-
-ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
-
 
 # -- parsing and command building (no cluster needed) ------------------------------
 
@@ -109,17 +107,9 @@ def slurm(slurm_up: None) -> SlurmCluster:
     return SlurmCluster(cache_seconds=0)
 
 
-def _finished(slurm: SlurmCluster, prefix: str, count: int):
-    def check():
-        jobs = slurm.jobs(prefix)
-        return jobs if len(jobs) == count and all(j.state.finished for j in jobs) else None
-
-    return check
-
-
 @pytest.mark.slurm
 def test_submit_runs_argv_literally_and_lists_it(
-    slurm: SlurmCluster, unique_name: str, tmp_path: Path, wait_until
+    slurm: SlurmCluster, unique_name: str, tmp_path: Path
 ) -> None:
     pwned = Path(f"/tmp/zhpc-pwned-{uuid.uuid4().hex[:8]}")
     args = [f'"; touch {pwned}', "$(touch " + str(pwned) + ")", "a  b", "$HOME", "*"]
@@ -135,7 +125,7 @@ def test_submit_runs_argv_literally_and_lists_it(
     )
     job_id = slurm.submit(spec)
     assert job_id.isdigit()
-    (info,) = wait_until(_finished(slurm, unique_name, 1), timeout=60, what="the job")
+    (info,) = wait_until(jobs_finished(slurm, unique_name, 1), timeout=60, what="the job")
     assert (info.job_id, info.state, info.exit_code) == (job_id, JobState.COMPLETED, 0)
     assert info.comment == "zhpc test" and info.node in ("n1", "n2", "n3")
     assert json.loads(out.read_text()) == args
@@ -144,7 +134,7 @@ def test_submit_runs_argv_literally_and_lists_it(
 
 @pytest.mark.slurm
 def test_failed_job_reports_its_exit_code(
-    slurm: SlurmCluster, unique_name: str, tmp_path: Path, wait_until
+    slurm: SlurmCluster, unique_name: str, tmp_path: Path
 ) -> None:
     script = '#!/bin/bash\n#SBATCH --time=00:02:00\necho "$ZHPC_TEST_VALUE"\nexit 3\n'
     job_id = slurm.submit(
@@ -152,7 +142,7 @@ def test_failed_job_reports_its_exit_code(
             name=unique_name, script=script, output=tmp_path / "out", env={"ZHPC_TEST_VALUE": "v w"}
         )
     )
-    (info,) = wait_until(_finished(slurm, unique_name, 1), timeout=60, what="the job")
+    (info,) = wait_until(jobs_finished(slurm, unique_name, 1), timeout=60, what="the job")
     assert (info.job_id, info.state, info.exit_code) == (job_id, JobState.FAILED, 3)
     assert info.reason == "NonZeroExitCode"
     assert (tmp_path / "out").read_text() == "v w\n"
@@ -160,7 +150,7 @@ def test_failed_job_reports_its_exit_code(
 
 @pytest.mark.slurm
 def test_array_is_one_sbatch_call_and_one_squeue_per_listing(
-    slurm: SlurmCluster, unique_name: str, tmp_path: Path, wait_until
+    slurm: SlurmCluster, unique_name: str, tmp_path: Path
 ) -> None:
     job_id = slurm.submit(
         JobSpec(
@@ -176,14 +166,14 @@ def test_array_is_one_sbatch_call_and_one_squeue_per_listing(
     jobs = slurm.jobs(unique_name)
     assert slurm.calls["squeue"] == before + 1
     assert sorted(j.job_id for j in jobs) == sorted(f"{job_id}_{i}" for i in range(6))
-    done = wait_until(_finished(slurm, unique_name, 6), timeout=90, what="the array tasks")
+    done = wait_until(jobs_finished(slurm, unique_name, 6), timeout=90, what="the array tasks")
     assert {j.state for j in done} == {JobState.COMPLETED}
     for task in range(6):
         assert (tmp_path / f"{job_id}_{task}.out").read_text() == f"{task}\n"
 
 
 @pytest.mark.slurm
-def test_cancel_a_running_job(slurm: SlurmCluster, unique_name: str, wait_until) -> None:
+def test_cancel_a_running_job(slurm: SlurmCluster, unique_name: str) -> None:
     job_id = slurm.submit(
         JobSpec(name=unique_name, argv=["sleep", "300"], time_limit=600, output="/dev/null")
     )
@@ -193,16 +183,18 @@ def test_cancel_a_running_job(slurm: SlurmCluster, unique_name: str, wait_until)
         what="the job to run",
     )
     slurm.cancel([job_id])
-    (info,) = wait_until(_finished(slurm, unique_name, 1), timeout=60, what="the cancel")
+    (info,) = wait_until(jobs_finished(slurm, unique_name, 1), timeout=60, what="the cancel")
     assert info.state is JobState.CANCELLED and info.scheduler_state == "CANCELLED"
     slurm.cancel([job_id])  # cancelling a finished job is not an error
 
 
 @pytest.mark.slurm
-def test_time_limit_gives_timeout(slurm: SlurmCluster, unique_name: str, wait_until) -> None:
+def test_time_limit_gives_timeout(slurm: SlurmCluster, unique_name: str) -> None:
     # Slurm counts limits in whole minutes: this takes about 60-70 s (KillWait is 5 s).
     slurm.submit(JobSpec(name=unique_name, argv=["sleep", "600"], time_limit=1, output="/dev/null"))
-    (info,) = wait_until(_finished(slurm, unique_name, 1), timeout=150, interval=1, what="timeout")
+    (info,) = wait_until(
+        jobs_finished(slurm, unique_name, 1), timeout=150, interval=1, what="timeout"
+    )
     assert info.state is JobState.TIMEOUT
     assert info.scheduler_state == "TIMEOUT"
 

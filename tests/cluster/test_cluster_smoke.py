@@ -6,11 +6,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from testsupport import wait_until
 
 
 @pytest.mark.slurm
 def test_sbatch_job_lands_on_each_node_and_completes(
-    slurm_up: None, unique_name: str, tmp_path: Path, wait_until
+    slurm_up: None, unique_name: str, tmp_path: Path
 ) -> None:
     job_ids = {}
     for node in ("n1", "n2", "n3"):

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from testsupport import jobs_finished, wait_until
 
 from zhpc.cluster import JobSpec, JobState, get_cluster
 from zhpc.cluster.ssh import SSHCluster
@@ -16,7 +17,7 @@ from zhpc.errors import ClusterError
 @pytest.mark.ssh
 @pytest.mark.slurm
 def test_ssh_backend_submits_lists_and_cancels(
-    slurm_up: None, ssh_config: SSHConfig, unique_name: str, tmp_path: Path, wait_until
+    slurm_up: None, ssh_config: SSHConfig, unique_name: str, tmp_path: Path
 ) -> None:
     cluster = get_cluster(ClusterConfig(backend="ssh", ssh=ssh_config))
     assert isinstance(cluster, SSHCluster)
@@ -35,12 +36,10 @@ def test_ssh_backend_submits_lists_and_cancels(
         )
         cluster.cancel([sleeper])
 
-        def finished():
-            jobs = {j.job_id: j for j in cluster.jobs(unique_name)}
-            done = len(jobs) == 2 and all(j.state.finished for j in jobs.values())
-            return jobs if done else None
-
-        jobs = wait_until(finished, timeout=60, what="the jobs over ssh")
+        finished = wait_until(
+            jobs_finished(cluster, unique_name, 2), timeout=60, what="the jobs over ssh"
+        )
+        jobs = {j.job_id: j for j in finished}
         assert jobs[job_id].state is JobState.COMPLETED
         assert jobs[sleeper].state is JobState.CANCELLED
         assert (tmp_path / f"{job_id}.out").read_text() == "it's|$(id)|a  b|"

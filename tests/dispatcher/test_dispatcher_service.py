@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from testsupport import collect
 
 from zhpc import dispatch as dispatcher_module
 from zhpc.config import Config, RecipesConfig, ServiceConfig
 from zhpc.errors import RecipeError
-from zhpc.message import Message, Outgoing
+from zhpc.message import Outgoing
 from zhpc.service import ServiceRunner
 from zhpc.services.dispatcher import (
     DISPATCHER_QUEUE,
@@ -84,22 +84,6 @@ def send(transport: EmbeddedTransport, body: Any, **kwargs: Any) -> Outgoing:
     return message
 
 
-def take(transport: EmbeddedTransport, queue: str, expect: int) -> list[Message]:
-    got: list[Message] = []
-
-    def keep(message: Message) -> None:
-        got.append(message)
-        transport.ack(message)
-
-    sub = transport.subscribe(queue, keep, prefetch=100)
-    deadline = time.monotonic() + 10
-    while len(got) < expect and time.monotonic() < deadline:
-        transport.poll(0.1)
-    transport.unsubscribe(sub)
-    assert len(got) == expect, f"{queue}: expected {expect} messages, got {len(got)}"
-    return got
-
-
 def test_merges_custom_then_named_recipes_applies_parameters_and_guid(
     recipes: Path, transport: EmbeddedTransport
 ) -> None:
@@ -111,7 +95,9 @@ def test_merges_custom_then_named_recipes_applies_parameters_and_guid(
     assert (runner.processed, runner.dead_lettered) == (1, 0)
     assert transport.queue_depth(DISPATCHER_QUEUE).ready == 0
 
-    bodies = {q: take(transport, q, 1)[0].json() for q in ("q.custom", "q.alpha", "q.beta")}
+    # The Dispatcher has run: all it sent is queued already, no need to listen for more.
+    bodies = {q: collect(transport, q, 1, exact=True, listen=0)[0].json()
+              for q in ("q.custom", "q.alpha", "q.beta")}
     # As Zocalo's Dispatcher: the custom recipe comes first, named recipes follow in order.
     assert bodies["q.custom"]["recipe-pointer"] == 1
     assert bodies["q.alpha"]["recipe-pointer"] == 2
@@ -138,7 +124,8 @@ def test_guid_is_made_when_missing_and_is_the_same_for_a_redelivered_request(
     send(transport, body, message_id="request-1")  # the same request delivered again
     send(transport, body, message_id="request-2")
     run(make_dispatcher(recipes), transport)
-    ids = [m.json()["environment"]["ID"] for m in take(transport, "q.alpha", 3)]
+    started = collect(transport, "q.alpha", 3, exact=True, listen=0)
+    ids = [m.json()["environment"]["ID"] for m in started]
     assert all(uuid.UUID(i) for i in ids)
     assert ids[0] == ids[1] != ids[2]
 
@@ -166,7 +153,8 @@ def test_lookups_are_made_once_and_never_override_the_request(
     assert len(calls) == 4
     # Lookups see what earlier lookups added (dispatch_info runs first).
     assert all("dispatch_time" in c for c in calls)
-    xs = sorted(m.json()["recipe"]["1"]["parameters"]["x"] for m in take(transport, "q.alpha", 4))
+    started = collect(transport, "q.alpha", 4, exact=True, listen=0)
+    xs = sorted(m.json()["recipe"]["1"]["parameters"]["x"] for m in started)
     assert xs == ["from-lookup"] * 3 + ["mine"]
 
 
@@ -178,7 +166,8 @@ def test_lookups_are_chosen_by_the_service_parameters(
                                                         parameters={"lookups": []}), config)
     send(transport, {"recipes": ["alpha"], "parameters": {"guid": "g"}})
     run(dispatcher, transport)
-    params = take(transport, "q.alpha", 1)[0].json()["recipe"]["1"]["parameters"]
+    (started,) = collect(transport, "q.alpha", 1, exact=True, listen=0)
+    params = started.json()["recipe"]["1"]["parameters"]
     assert params["host"] == "{dispatch_host}"  # no lookup ran: left for a later stage
 
 
@@ -220,13 +209,13 @@ def test_bad_requests_end_in_the_error_queue_with_the_reason(
     runner = run(make_dispatcher(recipes, ("failing", failing_lookup)), transport)
     assert (runner.processed, runner.dead_lettered, runner.failed) == (1, 1, 0)
     assert transport.queue_depth(DISPATCHER_QUEUE).ready == 0
-    [dead] = take(transport, dlq_name(DISPATCHER_QUEUE), 1)
+    [dead] = collect(transport, dlq_name(DISPATCHER_QUEUE), 1, exact=True, listen=0)
     assert dead.body == sent.body  # the request itself is kept, unchanged
     assert reason in str(dead.headers[DEAD_LETTER_REASON_HEADER])
     record = death_record(dead)
     assert record is not None and record.queue == DISPATCHER_QUEUE
     assert "\n" not in record.detail
-    take(transport, "q.alpha", 1)
+    collect(transport, "q.alpha", 1, exact=True, listen=0)
     assert transport.queue_depth("q.bad").ready == 0
 
 

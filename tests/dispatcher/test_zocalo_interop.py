@@ -18,13 +18,14 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from testsupport import AMQP_URL, unavailable, wait_until
 
 from zhpc.config import BrokerConfig
 from zhpc.dispatch import DISPATCHER_QUEUE
@@ -32,13 +33,15 @@ from zhpc.transport import dlq_name, get_transport
 
 pytestmark = pytest.mark.rabbitmq
 
-AMQP_URL = os.environ.get("ZHPC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ZOCALO_GO = "import sys; from zocalo.cli.go import run; sys.argv[0] = 'zocalo.go'; run()"
 
 
 @pytest.fixture
 def broker(rabbitmq_up: None) -> Iterator[Any]:
-    pytest.importorskip("zocalo.cli.go", reason="pip install -e '.[test]' installs zocalo")
+    try:
+        import zocalo.cli.go  # noqa: F401
+    except ImportError:
+        unavailable("zocalo is not installed", hint="pip install -e '.[test]' installs it")
     with get_transport(BrokerConfig(url=AMQP_URL, connection_attempts=2)) as transport:
         yield transport
 
@@ -56,7 +59,7 @@ def zocalo_go(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_a_zocalo_go_request_runs_through_zhpc_services(
-    broker: Any, tmp_path: Path, unique_name: str, wait_until: Callable[..., Any]
+    broker: Any, tmp_path: Path, unique_name: str
 ) -> None:
     queues = {"double": f"{unique_name}.double", "jsonlines": f"{unique_name}.jsonlines"}
     home = tmp_path / "home"

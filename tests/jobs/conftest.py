@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from jobs_support import RABBITMQ_URL
+from testsupport import AMQP_URL
 
 from zhpc.config import BrokerConfig
 from zhpc.transport import Transport, get_transport
@@ -14,5 +14,5 @@ from zhpc.transport import Transport, get_transport
 @pytest.fixture
 def rabbit(rabbitmq_up: None) -> Iterator[Transport]:
     """A connection to the real RabbitMQ of the test cluster."""
-    with get_transport(BrokerConfig(url=RABBITMQ_URL)) as transport:
+    with get_transport(BrokerConfig(url=AMQP_URL)) as transport:
         yield transport

@@ -1,22 +1,16 @@
-"""Helpers for the job tests: config files, running the CLI, reading queues, recipes."""
+"""Helpers for the job tests: config files, running the CLI, recipes (and see testsupport.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from zhpc.message import Message
-from zhpc.transport import Transport
-
 PLUGINS = Path(__file__).parent / "plugins"
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:
@@ -43,40 +37,6 @@ def zhpc(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.Completed
         check=False,
         **kwargs,
     )
-
-
-def collect(
-    transport: Transport, queue: str, count: int, timeout: float, *, exact: bool = False
-) -> list[Message]:
-    """Ack and return messages from ``queue`` until ``count`` came or ``timeout`` passed.
-
-    With ``exact`` it keeps listening briefly after ``count`` to catch extras.
-    """
-    got: list[Message] = []
-
-    def keep(message: Message) -> None:
-        got.append(message)
-        transport.ack(message)
-
-    sub = transport.subscribe(queue, keep, prefetch=50)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < count and time.monotonic() < deadline:
-            transport.poll(0.2)
-        if exact:
-            transport.poll(0.5)
-    finally:
-        transport.unsubscribe(sub)
-        while transport.poll(0):
-            pass
-    return got
-
-
-def missing(what: str) -> None:
-    """Skip on a developer machine, fail in CI (CI=true), where everything must be installed."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI: {what}", pytrace=False)
-    pytest.skip(what)
 
 
 def wrapped_recipe(queue: str, step: dict[str, Any], payload: Any,

@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,14 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs_support import (
-    RABBITMQ_URL,
-    collect,
-    recipe_message,
-    wrapped_recipe,
-    write_config,
-    zhpc_env,
-)
+from jobs_support import recipe_message, wrapped_recipe, write_config, zhpc_env
+from testsupport import AMQP_URL, ARGV_DUMP, collect, wait_until
 
 from zhpc.cluster import JobInfo, JobState
 from zhpc.cluster.slurm import SlurmCluster
@@ -34,7 +27,6 @@ from zhpc.message import Message
 from zhpc.transport import Transport, dlq_name, get_transport
 
 pytestmark = [pytest.mark.slurm, pytest.mark.rabbitmq]
-ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
 
 
 @dataclass
@@ -63,16 +55,18 @@ class Site:
         (self.base / "recipes" / f"{name}.json").write_text(json.dumps(recipe))
         request = DispatchRequest(recipes=[name], parameters=dict(parameters or {}))
         self.transport.publish(request_message(request, self.dispatcher_queue))
-        (submitted,) = collect(self.transport, f"{name}.submitted", 1, timeout=30) or [None]
+        (submitted,) = collect(self.transport, f"{name}.submitted", 1, timeout=30,
+                               check=False) or [None]
         assert submitted is not None, self.log.read_text()[-3000:]
         return name, submitted.json()["payload"]
 
     def outcome(self, name: str, expect: str, job: dict[str, Any]) -> dict[str, Any]:
-        (message,) = collect(self.transport, f"{name}.{expect}", 1, timeout=90) or [None]
+        (message,) = collect(self.transport, f"{name}.{expect}", 1, timeout=90,
+                             check=False) or [None]
         job_log = Path(job["workdir"]) / "job.out"
         assert message is not None, job_log.read_text() if job_log.exists() else "no job log"
         other = "failure" if expect == "success" else "success"
-        assert collect(self.transport, f"{name}.{other}", 1, timeout=0.2) == []
+        assert collect(self.transport, f"{name}.{other}", 1, timeout=0.2, check=False) == []
         (done,) = collect(self.transport, f"{name}.done", 1, timeout=10)
         payload = message.json()["payload"]
         assert done.json()["payload"] == payload
@@ -88,7 +82,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
     for folder in ("data", "jobs", "recipes"):
         (base / folder).mkdir()
     config = write_config(base / "zhpc.yaml", {
-        "broker": {"url": RABBITMQ_URL},
+        "broker": {"url": AMQP_URL},
         "cluster": {"backend": "slurm", "workdir": str(base / "jobs"),
                     "default_time": "00:05:00"},
         "staging": {"allowed_roots": [str(base / "data")]},
@@ -103,7 +97,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
             services.append(subprocess.Popen(
                 [sys.executable, "-m", "zhpc", "--config", str(config), "-v", "service", "-s",
                  name], env=zhpc_env(), stdout=out, stderr=subprocess.STDOUT))
-    transport = get_transport(BrokerConfig(url=RABBITMQ_URL))
+    transport = get_transport(BrokerConfig(url=AMQP_URL))
     transport.connect()
     site = Site(base, config, queue, dispatcher_queue, base / "data", log, transport,
                 queues=[queue, dlq_name(queue), dispatcher_queue, dlq_name(dispatcher_queue)])
@@ -124,14 +118,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
 
 def finished_job(job_id: str) -> JobInfo:
     cluster = SlurmCluster(cache_seconds=0)
-    deadline = time.monotonic() + 30
-    while True:
+
+    def finished() -> JobInfo | None:
         info = cluster.job(job_id, "zhpc-wrap-")
-        if info is not None and info.state.finished:
-            return info
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} did not finish: {info}")
-        time.sleep(0.5)
+        return info if info is not None and info.state.finished else None
+
+    return wait_until(finished, 30, 0.5,
+                      lambda: f"job {job_id} to finish: {cluster.job(job_id, 'zhpc-wrap-')}")
 
 
 def test_success_reaches_the_next_step_from_a_slurm_job(site: Site) -> None:
@@ -213,10 +206,8 @@ def test_a_cancelled_job_still_reports_failure_with_the_signal(site: Site) -> No
     step = {"cluster": {"command": [sys.executable, "-c", code]}}
     name, job = site.run(step)
     job_log = Path(job["workdir"]) / "job.out"
-    deadline = time.monotonic() + 60
-    while "started" not in (job_log.read_text() if job_log.exists() else ""):
-        assert time.monotonic() < deadline, "the command did not start"
-        time.sleep(0.2)
+    wait_until(lambda: "started" in (job_log.read_text() if job_log.exists() else ""), 60,
+               what="the command to start")
     SlurmCluster().cancel([job["job_id"]])
     payload = site.outcome(name, "failure", job)
     assert (payload["signal"], payload["exit_code"]) == (15, 143)

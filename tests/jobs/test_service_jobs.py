@@ -9,13 +9,13 @@ processed (its output arrived) or still in its queue, and nothing is dead-letter
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs_support import RABBITMQ_URL, collect, recipe_message, write_config, zhpc
+from jobs_support import recipe_message, write_config, zhpc
+from testsupport import AMQP_URL, collect, wait_until
 
 from zhpc.cluster import JobInfo, JobState
 from zhpc.cluster.slurm import SlurmCluster
@@ -48,7 +48,7 @@ def queue(rabbit: Transport, unique_name: str) -> Iterator[str]:
 def config(tmp_path: Path, queue: str) -> Path:
     (tmp_path / "jobs").mkdir()
     return write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": RABBITMQ_URL},
+        "broker": {"url": AMQP_URL},
         "cluster": {"backend": "slurm", "workdir": str(tmp_path / "jobs")},
         "services": {SERVICE: {"queue": queue, "prefetch": 1, "drain_grace": 2,
                                "end_margin": 10, "heartbeat_interval": 5}},
@@ -88,23 +88,12 @@ def account(rabbit: Transport, queue: str, expected: set[int], outputs: list[Any
     """Every message is an output or still queued, none was delivered more than
     ``max_deliveries`` times, and the dead-letter queue is empty."""
     done = {m.json()["payload"]["n"] for m in outputs}
-    left = collect(rabbit, queue, len(expected - done), timeout=10, exact=True)
+    left = collect(rabbit, queue, len(expected - done), timeout=10, exact=True, check=False)
     remaining = {m.json()["payload"]["n"] for m in left}
     assert done | remaining == expected, f"lost: {sorted(expected - done - remaining)}"
     assert rabbit.queue_depth(dlq_name(queue)).ready == 0
     assert all(m.delivery_count <= max_deliveries for m in left), [
         (m.json()["payload"]["n"], m.delivery_count) for m in left]
-
-
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}", pytrace=False)
-        time.sleep(0.5)
 
 
 def test_count_100_is_one_sbatch_call_of_one_array(
@@ -129,15 +118,16 @@ def test_three_tasks_consume_and_scancel_loses_nothing(
         tmp_path: Path) -> None:
     expected = start_stream(rabbit, queue, 40, sleep=0.5)
     job_id = submit(config, slurm, "--count", "3", "--time", "00:05:00")
-    wait_for(lambda: rabbit.queue_depth(queue).consumers == 3, 60, "three consumers")
+    wait_until(lambda: rabbit.queue_depth(queue).consumers == 3, 60, 0.5, "three consumers")
     running = tasks(slurm, job_id)
     assert len(running) == 3 and all(j.state is JobState.RUNNING for j in running), running
-    outputs = collect(rabbit, f"{queue}.out", 6, timeout=30)
+    outputs = collect(rabbit, f"{queue}.out", 6, timeout=30, check=False)
     assert len(outputs) >= 6, logs(tmp_path)
     assert len({m.json()["payload"]["job"] for m in outputs}) >= 2  # not one task doing it all
     slurm.cancel([job_id])
-    wait_for(lambda: all(j.state.finished for j in tasks(slurm, job_id)), 30, "cancelled tasks")
-    outputs += collect(rabbit, f"{queue}.out", 40, timeout=2, exact=True)
+    wait_until(lambda: all(j.state.finished for j in tasks(slurm, job_id)), 30, 0.5,
+               "cancelled tasks")
+    outputs += collect(rabbit, f"{queue}.out", 40, timeout=2, exact=True, check=False)
     account(rabbit, queue, expected, outputs)
 
 
@@ -146,7 +136,7 @@ def test_requeue_loses_nothing_and_the_requeued_task_carries_on(
         tmp_path: Path) -> None:
     expected = start_stream(rabbit, queue, 16, sleep=0.5)
     job_id = submit(config, slurm, "--count", "1", "--time", "00:05:00")
-    outputs = collect(rabbit, f"{queue}.out", 3, timeout=60)
+    outputs = collect(rabbit, f"{queue}.out", 3, timeout=60, check=False)
     assert len(outputs) == 3, logs(tmp_path)
     task = f"{job_id}_0"
     subprocess.run(["scontrol", "requeue", task], check=True, timeout=30)
@@ -159,13 +149,16 @@ def test_requeue_loses_nothing_and_the_requeued_task_carries_on(
                                 capture_output=True, timeout=30, check=False)
         return update.returncode == 0
 
-    wait_for(released, 60, "the requeued task to be pending")
+    wait_until(released, 60, 0.5, "the requeued task to be pending")
     done = {m.json()["payload"]["n"] for m in outputs}
-    deadline = time.monotonic() + 60
-    while done != expected and time.monotonic() < deadline:  # duplicates are allowed
-        more = collect(rabbit, f"{queue}.out", len(expected - done), timeout=1)
-        done |= {m.json()["payload"]["n"] for m in more}
-    assert done == expected, f"{sorted(expected - done)} missing\n{logs(tmp_path)}"
+
+    def all_done() -> bool:  # duplicates are allowed
+        more = collect(rabbit, f"{queue}.out", len(expected - done), timeout=1, check=False)
+        done.update(m.json()["payload"]["n"] for m in more)
+        return done == expected
+
+    wait_until(lambda: done == expected or all_done(), 60, 0,
+               lambda: f"the outputs of {sorted(expected - done)}\n{logs(tmp_path)}")
     (info,) = tasks(slurm, job_id)
     assert info.restart_count == 1
     assert rabbit.queue_depth(dlq_name(queue)).ready == 0
@@ -176,12 +169,12 @@ def test_time_limit_drains_and_exits_0_before_slurm_kills_it(
         tmp_path: Path) -> None:
     expected = start_stream(rabbit, queue, 100, sleep=1.5)
     job_id = submit(config, slurm, "--count", "1", "--time", "00:01:00")
-    (info,) = wait_for(lambda: [j for j in tasks(slurm, job_id) if j.state.finished], 150,
-                       "the one-minute job to end")
+    (info,) = wait_until(lambda: [j for j in tasks(slurm, job_id) if j.state.finished], 150,
+                         0.5, "the one-minute job to end")
     assert (info.state, info.exit_code) == (JobState.COMPLETED, 0), logs(tmp_path)
     assert info.start_time and info.end_time
     assert (info.end_time - info.start_time).total_seconds() < 60
-    outputs = collect(rabbit, f"{queue}.out", 100, timeout=3, exact=True)
+    outputs = collect(rabbit, f"{queue}.out", 100, timeout=3, exact=True, check=False)
     assert len(outputs) >= 10, logs(tmp_path)
     # A drain hands its message back without counting a failed delivery.
     account(rabbit, queue, expected, outputs, max_deliveries=1)

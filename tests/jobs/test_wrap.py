@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobs_support import collect, recipe_message, wrapped_recipe, write_config, zhpc, zhpc_env
+from jobs_support import recipe_message, wrapped_recipe, write_config, zhpc, zhpc_env
+from testsupport import ARGV_DUMP, collect, wait_until
 
 from zhpc.transport.embedded import EmbeddedTransport
 from zhpc.wrap import write_recipewrapper
 
-ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
 Q = "wraptest"
 
 
@@ -68,7 +68,7 @@ def outcome(broker: EmbeddedTransport, expect: str) -> dict[str, Any]:
     """The one payload on ``expect`` (success/failure), checking done came and the other did not."""
     (message,) = collect(broker, f"{Q}.{expect}", 1, timeout=5)
     other = "failure" if expect == "success" else "success"
-    assert collect(broker, f"{Q}.{other}", 1, timeout=0.3) == []
+    assert collect(broker, f"{Q}.{other}", 1, timeout=0.3, check=False) == []
     (done,) = collect(broker, f"{Q}.done", 1, timeout=5)
     payload = message.json()["payload"]
     assert done.json()["payload"] == payload
@@ -174,9 +174,8 @@ def test_signals_are_forwarded_to_the_command(
         [sys.executable, "-m", "zhpc", "--config", str(config), "wrap", "--recipewrapper",
          str(rwfile), "--workdir", str(tmp_path), "--", sys.executable, "-c", child],
         env=zhpc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 20
-    while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    wait_until(lambda: ready.exists() or proc.poll() is not None, 20, 0.02,
+               "the command to start (or zhpc wrap to exit)")
     assert ready.exists(), proc.communicate()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=20)

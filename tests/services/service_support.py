@@ -1,24 +1,21 @@
-"""Helpers for the service tests: brokers, service processes, collecting outputs."""
+"""Helpers for the service tests: brokers, service processes (and see testsupport.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zhpc.config import BrokerConfig
-from zhpc.message import Message
 from zhpc.recipe import RecipeWrapper
 from zhpc.transport import Transport, get_transport
 from zhpc.transport.base import dlq_name
 
 RUNNER = Path(__file__).with_name("runner.py")
-AMQP_URL = os.environ.get("ZHPC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 @dataclass
@@ -61,27 +58,6 @@ def publish_recipe(transport: Transport, recipe: dict[str, Any], payloads: list[
     for payload in payloads:
         outputs += RecipeWrapper.from_recipe({**recipe, "start": [[1, payload]]}).start()
     transport.publish_many(outputs)
-
-
-def collect(transport: Transport, queue: str, count: int, timeout: float) -> list[Message]:
-    """Ack and return messages from ``queue`` until ``count`` arrived (or fail at ``timeout``)."""
-    got: list[Message] = []
-
-    def keep(message: Message) -> None:
-        got.append(message)
-        transport.ack(message)
-
-    sub = transport.subscribe(queue, keep, prefetch=100)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(got) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"only {len(got)} of {count} messages on {queue} "
-                                     f"after {timeout} s")
-            transport.poll(0.1)
-    finally:
-        transport.unsubscribe(sub)
-    return got
 
 
 class ServiceProcess:

@@ -16,11 +16,11 @@ import signal
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from service_support import Broker, ServiceProcess, publish_recipe
+from testsupport import wait_until
 
 from zhpc.transport.base import dlq_name
 
@@ -31,7 +31,7 @@ DEADLINE = 90.0
 
 
 def test_random_sigkills_lose_nothing(
-    broker: Broker, tmp_path: Path, wait_until: Callable[..., object]
+    broker: Broker, tmp_path: Path
 ) -> None:
     # Killed consumers return their prefetched messages counted as deliveries; with up to
     # a dozen kills a message may be caught more than the default 5 times.

@@ -3,26 +3,33 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
-from service_support import Broker, ServiceProcess, collect, publish_recipe
+from service_support import Broker, ServiceProcess, publish_recipe
+from testsupport import collect, wait_until
+
+from zhpc.transport import Transport
 
 
-def two_steps(queue: str) -> dict:
-    return {"1": {"service": "sleepy", "queue": queue, "output": 2},
-            "2": {"service": "sink", "queue": f"{queue}.out"}}
+def sleepy_stream(broker: Broker, prefix: str, ns: list[int], tmp_path: Path
+                  ) -> tuple[str, Transport, Path]:
+    """Messages ``{"n": n}`` for a sleepy step whose output goes to ``QUEUE.out``; returns
+    the queue, a transport and an empty folder for the service's "started" markers."""
+    queue = broker.queue(prefix)
+    broker.names.append(f"{queue}.out")
+    transport = broker.transport()
+    recipe = {"1": {"service": "sleepy", "queue": queue, "output": 2},
+              "2": {"service": "sink", "queue": f"{queue}.out"}}
+    publish_recipe(transport, recipe, [{"n": n} for n in ns])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    return queue, transport, markers
 
 
 def test_sigterm_during_a_long_message_hands_it_and_the_prefetched_back(
-    broker: Broker, tmp_path: Path, wait_until: Callable[..., object]
+    broker: Broker, tmp_path: Path
 ) -> None:
-    queue = broker.queue("drain")
-    broker.names.append(f"{queue}.out")
-    transport = broker.transport()
-    publish_recipe(transport, two_steps(queue), [{"n": n} for n in range(3)])
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    queue, transport, markers = sleepy_stream(broker, "drain", [0, 1, 2], tmp_path)
     first = ServiceProcess.runner(
         tmp_path / "first.log", broker.url, "sleepy", queue, "--prefetch", "10",
         "--drain-grace", "0.5", "--param", "sleep=120", "--param", f'marker_dir="{markers}"',
@@ -53,14 +60,9 @@ def test_sigterm_during_a_long_message_hands_it_and_the_prefetched_back(
 
 
 def test_sigterm_lets_a_message_that_fits_the_grace_finish(
-    broker: Broker, tmp_path: Path, wait_until: Callable[..., object]
+    broker: Broker, tmp_path: Path
 ) -> None:
-    queue = broker.queue("drainfit")
-    broker.names.append(f"{queue}.out")
-    transport = broker.transport()
-    publish_recipe(transport, two_steps(queue), [{"n": 7}])
-    markers = tmp_path / "markers"
-    markers.mkdir()
+    queue, transport, markers = sleepy_stream(broker, "drainfit", [7], tmp_path)
     service = ServiceProcess.runner(
         tmp_path / "service.log", broker.url, "sleepy", queue, "--drain-grace", "30",
         "--param", "sleep=1.0", "--param", f'marker_dir="{markers}"',

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service_support import Broker, collect, publish_recipe
+from service_support import Broker, publish_recipe
+from testsupport import collect
 
 from zhpc.config import ServiceConfig
 from zhpc.message import Outgoing

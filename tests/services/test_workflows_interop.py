@@ -12,12 +12,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from service_support import Broker
+from testsupport import wait_until
 
 from zhpc.config import ServiceConfig
 from zhpc.recipe import RecipeWrapper
@@ -35,7 +35,7 @@ class Double(Service):
 
 
 def test_workflows_to_zhpc_to_workflows(
-    rabbitmq: Broker, tmp_path: Path, wait_until: Callable[..., Any]
+    rabbitmq: Broker, tmp_path: Path
 ) -> None:
     first, second = rabbitmq.queue("interop-zhpc"), rabbitmq.queue("interop-workflows")
     transport = rabbitmq.transport()

@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+
+from testsupport import wait_until
 
 from zhpc.config import BrokerConfig
 from zhpc.message import Message
@@ -24,21 +25,6 @@ from zhpc.transport import Transport, get_transport
 
 HELPER = Path(__file__).with_name("helper_client.py")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "") -> T:
-    """Call ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.005)
-
 
 #: Every name unique() handed out, so a RabbitMQ backend can delete its queues afterwards.
 NAMES: list[str] = []
@@ -83,7 +69,7 @@ class Inbox:
                 self.transport.poll(0.05)
             return len(self.messages) >= count
 
-        wait_for(enough, timeout, f"{count} message(s), got {len(self.messages)}")
+        wait_until(enough, timeout, 0.005, lambda: f"{count} message(s), got {len(self.messages)}")
         return self.messages
 
     def next(self, timeout: float = 10.0) -> Message:
@@ -135,7 +121,7 @@ class Helper:
                 )
             return predicate(self._pump())
 
-        wait_for(check, timeout, f"helper output; so far {self.lines[-3:]}")
+        wait_until(check, timeout, what=lambda: f"helper output; so far {self.lines[-3:]}")
 
     def stderr_text(self) -> str:
         if self.proc.poll() is None or self.proc.stderr is None:

@@ -9,7 +9,8 @@ import random
 import time
 
 import pytest
-from conformance_support import Backend, Inbox, unique, wait_for
+from conformance_support import Backend, Inbox, unique
+from testsupport import wait_until
 
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Outgoing
@@ -42,7 +43,7 @@ def test_order_within_a_queue_and_content_kept(transport: Transport, qname: str)
         assert received.headers.items() >= original.headers.items()
         assert received.delivery_count == 1 and not received.redelivered
         assert received.queue == qname
-    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="queue drained")
+    wait_until(lambda: transport.queue_depth(qname).ready == 0, what="queue drained")
 
 
 def test_prefetch_limits_unsettled_deliveries(transport: Transport, qname: str) -> None:
@@ -70,7 +71,7 @@ def test_nack_requeue_redelivers_and_ack_removes(transport: Transport, qname: st
     assert again.message_id == first.message_id
     transport.ack(again)
 
-    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="queue empty")
+    wait_until(lambda: transport.queue_depth(qname).ready == 0, what="queue empty")
     transport.poll(0.2)
     assert inbox.messages == []
 
@@ -135,9 +136,10 @@ def test_commit_killed_at_random_moment_loses_nothing(
         "commit", qname, "--out", out_queue, "--prefetch", "20", "--work", "0.002"
     )
     kill_after = rng.randint(20, total // 2)
-    wait_for(
+    wait_until(
         lambda: transport.queue_depth(out_queue).ready >= kill_after,
         timeout=30,
+        interval=0.005,  # kill at once: near kill_after, not up to 0.2 s later
         what=f"{kill_after} outputs",
     )
     helper.kill()
@@ -149,7 +151,7 @@ def test_commit_killed_at_random_moment_loses_nothing(
         transport.poll(0.05)
         return inputs <= set(bodies(outputs.messages) + bodies(remaining.messages))
 
-    wait_for(covered, timeout=30, what="every input either queued or processed")
+    wait_until(covered, timeout=30, interval=0.005, what="every input either queued or processed")
     assert remaining.messages, "the kill came after all the work: nothing was tested"
 
 
@@ -189,7 +191,7 @@ def test_dead_letter_records_reason(transport: Transport, qname: str) -> None:
     assert record is not None
     assert (record.reason, record.queue, record.count) == ("malformed", qname, 1)
     assert "not JSON" in record.detail
-    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="input gone")
+    wait_until(lambda: transport.queue_depth(qname).ready == 0, what="input gone")
 
 
 def test_hand_back_does_not_count_toward_the_limit(transport: Transport, qname: str) -> None:
@@ -222,7 +224,7 @@ def test_commit_publishes_outputs_then_acks(transport: Transport, qname: str) ->
 
     got = Inbox(transport, out_queue, auto_ack=True).wait(2)
     assert bodies(got) == [b"o1", b"o2"]
-    wait_for(lambda: transport.queue_depth(qname).ready == 0, what="input acked")
+    wait_until(lambda: transport.queue_depth(qname).ready == 0, what="input acked")
     transport.poll(0.2)
     assert inbox.messages == []
 
@@ -256,7 +258,7 @@ def test_unroutable_exchange_publish_raises(transport: Transport) -> None:
 
 def test_publish_to_new_queue_declares_it(transport: Transport, qname: str) -> None:
     transport.publish(out(qname, "early"))
-    wait_for(lambda: transport.queue_depth(qname).ready == 1, what="message waiting")
+    wait_until(lambda: transport.queue_depth(qname).ready == 1, what="message waiting")
     assert Inbox(transport, qname, auto_ack=True).next().body == b"early"
 
 
@@ -304,7 +306,7 @@ def test_expired_message_is_never_delivered(transport: Transport, qname: str) ->
     transport.declare_queue(qname)
     start = time.monotonic()
     transport.publish(out(qname, "stale", expiration=0.2))
-    wait_for(lambda: time.monotonic() - start > 0.4, what="expiry time to pass")
+    wait_until(lambda: time.monotonic() - start > 0.4, what="expiry time to pass")
     transport.publish(out(qname, "fresh"))
 
     inbox = Inbox(transport, qname, auto_ack=True)
@@ -319,7 +321,7 @@ def test_queue_depth_counts_ready_unacked_and_consumers(backend: Backend, qname:
     assert transport.queue_depth(unique("zt.none")) in (QueueDepth(0, 0, 0), QueueDepth(0, None, 0))
     transport.declare_queue(qname)
     transport.publish_many([out(qname, str(i)) for i in range(3)])
-    wait_for(lambda: transport.queue_depth(qname).ready == 3, what="3 ready")
+    wait_until(lambda: transport.queue_depth(qname).ready == 3, what="3 ready")
     assert transport.queue_depth(qname).consumers == 0
 
     consumer = backend.make()
@@ -329,4 +331,5 @@ def test_queue_depth_counts_ready_unacked_and_consumers(backend: Backend, qname:
         depth = transport.queue_depth(qname)
         return depth.ready == 2 and depth.unacked in (1, None) and depth.consumers == 1
 
-    wait_for(depth_seen, what=f"2 ready, 1 unacked, 1 consumer: {transport.queue_depth(qname)}")
+    wait_until(depth_seen,
+               what=lambda: f"2 ready, 1 unacked, 1 consumer: {transport.queue_depth(qname)}")

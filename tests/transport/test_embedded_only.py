@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conformance_support import Backend, Inbox, wait_for
+from conformance_support import Backend, Inbox
+from testsupport import wait_until
 
 from zhpc.config import BrokerConfig
 from zhpc.errors import TransportError, UnroutableError
@@ -153,7 +154,7 @@ def test_killed_subscriber_loses_its_consumer_and_broadcast_queue(
 
     worker.kill()
     listener.kill()
-    wait_for(lambda: transport.queue_depth("work").consumers == 0, what="consumer gone")
+    wait_until(lambda: transport.queue_depth("work").consumers == 0, what="consumer gone")
     assert rows(path, "SELECT name FROM queues WHERE topic='news'") == []
     assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
 
@@ -174,7 +175,7 @@ def test_long_work_keeps_its_lease_while_alive(path: Path, holder_timeout: float
         watched.append(1)
         return len(watched) >= 30  # about 1.5 s: five lease timeouts
 
-    wait_for(long_enough, what="several lease timeouts")
+    wait_until(long_enough, interval=0.005, what="several lease timeouts")
     assert inbox.messages == []
     holder.ack(held)
     assert other.queue_depth("q").ready == 0 and other.queue_depth("q").unacked == 0
@@ -197,7 +198,7 @@ def test_stopped_consumer_loses_its_lease_then_registers_again(
         assert again.body == b"stuck" and again.delivery_count == 2
     finally:
         helper.signal(signal.SIGCONT)
-    wait_for(lambda: transport.queue_depth("q").consumers == 2, what="helper registered again")
+    wait_until(lambda: transport.queue_depth("q").consumers == 2, what="helper registered again")
     transport.ack(again)
     transport.close()
 

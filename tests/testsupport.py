@@ -1,0 +1,130 @@
+"""Helpers for every test folder: waiting, collecting messages, skipping or failing.
+
+Importable as ``testsupport`` from any test module: pytest (default "prepend"
+import mode) puts ``tests/``, the folder of the root ``conftest.py``, on sys.path.
+
+When part of the test cluster (scripts/setup-cluster) or an extra is missing, the
+tests that need it are skipped on a developer machine but fail in CI
+(``CI=true``), where everything must be there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+from zhpc.cluster import Cluster, JobInfo
+from zhpc.message import Message
+from zhpc.transport import Transport
+
+T = TypeVar("T")
+
+AMQP_URL = os.environ.get("ZHPC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+SETUP_HINT = "run scripts/setup-cluster (as root) first"
+#: Runs a Python one-liner as ``python -c ARGV_DUMP FILE ARGS...``: writes ARGS to FILE as JSON.
+ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"
+
+
+def unavailable(what: str, hint: str | None = SETUP_HINT) -> None:
+    """Skip (developer machine) or fail (CI) because ``what`` is missing; never returns."""
+    message = f"{what}; {hint}" if hint else what
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI: {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def port_open(port: int, host: str = "127.0.0.1", timeout: float = 2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.2,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """Call ``condition`` until it returns something true and return that; fail after ``timeout`` s.
+
+    The first pauses are short (5 ms, doubling) up to ``interval``: pass a small one where
+    the test must act at once on what it sees, ``0`` where the condition waits by itself
+    (e.g. polls a transport). ``what`` names what is awaited in the failure; a callable is
+    asked only then, so it can tell the state at the end.
+    """
+    deadline = time.monotonic() + timeout
+    pause = min(0.005, interval)
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            awaited = (what() if callable(what) else what) or repr(condition)
+            pytest.fail(f"timed out after {timeout:g} s waiting for {awaited}")
+        time.sleep(pause)
+        pause = min(pause * 2, interval)
+
+
+def jobs_finished(cluster: Cluster, prefix: str, count: int) -> Callable[[], list[JobInfo] | None]:
+    """A ``wait_until`` condition: the jobs named ``prefix...``, once there are ``count``
+    and all have finished."""
+
+    def check() -> list[JobInfo] | None:
+        jobs = cluster.jobs(prefix)
+        return jobs if len(jobs) == count and all(j.state.finished for j in jobs) else None
+
+    return check
+
+
+def collect(
+    transport: Transport,
+    queue: str,
+    count: int,
+    timeout: float = 10.0,
+    *,
+    exact: bool = False,
+    listen: float = 0.5,
+    check: bool = True,
+    prefetch: int = 100,
+) -> list[Message]:
+    """Subscribe to ``queue``, ack what arrives, and return it once ``count`` messages came.
+
+    Fails the test if fewer than ``count`` came within ``timeout`` s. ``exact``: then listen
+    ``listen`` s more for extras and fail unless exactly ``count`` came (``listen=0`` looks
+    once more without waiting: enough when whatever sends has already finished).
+    ``check=False``: never fail on the count; ``count`` is only where to stop waiting
+    (the caller asserts on what came, e.g. with its own diagnostics, or expects nothing).
+    """
+    got: list[Message] = []
+
+    def keep(message: Message) -> None:
+        got.append(message)
+        transport.ack(message)
+
+    sub = transport.subscribe(queue, keep, prefetch=prefetch)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < count and time.monotonic() < deadline:
+            transport.poll(0.1)
+        if exact:
+            end = time.monotonic() + listen
+            while True:
+                transport.poll(max(0.0, end - time.monotonic()))
+                if time.monotonic() >= end:
+                    break
+    finally:
+        transport.unsubscribe(sub)
+        while transport.poll(0):  # deliveries already on their way to the cancelled consumer
+            pass
+    if check and len(got) < count:
+        pytest.fail(f"only {len(got)} of {count} message(s) on {queue} after {timeout:g} s")
+    if check and exact and len(got) != count:
+        pytest.fail(f"{len(got)} messages on {queue}, expected exactly {count}")
+    return got
