@@ -18,7 +18,8 @@ The run, in order:
 
 A job has no input message to ack, so results are published with
 ``publish_many`` (confirmed) before the process exits. They are first written
-next to FILE as ``<FILE stem>.results.json`` (or under ``$ZHPC_HOME/spool``)
+next to FILE as ``<FILE stem>.results.json`` (or under ``$ZHPC_HOME/wrap-results``,
+kept apart from ``zhpc go``'s spool, whose pickup would not understand them)
 and that file is removed once the broker confirmed them. If the broker cannot
 be reached (or the job is killed while publishing) the file stays: the exit
 code is then non-zero and one line says how to send them later
@@ -73,6 +74,8 @@ QUIET_START = 2.0
 #: Key of the recipe-wrapper file holding the input message's zhpc id.
 MESSAGE_ID_KEY = "zhpc-message-id"
 RESULTS_SUFFIX = ".results.json"
+#: Fallback folder (under $ZHPC_HOME) for results that cannot be written next to the FILE.
+WRAP_RESULTS_DIR = "wrap-results"
 #: Exit code of zhpc wrap's own errors (bad input, refused staging, results not sent).
 OWN_ERROR = 2
 
@@ -654,7 +657,7 @@ class WrapRun:
         from zhpc.config import zhpc_home
 
         name = f"{self.rw.recipe_id if self.rw else 'wrap'}-{os.getpid()}{RESULTS_SUFFIX}"
-        candidates.append(zhpc_home() / "spool" / name)
+        candidates.append(zhpc_home() / WRAP_RESULTS_DIR / name)
         for path in candidates:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -225,3 +225,27 @@ def test_results_are_kept_when_the_broker_is_away_and_can_be_resent(
     assert resent.returncode == 0, resent.stderr
     assert outcome(broker, "success")["stdout"] == "kept\n"
     assert not spool.exists()
+
+
+def test_results_fall_back_to_zhpc_home_and_stay_out_of_the_go_spool(
+        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
+    """Results that cannot be written next to FILE go to $ZHPC_HOME/wrap-results, where
+    ``zhpc go --pickup`` (which sends only its own requests) leaves them alone."""
+    away = write_config(tmp_path / "away.yaml", {
+        "broker": {"url": "amqp://guest:guest@127.0.0.1:9/", "connection_attempts": 1,
+                   "retry_delay": 0},
+    })
+    rwfile = recipewrapper(tmp_path, {})
+    rwfile.with_name("recipewrapper.results.json").mkdir()  # not writable as a file
+    env = zhpc_env(ZHPC_HOME=str(tmp_path / "home"))
+    proc = zhpc("--config", str(away), "wrap", "--recipewrapper", str(rwfile), "--workdir",
+                str(rwfile.parent), "--", "true", env=env)
+    assert proc.returncode == 2, proc.stderr
+    (kept,) = (tmp_path / "home" / "wrap-results").glob("*.results.json")
+    assert f"saved in {kept}" in proc.stderr
+    pickup = zhpc("--config", str(config), "go", "--pickup", env=env)
+    assert pickup.returncode == 0, pickup.stderr
+    assert kept.is_file() and not list((tmp_path / "home").rglob("*.bad"))
+    resent = zhpc("--config", str(config), "wrap", "--resend", str(kept), env=env)
+    assert resent.returncode == 0, resent.stderr
+    assert outcome(broker, "success")["exit_code"] == 0
