@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,12 @@ def ssh_config() -> SSHConfig:
         strict_host_key_checking=True,
         timeout=15,
     )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_zhpc_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests (and the zhpc processes they start) never touch the user's ~/.local/share/zhpc."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ZHPC_HOME", str(tmp_path_factory.mktemp("zhpc-home")))
+    yield
+    patch.undo()
