@@ -29,6 +29,10 @@ class UnroutableError(TransportError):
     """The broker could not route a published message to any queue."""
 
 
+class InvalidHeaders(ZhpcError, ValueError):
+    """Message headers that some broker cannot carry faithfully; refused when a message is built."""
+
+
 class ClusterError(ZhpcError):
     """The batch scheduler could not be reached or refused a request."""
 

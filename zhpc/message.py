@@ -12,12 +12,84 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from zhpc.errors import InvalidHeaders
+
 #: Header marking a workflows/Zocalo recipe message (value ``True``).
 RECIPE_HEADER = "workflows-recipe"
 #: zhpc's unique id of one logical message, kept across redeliveries and hand-backs.
 MESSAGE_ID_HEADER = "zhpc-message-id"
 
 DestinationKind = Literal["queue", "topic", "exchange"]
+
+#: AMQP short strings (header keys, queue and exchange names) are at most this many bytes.
+MAX_SHORT_STRING = 255
+#: Signed 64-bit: the widest integer an AMQP field table carries.
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+#: Nesting of header values deeper than this is refused (it is never a real header).
+_MAX_HEADER_DEPTH = 16
+
+
+def check_headers(headers: Any) -> None:
+    """Refuse headers that would not arrive intact on every transport.
+
+    The rule is the same for every broker, so a service behaves alike on the
+    embedded broker and on RabbitMQ: keys are strings of at most 255 UTF-8
+    bytes; values are str, bytes, bool, None, 64-bit int, or lists and dicts
+    of those. Floats are refused: pika cannot encode them, and a float that
+    silently became a string or a decimal would not be what was sent.
+    """
+    if not isinstance(headers, dict):
+        raise InvalidHeaders(f"headers must be a dict, not {type(headers).__name__}")
+    _check_table(headers, "", 0)
+
+
+def _check_table(table: dict[Any, Any], path: str, depth: int) -> None:
+    for key, value in table.items():
+        if not isinstance(key, str):
+            raise InvalidHeaders(f"header key {key!r}{_at(path)} is not a string")
+        if len(_utf8(key, path or key)) > MAX_SHORT_STRING:
+            raise InvalidHeaders(
+                f"header key {key[:40]!r}...{_at(path)} is longer than {MAX_SHORT_STRING} bytes"
+            )
+        _check_value(value, f"{path}.{key}" if path else key, depth)
+
+
+def _check_value(value: Any, path: str, depth: int) -> None:
+    if depth > _MAX_HEADER_DEPTH:
+        raise InvalidHeaders(f"header {path!r} is nested more than {_MAX_HEADER_DEPTH} deep")
+    if value is None or isinstance(value, bytes | bool):
+        return
+    if isinstance(value, str):
+        _utf8(value, path)
+        return
+    if isinstance(value, int):
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidHeaders(f"header {path!r}: integer does not fit in 64 bits")
+        return
+    if isinstance(value, dict):
+        _check_table(value, path, depth + 1)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_value(item, f"{path}[{index}]", depth + 1)
+        return
+    if isinstance(value, float):
+        raise InvalidHeaders(
+            f"header {path!r}: float values cannot be sent as headers (AMQP clients "
+            "cannot encode them); send the number in the payload or as a string"
+        )
+    raise InvalidHeaders(f"header {path!r}: values of type {type(value).__name__} cannot be sent")
+
+
+def _utf8(text: str, path: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidHeaders(f"header {path!r} is not valid UTF-8 text") from None
+
+
+def _at(path: str) -> str:
+    return f" (in {path!r})" if path else ""
 
 
 def new_message_id() -> str:
@@ -42,6 +114,10 @@ class Outgoing:
     expiration: float | None = None
     persistent: bool = True
     message_id: str = field(default_factory=new_message_id)
+
+    def __post_init__(self) -> None:
+        if self.headers:
+            check_headers(self.headers)
 
     @classmethod
     def json(

@@ -36,6 +36,7 @@ import itertools
 import logging
 import queue
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +54,7 @@ import tenacity
 from pika.adapters.select_connection import IOLoop
 
 from zhpc.errors import TransportError, UnroutableError
-from zhpc.message import MESSAGE_ID_HEADER, Message, Outgoing
+from zhpc.message import MAX_SHORT_STRING, MESSAGE_ID_HEADER, Message, Outgoing
 from zhpc.transport.base import (
     DEAD_LETTER_COUNT_HEADER,
     DEAD_LETTER_QUEUE_HEADER,
@@ -85,6 +86,15 @@ _BROKER_HEADERS = ("x-delivery-count",)
 #: publish_many hands messages to the I/O thread in chunks of this many.
 _PUBLISH_CHUNK = 500
 _NOT_FOUND = 404
+#: What pika raises while marshalling a publish that it cannot encode (nothing written).
+_ENCODE_ERRORS = (
+    pika.exceptions.UnsupportedAMQPFieldException,
+    pika.exceptions.ShortStringTooLong,
+    struct.error,
+    TypeError,
+    ValueError,
+    UnicodeError,
+)
 _PRECONDITION_FAILED = 406
 
 
@@ -414,6 +424,7 @@ class RabbitMQTransport(Transport):
         if out.delay is not None and out.delay > 0:
             holding = self._ensure_delay_queue(exchange, routing_key, round(out.delay * 1000))
             exchange, routing_key = "", holding
+        _check_name("routing key", routing_key)
         return _Pub(exchange, routing_key, out.body, props, mandatory)
 
     # == receiving ============================================================
@@ -587,7 +598,7 @@ class RabbitMQTransport(Transport):
         headers = dict(delivery.properties.headers or {})
         for name in _BROKER_HEADERS:
             headers.pop(name, None)
-        return headers
+        return {key: _encodable(value) for key, value in headers.items()}
 
     def _republish(
         self, delivery: _Delivery, message: Message, exchange: str, key: str, headers: dict
@@ -642,6 +653,9 @@ class RabbitMQTransport(Transport):
 
     def _topology(self, method: str, **kwargs: Any) -> Any:
         """Run one declare-like RPC on the topology channel and wait for its answer."""
+        for kind in ("queue", "exchange"):
+            if isinstance(kwargs.get(kind), str):
+                _check_name(kind, kwargs[kind])
         for attempt in itertools.count(1):
             op = _TopologyOp(method, kwargs)
             self._submit(lambda op=op: self._io_topology(op), op.future)
@@ -913,7 +927,12 @@ class RabbitMQTransport(Transport):
                 op.future.set_result(frame)
                 self._io_next_topology()
 
-        getattr(self._topo, op.method)(callback=done, **op.kwargs)
+        try:
+            getattr(self._topo, op.method)(callback=done, **op.kwargs)
+        except Exception as exc:  # nothing was sent: the next declare must not wait for it
+            self._topo_current = None
+            _fail(op.future, TransportError(f"cannot {op.method}: {_describe(exc)}"))
+            self._io_next_topology()
 
     # == I/O thread: work =====================================================
     def _io_drain(self) -> None:
@@ -921,11 +940,13 @@ class RabbitMQTransport(Transport):
         with self._wake_lock:
             self._wake_pending = False
         while self._ops and self._work is not None and self._ready.is_set():
-            op, _future = self._ops.popleft()
+            op, future = self._ops.popleft()
             try:
                 op()
-            except Exception:
+            except Exception as exc:
                 log.exception("RabbitMQ operation failed on the I/O thread")
+                if future is not None:  # never leave a caller waiting on a dead operation
+                    _fail(future, TransportError(f"RabbitMQ operation failed: {_describe(exc)}"))
 
     def _io_send_batch(self, batch: _Batch) -> None:
         if batch.ack is not None and batch.ack.generation != self._generation:
@@ -939,17 +960,43 @@ class RabbitMQTransport(Transport):
         batch.remaining = len(batch.pubs)
         channel = self._work
         for pub in batch.pubs:
+            try:
+                channel.basic_publish(
+                    pub.exchange, pub.routing_key, pub.body, pub.properties, pub.mandatory
+                )
+            except Exception as exc:
+                self._publish_failed(batch, exc)
+                return
+            # Numbered only once written: the broker numbers what it received, so a
+            # publish that raised must not take a sequence number (confirms would
+            # then be credited to the wrong publishes, and an input acked early).
             seq = self._next_seq
             self._next_seq += 1
             headers = pub.properties.headers or {}
             self._unconfirmed[seq] = _InFlight(
                 batch, pub.exchange, pub.routing_key, headers.get(MESSAGE_ID_HEADER)
             )
-            channel.basic_publish(
-                pub.exchange, pub.routing_key, pub.body, pub.properties, pub.mandatory
-            )
         if not batch.pubs:
             self._finish_batch(batch)
+
+    def _publish_failed(self, batch: _Batch, exc: Exception) -> None:
+        """A publish raised before it was written: fail its batch, return its input.
+
+        pika marshals every frame of a publish before writing any of them
+        (``Connection._send_message``), so an encoding error wrote nothing and the
+        channel's confirm numbering is intact. Any other error leaves the channel
+        in an unknown state, so it is closed: everything it held is redelivered.
+        """
+        encoding = isinstance(exc, _ENCODE_ERRORS)
+        log.error("a publish could not be %s: %s", "encoded" if encoding else "written",
+                  _describe(exc))
+        self._fail_batch(
+            batch,
+            TransportError(f"a message could not be published: {_describe(exc)}"),
+            settle_input=True,
+        )
+        if not encoding and self._work is not None and self._work.is_open:
+            self._work.close()
 
     def _on_returned(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:
         """An unroutable mandatory publish: mark it; its confirm then fails its batch."""
@@ -1073,6 +1120,30 @@ class RabbitMQTransport(Transport):
             self._work.basic_cancel(sub.sub_id, callback=lambda _frame: _done(future))
         else:
             _done(future)
+
+
+def _check_name(kind: str, name: str) -> None:
+    """Refuse a name the wire cannot carry before anything is sent or declared."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise TransportError(f"{kind} {name[:60]!r} is not valid UTF-8") from None
+    if size > MAX_SHORT_STRING:
+        raise TransportError(
+            f"{kind} {name[:60]!r}... is {size} bytes long; RabbitMQ allows {MAX_SHORT_STRING}"
+        )
+
+
+def _encodable(value: Any) -> Any:
+    """A received header value as pika can send it again: floats (which other clients
+    send and pika decodes, but cannot encode) become their decimal text."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _encodable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    return value
 
 
 def _done(future: Future[None]) -> None:
