@@ -75,7 +75,8 @@ def test_outputs_are_sent_and_inputs_acked(transport: EmbeddedTransport) -> None
 
 
 def test_failure_without_error_route_ends_in_dlq(transport: EmbeddedTransport) -> None:
-    transport.declare_queue("double", delivery_limit=1)
+    transport.delivery_limit = 1  # broker.delivery_limit: what the runner counts against
+    transport.declare_queue("double")
     start(transport, recipe("double"), [{"nothing": 1}])
     runner = run(Double("double"), transport)
     assert runner.failed == 2  # limit 1: two deliveries, then dead-lettered

@@ -147,6 +147,11 @@ class ServiceConfig(_Section):
     drain_grace: float = Field(10.0, ge=0)
     #: Stop this long before the job's wall-clock end, leaving time to hand back and exit.
     end_margin: float = Field(15.0, ge=0)
+    #: Hand-backs (drains) after which a message is dead-lettered instead: one that never
+    #: fits the time a job has left must not bounce between jobs forever.
+    max_handbacks: int = Field(20, ge=1)
+    #: Seconds between looks at the queue's retry lane while messages keep coming.
+    retry_interval: float = Field(1.0, gt=0)
     #: Free parameters a service reads for itself.
     parameters: dict[str, Any] = {}
 

@@ -8,8 +8,9 @@ feeds it from a queue and settles every message in exactly one way:
   message is processed while the broker confirms the previous one.
 * ``process`` raised: if the step has an ``error`` route (or the recipe a
   top-level one) the error details go there and the input is acked; otherwise
-  the input is returned to its queue, which counts toward the delivery limit,
-  so a message that keeps failing ends in ``dlq.<queue>``.
+  the failure is recorded in the message, which moves to the queue's retry
+  lane, and once the delivery limit is used up to ``dlq.<queue>`` with its
+  whole history (``zhpc.transport.accounting`` says what counts and why).
 * the message cannot be a recipe message at all (not JSON, no recipe, a pointer
   to a missing step): it is dead-lettered at once with the reason.
 * the job must stop (signal, ``--max-runtime``, the Slurm end time) and the
@@ -26,6 +27,10 @@ then redelivered.
 
 Draining cancels the subscription before anything is handed back, so a handed
 back message goes to another consumer rather than straight back to this one.
+
+The retry lane (``retry.<queue>``) is read one message at a time with
+``Transport.fetch`` between deliveries: whenever the subscription has nothing to
+do, and at least every ``retry_interval`` seconds while it is busy.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from zhpc.errors import RecipeError, Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
+from zhpc.transport import accounting
 from zhpc.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -77,6 +83,9 @@ class Service:
 
     #: The queue consumed when the configuration names none (default: the service name).
     queue: ClassVar[str | None] = None
+    #: Whether this service may consume ``dlq.*``/``retry.*`` queues (Schlockmeister does);
+    #: an ordinary service there would fail every message again, in a hot loop.
+    consumes_dead_letters: ClassVar[bool] = False
 
     def __init__(
         self, name: str, settings: ServiceConfig | None = None, config: Config | None = None
@@ -228,6 +237,14 @@ class ServiceRunner:
         #: Messages handed back because their expected_runtime did not fit.
         self._left_alone: set[str] = set()
         self._set_up = False  # setup() ran and teardown() is still due
+        self.retry_lane = accounting.retry_name(self.queue)
+        self._next_lane_look = self._started
+        self._where = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": self.job.job_id,
+            "service": service.name,
+        }
 
     # -- deadlines ------------------------------------------------------------------
     def end_deadline(self) -> float | None:
@@ -276,6 +293,7 @@ class ServiceRunner:
         self.drain.on_signal(self._on_drain_signal)
         self.drain.install()
         try:
+            self._refuse_dead_letter_queue()
             self._end = self.end_deadline()
             self._arm_alarm()
             self.service.setup()
@@ -287,7 +305,8 @@ class ServiceRunner:
             self._set_status(STATUS_IDLE)
             log.info("%s: consuming %s", self.service.name, self.queue)
             while not self._should_stop():
-                self.transport.poll(self._poll_timeout())
+                delivered = self.transport.poll(self._lane_timeout())
+                self._read_lane(idle=delivered == 0)
                 self._heartbeat()
             return self._shutdown()
         except BaseException:
@@ -352,22 +371,23 @@ class ServiceRunner:
             self._stop_consuming()
             self._hand_back(message)
         except Rejected as exc:
-            self.dead_lettered += 1
-            log.error("%s: dead-lettering message %s: %s", self.service.name,
-                      message.message_id, exc)
-            self.transport.dead_letter(message, f"malformed: {exc}")
+            self._dead_letter(message, f"malformed: {exc}")
         except Exception as exc:
-            with self._lock:
-                self.failed += 1
-            log.error("%s: processing failed (delivery %d), returning message %s: %s",
+            log.error("%s: processing failed (delivery %d) for message %s: %s",
                       self.service.name, message.delivery_count, message.message_id, exc,
                       exc_info=True)
-            self.transport.nack(message, requeue=True)
+            self._record_failure(message, exc)
         else:
-            future = self.transport.commit(outputs, ack=message)
-            with self._lock:
-                self._pending.add(future)
-            future.add_done_callback(self._committed)
+            try:
+                future = self.transport.commit(outputs, ack=message)
+            except TransportError as exc:  # outputs that can never be sent: a failure too
+                log.error("%s: outputs of message %s cannot be sent: %s", self.service.name,
+                          message.message_id, exc)
+                self._record_failure(message, exc)
+            else:
+                with self._lock:
+                    self._pending.add(future)
+                future.add_done_callback(self._committed)
         self._set_status(STATUS_IDLE)
         self._last_activity = self.clock()
 
@@ -405,8 +425,76 @@ class ServiceRunner:
             self.transport.unsubscribe(subscription)
 
     def _hand_back(self, message: Message) -> None:
+        limit = self.service.settings.max_handbacks
+        if accounting.handbacks(message.headers) >= limit:
+            self._dead_letter(message, f"handed back {limit} times: it never fits the time left")
+            return
         self.handed_back += 1
         self.transport.hand_back(message)
+
+    # -- failures and the retry lane ------------------------------------------------
+    def _refuse_dead_letter_queue(self) -> None:
+        queue = self.queue
+        if self.service.consumes_dead_letters:
+            return
+        if accounting.is_dead_letter_queue(queue) or accounting.is_retry_lane(queue):
+            raise ZhpcError(
+                f"queue {queue!r} holds dead or retried messages of "
+                f"{accounting.origin_queue(queue)!r}; a service consumes the work queue "
+                "(its retry lane is read by itself), and dead letters are for "
+                "schlockmeister and 'zhpc dlq'"
+            )
+
+    def _record_failure(self, message: Message, error: BaseException) -> None:
+        """Count a real failure in the message itself: to the retry lane, or past the limit
+        to the dead-letter queue with its history and last error."""
+        with self._lock:
+            self.failed += 1
+        headers = accounting.with_failure(message, error, self._where)
+        limit = self.transport.delivery_limit
+        try:
+            if accounting.dead_after_failure(message, limit):
+                count = accounting.spent(message) + 1
+                self._dead_letter(
+                    message, f"delivery_limit: failed {count} times, last: {error}", headers
+                )
+            else:
+                self.transport.retry(message, headers)
+        except TransportError as exc:  # the broker returns it by itself (counted there)
+            log.error("%s: could not record the failure of message %s (%s); returning it",
+                      self.service.name, message.message_id, exc)
+            with contextlib.suppress(TransportError):
+                self.transport.nack(message, requeue=True)
+
+    def _dead_letter(self, message: Message, reason: str,
+                     headers: dict[str, Any] | None = None) -> None:
+        self.dead_lettered += 1
+        log.error("%s: dead-lettering message %s: %s", self.service.name,
+                  message.message_id, reason)
+        self.transport.dead_letter(message, reason, headers)
+
+    def _lane_timeout(self) -> float:
+        """Poll no longer than until the next look at the retry lane is due."""
+        return max(min(self._poll_timeout(), self._next_lane_look - self.clock()), 0.0)
+
+    def _read_lane(self, *, idle: bool) -> None:
+        """Process messages from the retry lane, one fetched at a time (see the module doc)."""
+        now = self.clock()
+        if not idle and now < self._next_lane_look:
+            return
+        self._next_lane_look = now + self.service.settings.retry_interval
+        for _ in range(_LANE_BATCH):
+            if self._should_stop():
+                return
+            message = self.transport.fetch(self.retry_lane)
+            if message is None:
+                return
+            if accounting.exhausted(message, self.transport.delivery_limit):
+                self._dead_letter(
+                    message, f"delivery_limit: {accounting.spent(message)} failures or crashes"
+                )
+                continue
+            self._on_message(message)
 
     def _shutdown(self) -> int:
         log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
@@ -472,6 +560,10 @@ class ServiceRunner:
                                                  expiration=15))
         except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
             log.warning("%s: status heartbeat not sent: %s", self.service.name, exc)
+
+
+#: Lane messages processed per look before the subscription gets its turn again.
+_LANE_BATCH = 100
 
 
 def _expected_runtime(message: Message) -> float | None:

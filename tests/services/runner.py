@@ -2,8 +2,9 @@
 
 Usage: runner.py URL SERVICE QUEUE [--prefetch N] [--drain-grace S] [--idle-timeout S]
 [--work S] [--param KEY=JSON ...]. SERVICE is an installed plug-in (``double``,
-``jsonlines``) or ``sleepy``, a test service that records which process handled
-which delivery. ``--work`` adds that many seconds of simulated work per message.
+``jsonlines``), ``sleepy``, a test service that records which process handled
+which delivery, or ``poison``, which SIGKILLs itself on a poison payload.
+``--work`` adds that many seconds of simulated work per message.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,18 @@ class Sleepy(Service):
         })
 
 
+class Poison(Service):
+    """Passes payloads on, but SIGKILLs its own process on a payload with ``"poison"``."""
+
+    def process(self, rw: RecipeWrapper, payload: Any) -> None:
+        if payload.get("poison"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        rw.send(payload)
+
+
+TEST_SERVICES: dict[str, type[Service]] = {"sleepy": Sleepy, "poison": Poison}
+
+
 def with_work(cls: type[Service], seconds: float) -> type[Service]:
     """``cls`` whose ``process`` first spends ``seconds`` (simulated work; interruptible)."""
 
@@ -67,7 +81,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(name)s %(message)s")
-    cls = Sleepy if args.service == "sleepy" else plugins.load(plugins.SERVICES, args.service)
+    cls = TEST_SERVICES.get(args.service) or plugins.load(plugins.SERVICES, args.service)
     if args.work:
         cls = with_work(cls, args.work)
     parameters = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}

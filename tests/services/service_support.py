@@ -13,7 +13,7 @@ from typing import Any
 from zhpc.config import BrokerConfig
 from zhpc.recipe import RecipeWrapper
 from zhpc.transport import Transport, get_transport
-from zhpc.transport.base import dlq_name
+from zhpc.transport.base import dlq_name, retry_name
 
 RUNNER = Path(__file__).with_name("runner.py")
 
@@ -46,7 +46,7 @@ class Broker:
         if self.kind == "rabbitmq" and self.names:
             transport = self.transports[0] if self.transports else self.transport()
             for name in self.names:
-                for queue in (name, dlq_name(name)):
+                for queue in (name, retry_name(name), dlq_name(name)):
                     transport.delete_queue(queue)  # type: ignore[attr-defined]
         for transport in self.transports:
             transport.close()

@@ -46,8 +46,9 @@ def test_outgoing_refuses_headers_no_broker_carries_faithfully(headers: dict) ->
 
 def test_hostile_headers_are_refused_and_nothing_is_lost(broker: Broker) -> None:
     queue, out = broker.queue("hostile"), broker.queue("hostile-out")
+    broker.delivery_limit = 1
     transport = broker.transport()
-    transport.declare_queue(queue, delivery_limit=1)
+    transport.declare_queue(queue)
     transport.declare_queue(out)
     recipe = {"1": {"service": "h", "queue": queue, "output": 2},
               "2": {"service": "o", "queue": out}}

@@ -53,8 +53,9 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(broker: Broker) -> N
 
 def test_a_failing_step_reaches_the_dlq_after_its_delivery_limit(broker: Broker) -> None:
     queue = broker.queue("failing")
+    broker.delivery_limit = 1  # broker.delivery_limit: what the queues and the runner use
     transport = broker.transport()
-    transport.declare_queue(queue, delivery_limit=1)
+    transport.declare_queue(queue)
     publish_recipe(transport, {"1": {"service": "d", "queue": queue}}, [{"nothing": 1}])
     runner = run(broker, queue)
     assert runner.failed == 2 and runner.processed == 0  # limit 1: two deliveries
@@ -89,8 +90,9 @@ class ToNowhere(Service):
 
 def test_a_failed_commit_returns_the_input_and_the_runner_carries_on(broker: Broker) -> None:
     queue = broker.queue("nowhere")
+    broker.delivery_limit = 1
     transport = broker.transport()
-    transport.declare_queue(queue, delivery_limit=1)
+    transport.declare_queue(queue)
     publish_recipe(transport, {"1": {"service": "n", "queue": queue}}, [{"value": 1}])
     service = ToNowhere("nowhere", ServiceConfig(queue=queue, idle_timeout=0.5))
     runner = ServiceRunner(service, broker.transport())

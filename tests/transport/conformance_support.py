@@ -81,6 +81,33 @@ class Inbox:
         self.transport.unsubscribe(self.subscription)
 
 
+class Lane:
+    """Read a queue one message at a time with ``Transport.fetch`` (how retry lanes are read)."""
+
+    def __init__(self, transport: Transport, name: str, *, auto_ack: bool = False) -> None:
+        self.transport = transport
+        self.name = name
+        self.auto_ack = auto_ack
+        self.messages: list[Message] = []
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[Message]:
+        def enough() -> bool:
+            if len(self.messages) < count:
+                message = self.transport.fetch(self.name)
+                if message is not None:
+                    self.messages.append(message)
+                    if self.auto_ack:
+                        self.transport.ack(message)
+            return len(self.messages) >= count
+
+        wait_until(enough, timeout, 0.01, lambda: f"{count} message(s), got {len(self.messages)}")
+        return self.messages
+
+    def next(self, timeout: float = 10.0) -> Message:
+        self.wait(1, timeout)
+        return self.messages.pop(0)
+
+
 class Helper:
     """A helper client in a subprocess; its stdout lines are read by a thread."""
 
@@ -182,7 +209,7 @@ class Backend:
         try:
             channel = connection.channel()
             for name in names:
-                for queue in (name, f"dlq.{name}"):
+                for queue in (name, f"retry.{name}", f"dlq.{name}"):
                     try:
                         channel.queue_delete(queue)
                     except pika.exceptions.AMQPError:

@@ -9,13 +9,13 @@ import random
 import time
 
 import pytest
-from conformance_support import Backend, Inbox, unique
+from conformance_support import Backend, Inbox, Lane, unique
 from testsupport import wait_until
 
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Outgoing
 from zhpc.transport import QueueDepth, Transport, death_record, dlq_name
-from zhpc.transport.base import HANDBACK_HEADER
+from zhpc.transport.base import HANDBACK_HEADER, retry_name
 
 
 def out(queue: str, body: bytes | str, **kwargs: object) -> Outgoing:
@@ -58,22 +58,47 @@ def test_prefetch_limits_unsettled_deliveries(transport: Transport, qname: str) 
     assert bodies(inbox.messages) == [b"0", b"1", b"2", b"3"]
 
 
-def test_nack_requeue_redelivers_and_ack_removes(transport: Transport, qname: str) -> None:
+def test_nack_requeue_moves_to_the_retry_lane_which_counts(
+    transport: Transport, qname: str
+) -> None:
+    """A return from a work queue goes to its lane uncounted; returns from the lane count."""
     transport.publish(out(qname, "once"))
     inbox = Inbox(transport, qname, prefetch=1)
     first = inbox.next()
     assert first.delivery_count == 1 and not first.redelivered
     transport.nack(first, requeue=True)
 
-    again = inbox.next()
-    assert again.body == b"once"
+    lane = Lane(transport, retry_name(qname))
+    moved = lane.next()
+    assert moved.body == b"once" and moved.queue == retry_name(qname)
+    assert moved.delivery_count == 1
+    assert moved.message_id == first.message_id
+    record = death_record(moved)
+    assert record is not None and (record.reason, record.queue) == ("delivery_limit", qname)
+    transport.nack(moved, requeue=True)
+
+    again = lane.next()
     assert again.redelivered and again.delivery_count == 2
-    assert again.message_id == first.message_id
     transport.ack(again)
 
-    wait_until(lambda: transport.queue_depth(qname).ready == 0, what="queue empty")
+    wait_until(lambda: transport.queue_depth(retry_name(qname)).ready == 0, what="lane empty")
+    assert transport.fetch(retry_name(qname)) is None
     transport.poll(0.2)
     assert inbox.messages == []
+    assert transport.queue_depth(qname).ready == 0
+
+
+def test_fetch_takes_one_message_and_nothing_else(transport: Transport, qname: str) -> None:
+    transport.publish_many([out(qname, "a"), out(qname, "b")])
+    wait_until(lambda: transport.queue_depth(qname).ready == 2, what="two ready")
+    first = transport.fetch(qname)
+    assert first is not None and first.body == b"a" and first.delivery_count == 1
+    wait_until(lambda: transport.queue_depth(qname).ready == 1, what="one left ready")
+    transport.ack(first)
+    second = transport.fetch(qname)
+    assert second is not None and second.body == b"b"
+    transport.ack(second)
+    assert transport.fetch(qname) is None
 
 
 def test_nack_without_requeue_dead_letters_as_rejected(transport: Transport, qname: str) -> None:
@@ -88,16 +113,16 @@ def test_nack_without_requeue_dead_letters_as_rejected(transport: Transport, qna
     assert record is not None and record.reason == "rejected" and record.queue == qname
 
 
-def test_close_returns_unacked_messages(backend: Backend, qname: str) -> None:
+def test_close_returns_unacked_messages_to_the_lane(backend: Backend, qname: str) -> None:
     first = backend.make()
     first.publish_many([out(qname, "a"), out(qname, "b")])
     Inbox(first, qname, prefetch=5).wait(2)
     first.close()
 
     second = backend.make()
-    got = Inbox(second, qname, prefetch=5, auto_ack=True).wait(2)
+    got = Lane(second, retry_name(qname), auto_ack=True).wait(2)
     assert sorted(bodies(got)) == [b"a", b"b"]
-    assert all(m.redelivered for m in got)
+    assert all(m.delivery_count == 1 for m in got)  # moved, not counted
 
 
 # -- crashes -----------------------------------------------------------------------------------
@@ -110,13 +135,12 @@ def test_sigkilled_consumer_loses_nothing(backend: Backend, qname: str) -> None:
     assert len(held) == 10
     helper.kill()
 
-    got = Inbox(transport, qname, prefetch=50, auto_ack=True).wait(30, timeout=20)
-    assert sorted(bodies(got)) == sorted(f"k{i}".encode() for i in range(30))
-    for message in got:
-        if message.body in held:
-            assert message.redelivered and message.delivery_count == 2
-        else:
-            assert message.delivery_count == 1
+    got = Inbox(transport, qname, prefetch=50, auto_ack=True).wait(20, timeout=20)
+    moved = Lane(transport, retry_name(qname), auto_ack=True).wait(10, timeout=20)
+    assert sorted(bodies(got + moved)) == sorted(f"k{i}".encode() for i in range(30))
+    # what the dead consumer held went to the lane, uncounted; nothing else moved
+    assert set(bodies(moved)) == held
+    assert all(m.delivery_count == 1 for m in got + moved)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -146,10 +170,16 @@ def test_commit_killed_at_random_moment_loses_nothing(
 
     outputs = Inbox(transport, out_queue, prefetch=100, auto_ack=True)
     remaining = Inbox(transport, qname, prefetch=100, auto_ack=True)
+    lane = Lane(transport, retry_name(qname), auto_ack=True)
 
     def covered() -> bool:
         transport.poll(0.05)
-        return inputs <= set(bodies(outputs.messages) + bodies(remaining.messages))
+        message = transport.fetch(lane.name)
+        if message is not None:
+            lane.messages.append(message)
+            transport.ack(message)
+        queued = bodies(remaining.messages) + bodies(lane.messages)
+        return inputs <= set(bodies(outputs.messages) + queued)
 
     wait_until(covered, timeout=30, interval=0.005, what="every input either queued or processed")
     assert remaining.messages, "the kill came after all the work: nothing was tested"
@@ -162,12 +192,14 @@ def test_delivery_limit_dead_letters_with_reason_and_count(
     transport.declare_queue(qname, delivery_limit=2)
     transport.publish(out(qname, "poison"))
     inbox = Inbox(transport, qname, prefetch=1)
+    transport.nack(inbox.next(), requeue=True)  # the first return moves it to the lane
+    lane = Lane(transport, retry_name(qname))
     counts = []
-    for _ in range(3):
-        message = inbox.next()
+    for _ in range(2):
+        message = lane.next()
         counts.append(message.delivery_count)
         transport.nack(message, requeue=True)
-    assert counts == [1, 2, 3]  # limit N: at most N+1 deliveries
+    assert counts == [1, 2]  # limit N: at most N+1 deliveries, the first from the queue
 
     dead = Inbox(transport, dlq_name(qname), auto_ack=True).next()
     assert dead.body == b"poison"
@@ -178,6 +210,7 @@ def test_delivery_limit_dead_letters_with_reason_and_count(
     assert dead.headers.get("x-first-death-reason") in ("delivery_limit", b"delivery_limit")
     transport.poll(0.2)
     assert inbox.messages == []
+    assert transport.fetch(retry_name(qname)) is None
 
 
 def test_dead_letter_records_reason(transport: Transport, qname: str) -> None:
@@ -242,8 +275,10 @@ def test_commit_with_unroutable_output_fails_and_returns_input(
         transport.flush(10)
     assert isinstance(future.exception(timeout=10), TransportError)
 
-    again = inbox.next()
-    assert again.body == b"in" and again.delivery_count == 2
+    again = Lane(transport, retry_name(qname)).next()
+    assert again.body == b"in" and again.delivery_count == 1
+    inbox.close()
+    assert inbox.messages == []
 
 
 # -- routing -----------------------------------------------------------------------------------

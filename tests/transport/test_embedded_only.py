@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conformance_support import Backend, Inbox
+from conformance_support import Backend, Inbox, Lane
 from testsupport import wait_until
 
 from zhpc.config import BrokerConfig
-from zhpc.errors import TransportError, UnroutableError
+from zhpc.errors import InvalidHeaders, TransportError, UnroutableError
 from zhpc.message import Outgoing
 from zhpc.transport import death_record, dlq_name, get_transport
 from zhpc.transport.embedded import EmbeddedTransport
@@ -51,7 +51,12 @@ def test_get_transport_builds_embedded_from_config(path: Path) -> None:
     assert transport.path == path and transport.delivery_limit == 7
     with transport:
         transport.declare_queue("q")
-    assert rows(path, "SELECT delivery_limit FROM queues WHERE name='q'") == [(7,)]
+    # the work queue moves every return to its lane; the lane counts up to the limit
+    assert rows(path, "SELECT name, delivery_limit, dead_letter_to FROM queues ORDER BY name") == [
+        ("dlq.q", None, None),
+        ("q", 0, "retry.q"),
+        ("retry.q", 6, "dlq.q"),
+    ]
 
 
 def test_messages_survive_reopening_the_file(path: Path) -> None:
@@ -83,7 +88,8 @@ def test_commit_is_all_or_nothing(path: Path) -> None:
     future = transport.commit(outputs, ack=inbox.next())
     assert isinstance(future.exception(), UnroutableError)
     assert transport.queue_depth("out").ready == 0  # the first output was rolled back too
-    assert inbox.next().delivery_count == 2
+    assert Lane(transport, "retry.in").next().delivery_count == 1
+    assert inbox.messages == []
     transport.close()
 
 
@@ -92,7 +98,7 @@ def test_headers_round_trip_including_bytes(path: Path) -> None:
     headers = {"raw": b"\xff\x00", "n": 3, "nested": {"list": [1, "two", None]}}
     transport.publish(out("q", "h", headers=headers))
     assert Inbox(transport, "q", auto_ack=True).next().headers == headers
-    with pytest.raises(TransportError, match="headers cannot be stored"):
+    with pytest.raises(InvalidHeaders, match="cannot be sent"):
         transport.publish(out("q", "bad", headers={"obj": object()}))
     transport.close()
 
@@ -118,11 +124,12 @@ def test_dead_lettered_copy_counts_deliveries(path: Path) -> None:
     transport.publish(out("q", "poison"))
     inbox = Inbox(transport, "q", prefetch=1)
     transport.nack(inbox.next())
-    transport.nack(inbox.next())
+    transport.nack(Lane(transport, "retry.q").next())
     dead = Inbox(transport, dlq_name("q"), auto_ack=True).next()
     assert dead.headers["x-first-death-queue"] == "q"
+    assert [d["queue"] for d in dead.headers["x-death"]] == ["retry.q", "q"]
     record = death_record(dead)
-    assert record is not None and record.count == 2
+    assert record is not None and record.count == 1 and record.queue == "q"
     transport.close()
 
 
@@ -193,12 +200,11 @@ def test_stopped_consumer_loses_its_lease_then_registers_again(
 
     helper.signal(signal.SIGSTOP)
     try:
-        inbox = Inbox(transport, "q", prefetch=1)
-        again = inbox.next(timeout=15)
-        assert again.body == b"stuck" and again.delivery_count == 2
+        again = Lane(transport, "retry.q").next(timeout=15)
+        assert again.body == b"stuck" and again.delivery_count == 1
     finally:
         helper.signal(signal.SIGCONT)
-    wait_until(lambda: transport.queue_depth("q").consumers == 2, what="helper registered again")
+    wait_until(lambda: transport.queue_depth("q").consumers == 1, what="helper registered again")
     transport.ack(again)
     transport.close()
 
@@ -220,8 +226,10 @@ def test_dlq_is_not_given_a_dlq(path: Path) -> None:
     transport = open_transport(path)
     transport.declare_queue("q")
     transport.publish(out(dlq_name("q"), "x"))
+    transport.publish(out(dlq_name("retry.q"), "y"))
     assert rows(path, "SELECT name, delivery_limit FROM queues ORDER BY name") == [
         ("dlq.q", None),
-        ("q", 5),
+        ("q", 0),
+        ("retry.q", 4),
     ]
     transport.close()

@@ -10,10 +10,13 @@ Threading contract, shared by every implementation:
   long work in a callback never starves the connection.
 
 Delivery guarantees: at least once. A message is removed from its queue only
-by ``ack`` (directly, or through ``commit``/``dead_letter``/``hand_back``); if
-the consumer dies, the broker hands it out again with ``delivery_count`` + 1.
-Queues declared by zhpc have a delivery limit; a message delivered more often
-than that goes to ``dlq.<queue>`` with the reason recorded.
+by ``ack`` (directly, or through ``commit``/``move``/``dead_letter``/``hand_back``);
+if the consumer dies, the broker hands it out again. What counts against a
+message's delivery limit is decided in one place for every broker,
+:mod:`zhpc.transport.accounting`: a work queue ``Q`` returns whatever comes back
+to its retry lane ``retry.Q`` uncounted; the lane is read one message at a time
+(:meth:`Transport.fetch`), so only a message that was being processed counts;
+past the limit it goes to ``dlq.Q`` with its history.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 from zhpc.message import Message, Outgoing
+from zhpc.transport.accounting import (
+    HANDBACK_HEADER,
+    carried_headers,
+    dlq_name,
+    origin_queue,
+    retry_name,
+)
+
+__all__ = ["HANDBACK_HEADER", "dlq_name", "retry_name"]
 
 #: Header on a copy put into ``dlq.<queue>`` by zhpc itself (not by the broker's delivery limit).
 DEAD_LETTER_REASON_HEADER = "zhpc-dead-letter-reason"
@@ -33,15 +45,8 @@ DEAD_LETTER_QUEUE_HEADER = "zhpc-dead-letter-queue"
 #: Header on a copy put into ``dlq.<queue>`` by zhpc: deliveries before it was moved
 #: (RabbitMQ overwrites ``x-delivery-count`` when the copy is delivered from the DLQ).
 DEAD_LETTER_COUNT_HEADER = "zhpc-dead-letter-count"
-#: Header counting how often a message was handed back on drain (not failures).
-HANDBACK_HEADER = "zhpc-handbacks"
 
 Callback = Callable[[Message], None]
-
-
-def dlq_name(queue: str) -> str:
-    """The dead-letter queue of a work queue."""
-    return f"dlq.{queue}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,7 @@ class DeathRecord:
     """Why a message in a dead-letter queue is there."""
 
     reason: str  # e.g. "delivery_limit", "malformed", "rejected"
-    queue: str  # the queue it died in
+    queue: str  # the work queue it died in (its retry lane counts as the queue)
     count: int  # deliveries before it died (0 if unknown)
     detail: str = ""
 
@@ -91,7 +96,7 @@ class Transport(abc.ABC):
     # -- topology --------------------------------------------------------------
     @abc.abstractmethod
     def declare_queue(self, name: str, *, delivery_limit: int | None = None) -> None:
-        """Declare a durable work queue and its ``dlq.<name>``; idempotent.
+        """Declare a durable work queue, its ``retry.<name>`` lane and ``dlq.<name>``; idempotent.
 
         ``delivery_limit`` None means the transport's default. A queue that
         already exists with other arguments is used as it is.
@@ -114,6 +119,14 @@ class Transport(abc.ABC):
             self.publish(message)
 
     # -- receiving -------------------------------------------------------------
+    @abc.abstractmethod
+    def fetch(self, queue: str) -> Message | None:
+        """Take the next ready message of ``queue`` to process now (AMQP basic.get), or None.
+
+        Nothing else is held, so if the process dies only this message counts a
+        delivery: retry lanes are read this way. Settle it like any delivery.
+        """
+
     @abc.abstractmethod
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> str:
         """Consume ``queue`` (declared if needed) with manual acks; returns a subscription id."""
@@ -155,8 +168,30 @@ class Transport(abc.ABC):
         """Wait for every pending ``commit``; raise TransportError if one failed or timed out."""
 
     @abc.abstractmethod
-    def dead_letter(self, message: Message, reason: str) -> None:
-        """Move a message to ``dlq.<queue>`` at once (no retries), recording ``reason``."""
+    def move(self, message: Message, queue: str, headers: dict[str, Any]) -> None:
+        """Put a copy of ``message`` with ``headers`` into ``queue``, then remove the original.
+
+        Blocks until done. If it fails (TransportError) the original is not lost:
+        it stays unsettled or goes back to its queue.
+        """
+
+    def dead_letter(
+        self, message: Message, reason: str, headers: dict[str, Any] | None = None
+    ) -> None:
+        """Move a message to ``dlq.<queue>`` at once (no retries), recording ``reason``.
+
+        ``headers``: the copy's headers (default: the message's, broker headers dropped),
+        to which the reason, the origin queue and the delivery count are added.
+        """
+        stamped = dict(headers) if headers is not None else carried_headers(message)
+        stamped[DEAD_LETTER_REASON_HEADER] = reason
+        stamped[DEAD_LETTER_QUEUE_HEADER] = origin_queue(message.queue)
+        stamped[DEAD_LETTER_COUNT_HEADER] = message.delivery_count
+        self.move(message, dlq_name(message.queue), stamped)
+
+    def retry(self, message: Message, headers: dict[str, Any]) -> None:
+        """Move a message that failed into its queue's retry lane with ``headers``."""
+        self.move(message, retry_name(message.queue), headers)
 
     @abc.abstractmethod
     def hand_back(self, message: Message) -> None:
@@ -188,7 +223,7 @@ def death_record(message: Message) -> DeathRecord | None:
         first = deaths[0]
         return DeathRecord(
             reason=_text(first.get("reason", "")),
-            queue=_text(first.get("queue", "")),
+            queue=origin_queue(_text(first.get("queue", ""))),
             count=int(first.get("count", 0) or 0),
         )
     return None

@@ -5,11 +5,15 @@ delivery guarantees without running RabbitMQ. Every process opens the same
 file; SQLite's write lock serialises changes (``BEGIN IMMEDIATE`` for every
 write, a busy timeout so writers queue instead of failing).
 
-Schema (``PRAGMA user_version`` = 1)::
+Schema (``PRAGMA user_version`` = 2)::
 
-    queues(name PK, delivery_limit NULL=unlimited, topic NULL, owner NULL)
-        A work queue, a ``dlq.<queue>``, or (topic and owner set) one
-        subscriber's transient broadcast queue.
+    queues(name PK, delivery_limit NULL=unlimited, topic NULL, owner NULL,
+           dead_letter_to NULL)
+        A work queue, its ``retry.<queue>`` lane, its ``dlq.<queue>``, or (topic
+        and owner set) one subscriber's transient broadcast queue. A message
+        returned more than ``delivery_limit`` times moves to ``dead_letter_to``
+        (NULL: ``dlq.<queue>``, as schema 1 files have it); see
+        ``zhpc.transport.accounting`` for why a work queue's limit is 0.
     messages(id PK autoincrement, queue, body BLOB, headers JSON, message_id,
              ready_at, expires_at NULL, deliveries, consumer NULL)
         ``consumer`` NULL means ready; otherwise the row is leased to that
@@ -78,23 +82,23 @@ from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Message, Outgoing
-from zhpc.transport.base import (
-    DEAD_LETTER_COUNT_HEADER,
-    DEAD_LETTER_QUEUE_HEADER,
-    DEAD_LETTER_REASON_HEADER,
+from zhpc.transport.accounting import (
     HANDBACK_HEADER,
-    Callback,
-    QueueDepth,
-    Transport,
     dlq_name,
+    handbacks,
+    is_dead_letter_queue,
+    lane_limit,
+    origin_queue,
+    retry_name,
 )
+from zhpc.transport.base import Callback, QueueDepth, Transport
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Seconds between reclaim passes (dead consumers) triggered by poll/queue_depth.
 RECLAIM_INTERVAL = 0.25
 #: Longest wait between two looks at the file while poll() has nothing to do.
@@ -109,7 +113,8 @@ CREATE TABLE IF NOT EXISTS queues (
     name TEXT PRIMARY KEY,
     delivery_limit INTEGER,
     topic TEXT,
-    owner INTEGER
+    owner INTEGER,
+    dead_letter_to TEXT
 );
 CREATE INDEX IF NOT EXISTS queues_topic ON queues(topic) WHERE topic IS NOT NULL;
 CREATE INDEX IF NOT EXISTS queues_owner ON queues(owner) WHERE owner IS NOT NULL;
@@ -260,6 +265,7 @@ class EmbeddedTransport(Transport):
         self._lock = threading.RLock()
         self._consumer: int | None = None
         self._subs: dict[str, _Subscription] = {}
+        self._fetchers: dict[str, _Subscription] = {}
         self._declared: set[str] = set()
         self._pending_declared: set[str] = set()
         self._failed_commits: list[BaseException] = []
@@ -290,7 +296,7 @@ class EmbeddedTransport(Transport):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
             self._db.executescript(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self._migrate(self._db)
             self._register()
         except (OSError, sqlite3.Error) as exc:
             self._close_db()
@@ -324,6 +330,15 @@ class EmbeddedTransport(Transport):
             log.warning("closing embedded broker %s: %s", self.path, exc)
         finally:
             self._close_db()
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a file made by an older zhpc up to this schema (idempotent)."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(queues)")}
+        if "dead_letter_to" not in columns:
+            with suppress(sqlite3.OperationalError):  # another process just added it
+                db.execute("ALTER TABLE queues ADD COLUMN dead_letter_to TEXT")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _close_db(self) -> None:
         if self._db is not None:
@@ -432,19 +447,27 @@ class EmbeddedTransport(Transport):
             self._declare(db, name, delivery_limit)
 
     def _declare(self, db: sqlite3.Connection, name: str, limit: int | None = None) -> None:
-        """Create ``name`` and its dead-letter queue unless they exist (first arguments win)."""
+        """Create ``name``, its retry lane and its dead-letter queue unless they exist.
+
+        The first arguments win, as on RabbitMQ. Declaring a lane declares its queue.
+        """
         if name in self._declared:
             return
         if not name:
             raise TransportError("embedded broker: a queue needs a name")
-        if name.startswith("dlq."):
+        if is_dead_letter_queue(name):
             db.execute("INSERT OR IGNORE INTO queues(name) VALUES (?)", (name,))
         else:
+            work = origin_queue(name)
             limit = self.delivery_limit if limit is None else limit
-            db.execute(
-                "INSERT OR IGNORE INTO queues(name, delivery_limit) VALUES (?,?)", (name, limit)
+            lane, dlq = retry_name(work), dlq_name(work)
+            rows = [(work, 0, lane if lane_limit(limit) is not None else dlq), (dlq, None, None)]
+            if lane_limit(limit) is not None:
+                rows.append((lane, lane_limit(limit), dlq))
+            db.executemany(
+                "INSERT OR IGNORE INTO queues(name, delivery_limit, dead_letter_to) VALUES (?,?,?)",
+                rows,
             )
-            db.execute("INSERT OR IGNORE INTO queues(name) VALUES (?)", (dlq_name(name),))
         self._pending_declared.add(name)
 
     def bind(self, queue: str, exchange: str, routing_key: str) -> None:
@@ -647,15 +670,20 @@ class EmbeddedTransport(Transport):
         got = False
         with self._tx() as db:
             for sub in wanted:
-                got |= self._lease(db, sub, now)
+                leased = self._lease(db, sub, now)
+                sub.buffer.extend(leased)
+                got |= bool(leased)
         return got
 
-    def _lease(self, db: sqlite3.Connection, sub: _Subscription, now: float) -> bool:
+    def _lease(
+        self, db: sqlite3.Connection, sub: _Subscription, now: float, limit: int | None = None
+    ) -> list[Message]:
+        """Lease up to ``limit`` (default: the subscription's credit) ready messages."""
         db.execute(
             "DELETE FROM messages WHERE queue=? AND expires_at<=? AND consumer IS NULL",
             (sub.queue, now),
         )
-        limit = min(sub.credit, MAX_BATCH)
+        limit = min(sub.credit if limit is None else limit, MAX_BATCH)
         picked = (
             "SELECT id FROM messages WHERE queue=? AND consumer IS NULL AND ready_at<=? "
             "ORDER BY id LIMIT ?"
@@ -673,19 +701,18 @@ class EmbeddedTransport(Transport):
                 (self._consumer, sub.queue, now, limit),
             ).fetchall()
         rows.sort()
-        for row_id, body, headers, message_id, deliveries in rows:
-            sub.buffer.append(
-                Message(
-                    body=bytes(body),
-                    headers=_decode_headers(headers),
-                    queue=sub.topic if sub.broadcast and sub.topic else sub.queue,
-                    delivery_count=deliveries,
-                    redelivered=deliveries > 1,
-                    message_id=message_id,
-                    handle=_Lease(row_id, self._consumer or 0, deliveries, sub),
-                )
+        return [
+            Message(
+                body=bytes(body),
+                headers=_decode_headers(headers),
+                queue=sub.topic if sub.broadcast and sub.topic else sub.queue,
+                delivery_count=deliveries,
+                redelivered=deliveries > 1,
+                message_id=message_id,
+                handle=_Lease(row_id, self._consumer or 0, deliveries, sub),
             )
-        return bool(rows)
+            for row_id, body, headers, message_id, deliveries in rows
+        ]
 
     def _dispatch(self) -> int:
         """Run callbacks for buffered messages, one subscription after another."""
@@ -779,10 +806,10 @@ class EmbeddedTransport(Transport):
             if requeue:
                 self._return_rows(db, [lease.row])
             else:
-                self._to_dlq(
+                self._move_row(
                     db,
                     lease.row,
-                    message.queue,
+                    dlq_name(message.queue),
                     lambda h, n: _x_death(h, "rejected", message.queue, n),
                 )
 
@@ -814,59 +841,83 @@ class EmbeddedTransport(Transport):
         if failed:
             raise TransportError(f"{len(failed)} commit(s) failed; first: {failed[0]}")
 
-    def dead_letter(self, message: Message, reason: str) -> None:
-        def headers(h: dict[str, Any], deliveries: int) -> dict[str, Any]:
-            h[DEAD_LETTER_REASON_HEADER] = reason
-            h[DEAD_LETTER_QUEUE_HEADER] = message.queue
-            h[DEAD_LETTER_COUNT_HEADER] = deliveries
-            return h
-
+    def move(self, message: Message, queue: str, headers: dict[str, Any]) -> None:
+        """The copy and the removal of the original in one transaction."""
         with self._settling(message) as (db, lease):
             if lease is not None:
-                self._to_dlq(db, lease.row, message.queue, headers)
+                self._move_row(db, lease.row, queue, lambda _h, _n: headers)
 
     def hand_back(self, message: Message) -> None:
+        """In place: the message keeps its position and its delivery count is given back."""
         with self._settling(message) as (db, lease):
             if lease is None:
                 return
             (text,) = db.execute("SELECT headers FROM messages WHERE id=?", (lease.row,)).fetchone()
             headers = _decode_headers(text)
-            headers[HANDBACK_HEADER] = int(headers.get(HANDBACK_HEADER, 0) or 0) + 1
+            headers[HANDBACK_HEADER] = handbacks(headers) + 1
             db.execute(
                 "UPDATE messages SET consumer=NULL, deliveries=deliveries-1, headers=? WHERE id=?",
                 (_encode_headers(headers), lease.row),
             )
 
+    def fetch(self, queue: str) -> Message | None:
+        """Lease the oldest ready message of ``queue`` for the caller to process now."""
+        with self._lock:
+            self._check_registered()
+            self._maybe_reclaim()
+            with self._tx() as db:
+                self._declare(db, queue)
+                messages = self._lease(db, self._fetcher(queue), time.time(), limit=1)
+        if not messages:
+            return None
+        (message,) = messages
+        message.handle.subscription.unsettled += 1
+        return message
+
+    def _fetcher(self, queue: str) -> _Subscription:
+        """The bookkeeping a fetched message's lease points at (no callback, no credit)."""
+        sub = self._fetchers.get(queue)
+        if sub is None:
+            sub = self._fetchers[queue] = _Subscription(
+                id=f"fetch.{queue}", queue=queue, callback=_no_callback, prefetch=0
+            )
+        return sub
+
     def _return_rows(self, db: sqlite3.Connection, rows: Iterable[int]) -> None:
         """Make leased rows ready again, or dead-letter those past their queue's limit."""
         for row in rows:
             found = db.execute(
-                "SELECT m.queue, m.deliveries, q.delivery_limit FROM messages m "
+                "SELECT m.queue, m.deliveries, q.delivery_limit, q.dead_letter_to FROM messages m "
                 "LEFT JOIN queues q ON q.name=m.queue WHERE m.id=?",
                 (row,),
             ).fetchone()
             if found is None:
                 continue
-            queue, deliveries, limit = found
+            queue, deliveries, limit, target = found
             if limit is not None and deliveries > limit:
-                self._to_dlq(
-                    db, row, queue, lambda h, n, q=queue: _x_death(h, "delivery_limit", q, n)
+                self._move_row(
+                    db,
+                    row,
+                    target or dlq_name(queue),
+                    lambda h, n, q=queue: _x_death(h, "delivery_limit", q, n),
                 )
             else:
                 db.execute("UPDATE messages SET consumer=NULL WHERE id=?", (row,))
 
-    def _to_dlq(self, db: sqlite3.Connection, row: int, queue: str, mark: Any) -> None:
-        """Move a row to the tail of ``dlq.<queue>`` with headers from ``mark(headers, n)``."""
+    def _move_row(self, db: sqlite3.Connection, row: int, queue: str, mark: Any) -> None:
+        """Move a row to the tail of ``queue`` with headers from ``mark(headers, n)``.
+
+        The copy starts with no deliveries, like a dead-lettered message on RabbitMQ.
+        """
         found = db.execute("SELECT headers, deliveries FROM messages WHERE id=?", (row,)).fetchone()
         if found is None:
             return
         headers = mark(_decode_headers(found[0]), found[1])
-        dlq = dlq_name(queue)
-        db.execute("INSERT OR IGNORE INTO queues(name) VALUES (?)", (dlq,))
+        self._declare(db, queue)
         db.execute(
             "INSERT INTO messages(queue, body, headers, message_id) "
             "SELECT ?, body, ?, message_id FROM messages WHERE id=?",
-            (dlq, _encode_headers(headers), row),
+            (queue, _encode_headers(headers), row),
         )
         db.execute("DELETE FROM messages WHERE id=?", (row,))
 
@@ -942,6 +993,10 @@ class EmbeddedTransport(Transport):
                 "SELECT COUNT(*) FROM subscriptions WHERE queue=?", (name,)
             ).fetchone()
         return QueueDepth(ready=int(ready), unacked=int(unacked), consumers=int(consumers))
+
+
+def _no_callback(_message: Message) -> None:
+    """Fetched messages are returned to the caller, never passed to a callback."""
 
 
 def _x_death(headers: dict[str, Any], reason: str, queue: str, count: int) -> dict[str, Any]:
