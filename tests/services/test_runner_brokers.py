@@ -11,6 +11,7 @@ from zhpc.config import ServiceConfig
 from zhpc.message import Outgoing
 from zhpc.recipe import RecipeWrapper
 from zhpc.service import Service, ServiceRunner
+from zhpc.transport.accounting import FAILURES_HEADER, LAST_ERROR_HEADER, LAST_EXCEPTION_HEADER
 from zhpc.transport.base import death_record, dlq_name
 
 
@@ -62,6 +63,12 @@ def test_a_failing_step_reaches_the_dlq_after_its_delivery_limit(broker: Broker)
     (dead,) = collect(transport, dlq_name(queue), 1, timeout=10)
     record = death_record(dead)
     assert record is not None and record.reason == "delivery_limit"
+    assert record.queue == queue
+    failures = dead.headers[FAILURES_HEADER]
+    assert [f["exception"] for f in failures] == ["KeyError", "KeyError"]
+    assert all(f["service"] == "double" and f["pid"] > 0 and f["host"] for f in failures)
+    assert dead.headers[LAST_EXCEPTION_HEADER] == "KeyError"
+    assert dead.headers[LAST_ERROR_HEADER] == "'value'"
 
 
 def test_an_error_route_gets_the_details_and_the_input_is_acked(broker: Broker) -> None:
@@ -100,3 +107,7 @@ def test_a_failed_commit_returns_the_input_and_the_runner_carries_on(broker: Bro
     assert runner.failed == 2 and runner.processed == 0
     (dead,) = collect(transport, dlq_name(queue), 1, timeout=10)
     assert dead.json()["payload"] == {"value": 1}
+    # a permanent error: the DLQ copy says what it was, not only "delivery limit"
+    assert "zst.no-such-exchange" in dead.headers[LAST_ERROR_HEADER]
+    assert dead.headers[LAST_EXCEPTION_HEADER] in ("UnroutableError", "TransportError")
+    assert len(dead.headers[FAILURES_HEADER]) == 2

@@ -160,7 +160,11 @@ class Transport(abc.ABC):
         delivered again (duplicates of outputs are possible, losses are not).
         May return before the broker has answered, so that a service can
         pipeline; the future completes when the ack was sent, or fails (and the
-        input is returned to its queue) if an output could not be published.
+        input is returned to its queue) if the broker refused an output.
+        An output that can never be sent (a name the wire cannot carry, an
+        exchange that does not exist, no route on the embedded broker) raises
+        TransportError at once instead, with nothing sent and the input left
+        unsettled, so the caller can record the failure with its reason.
         """
 
     @abc.abstractmethod

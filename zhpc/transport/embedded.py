@@ -814,24 +814,19 @@ class EmbeddedTransport(Transport):
                 )
 
     def commit(self, outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
-        """Outputs and the ack in one transaction; on failure the input is returned (counted)."""
+        """Outputs and the ack in one transaction, done when this returns.
+
+        An output that cannot be stored or routed raises at once and the input
+        stays unsettled (nothing was written), for the caller to record the failure.
+        """
         future: Future[None] = Future()
-        try:
-            with self._settling(ack) as (db, lease):
-                now = time.time()
-                for out in outputs:
-                    self._insert(db, out, now)
-                # Lease lost or already settled: the outputs still go out (duplicates are fine).
-                if lease is not None:
-                    db.execute("DELETE FROM messages WHERE id=?", (lease.row,))
-        except TransportError as exc:
-            self._failed_commits.append(exc)
-            future.set_exception(exc)
-            try:
-                self.nack(ack, requeue=True)
-            except TransportError as again:
-                log.error("embedded broker: could not return message after failure: %s", again)
-            return future
+        with self._settling(ack) as (db, lease):
+            now = time.time()
+            for out in outputs:
+                self._insert(db, out, now)
+            # Lease lost or already settled: the outputs still go out (duplicates are fine).
+            if lease is not None:
+                db.execute("DELETE FROM messages WHERE id=?", (lease.row,))
         future.set_result(None)
         return future
 
