@@ -7,12 +7,13 @@ module; neither depends on the other.
 
 from __future__ import annotations
 
-import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from zhpc.errors import InvalidHeaders
+from zhpc import strictjson
+from zhpc.errors import InvalidHeaders, ZhpcError
 
 #: Header marking a workflows/Zocalo recipe message (value ``True``).
 RECIPE_HEADER = "workflows-recipe"
@@ -25,8 +26,14 @@ DestinationKind = Literal["queue", "topic", "exchange"]
 MAX_SHORT_STRING = 255
 #: Signed 64-bit: the widest integer an AMQP field table carries.
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+#: Longest delay or expiry, in seconds: RabbitMQ's per-message TTL limit (2**32-1 ms).
+MAX_DELAY = (2**32 - 1) / 1000
 #: Nesting of header values deeper than this is refused (it is never a real header).
 _MAX_HEADER_DEPTH = 16
+
+
+class InvalidMessage(ZhpcError, ValueError):
+    """A message that cannot be sent as built: a non-finite or absurd delay, a bad payload."""
 
 
 def check_headers(headers: Any) -> None:
@@ -118,13 +125,25 @@ class Outgoing:
     def __post_init__(self) -> None:
         if self.headers:
             check_headers(self.headers)
+        for name in ("delay", "expiration"):
+            seconds = getattr(self, name)
+            if seconds is not None and not (
+                isinstance(seconds, int | float) and math.isfinite(seconds)
+                and 0 <= seconds <= MAX_DELAY
+            ):
+                raise InvalidMessage(
+                    f"{name} must be a number of seconds from 0 to {MAX_DELAY:g}, not {seconds!r}"
+                )
 
     @classmethod
     def json(
         cls, destination: str, payload: Any, kind: DestinationKind = "queue", **kwargs: Any
     ) -> Outgoing:
         """Build an Outgoing with ``payload`` encoded as UTF-8 JSON."""
-        body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
+        try:
+            body = strictjson.dumps(payload, separators=(",", ":")).encode("utf-8")
+        except ValueError as exc:
+            raise InvalidMessage(f"payload cannot be sent as JSON: {exc}") from None
         return cls(destination=destination, body=body, kind=kind, **kwargs)
 
 
@@ -158,10 +177,10 @@ class Message:
         if self._parsed is not _UNPARSED or self._error is not None:
             return
         try:
-            self._parsed = json.loads(self.body.decode("utf-8"))
+            self._parsed = strictjson.loads(self.body.decode("utf-8"))
         except UnicodeDecodeError as exc:
             self._error = f"body is not UTF-8: {exc.reason} at byte {exc.start}"
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             self._error = f"body is not JSON: {exc}"
 
     @property
