@@ -204,7 +204,7 @@ class Client:
     def delete(self, *queues: str) -> None:
         for queue in queues:
             for name in (queue, f"dlq.{queue}"):
-                self.transport.delete_queue(name)  # type: ignore[attr-defined]
+                self.transport.delete_queue(name)
 
     def close(self) -> None:
         self.conn.close()

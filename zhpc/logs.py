@@ -93,5 +93,21 @@ def _install(level: int, fmt: str, *, debug_pika: bool) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     _installed = handler
-    # pika logs every expected 404 and retry as errors; zhpc reports those itself.
-    logging.getLogger("pika").setLevel(logging.DEBUG if debug_pika else logging.CRITICAL)
+    set_pika_level(debug=debug_pika)
+
+
+def set_pika_level(*, debug: bool = False) -> None:
+    """The one place that sets pika's log level (``-vvv`` shows pika's own debugging).
+
+    pika logs every failed connection attempt and every expected 404 on the
+    topology channel at ERROR/WARNING, several lines each; zhpc reports those
+    itself in one line, so pika is quiet otherwise.
+    """
+    logging.getLogger("pika").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def default_pika_level() -> None:
+    """Quiet pika unless its level was chosen already (by setup_logging, or a program
+    that uses zhpc as a library and configured pika itself)."""
+    if logging.getLogger("pika").level == logging.NOTSET:
+        set_pika_level()

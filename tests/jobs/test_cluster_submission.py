@@ -112,7 +112,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
         cluster.cancel([j.job_id for j in cluster.jobs("zhpc-wrap-")
                         if not j.state.finished and (base / "jobs" / j.name).is_dir()])
         for name in site.queues:
-            transport.delete_queue(name)  # type: ignore[attr-defined]
+            transport.delete_queue(name)
         transport.close()
 
 

@@ -41,7 +41,7 @@ def queue(rabbit: Transport, unique_name: str) -> Iterator[str]:
     yield unique_name
     for name in (unique_name, f"{unique_name}.out"):
         for each in (name, dlq_name(name)):
-            rabbit.delete_queue(each)  # type: ignore[attr-defined]
+            rabbit.delete_queue(each)
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ class Broker:
             transport = self.transports[0] if self.transports else self.transport()
             for name in self.names:
                 for queue in (name, retry_name(name), dlq_name(name)):
-                    transport.delete_queue(queue)  # type: ignore[attr-defined]
+                    transport.delete_queue(queue)
         for transport in self.transports:
             transport.close()
 

@@ -303,6 +303,20 @@ def test_publish_to_new_queue_declares_it(transport: Transport, qname: str) -> N
     assert Inbox(transport, qname, auto_ack=True).next().body == b"early"
 
 
+def test_delete_queue_drops_its_messages_and_a_missing_queue_is_fine(
+    transport: Transport, qname: str
+) -> None:
+    transport.publish_many([out(qname, "a"), out(qname, "b")])
+    transport.publish(out(dlq_name(qname), "dead"))
+    wait_until(lambda: transport.queue_depth(qname).ready == 2, what="two messages queued")
+    transport.delete_queue(qname)
+    assert transport.queue_depth(qname).ready == 0
+    wait_until(lambda: transport.queue_depth(dlq_name(qname)).ready == 1, what="DLQ kept")
+    transport.delete_queue(qname)  # already gone: fine
+    transport.publish(out(qname, "c"))  # declared again on use
+    assert bodies(Inbox(transport, qname, auto_ack=True).wait(1)) == [b"c"]
+
+
 def test_broadcast_reaches_every_subscriber(backend: Backend) -> None:
     topic = unique("zt.topic")
     publisher = backend.make()

@@ -102,6 +102,14 @@ class Transport(abc.ABC):
         already exists with other arguments is used as it is.
         """
 
+    @abc.abstractmethod
+    def delete_queue(self, name: str) -> None:
+        """Delete a queue and the messages in it (not its ``dlq.<name>``); a missing one is fine.
+
+        For tidying up (tests, benchmarks, tools): unsubscribe its consumers first,
+        brokers differ in what happens to them.
+        """
+
     # -- sending ---------------------------------------------------------------
     @abc.abstractmethod
     def publish(self, message: Outgoing) -> None:

@@ -483,6 +483,14 @@ class EmbeddedTransport(Transport):
                 (exchange, routing_key, queue),
             )
 
+    def delete_queue(self, name: str) -> None:
+        """Delete ``name``, its messages and bindings (not its DLQ); a missing queue is fine."""
+        with self._lock, self._tx() as db:
+            db.execute("DELETE FROM messages WHERE queue=?", (name,))
+            db.execute("DELETE FROM bindings WHERE queue=?", (name,))
+            db.execute("DELETE FROM queues WHERE name=?", (name,))
+            self._declared.discard(name)
+
     # -- sending -----------------------------------------------------------------------------
     def publish(self, message: Outgoing) -> None:
         with self._lock, self._tx() as db:

@@ -1,6 +1,6 @@
 """RabbitMQ-specific behaviour of the pika transport, against the real broker on 127.0.0.1:5672.
 
-The shared conformance suite (tests/transport/) covers what both transports
+The shared conformance suite (test_conformance.py beside this file) covers what both transports
 must do; these tests cover what only RabbitMQ has: quorum-queue arguments,
 returned messages, holding queues for delays, reconnection and broker restarts.
 """

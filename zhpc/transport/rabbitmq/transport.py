@@ -1,0 +1,398 @@
+"""The caller side of the RabbitMQ transport: what a service calls, on its own thread.
+
+Nothing here touches pika's connection or channels: every broker operation is
+handed to :class:`IOThread` and awaited as a future (see the package docstring
+for the whole threading contract). What this side owns, and who may use it:
+
+* ``_subs`` (subscriptions): written by caller threads; read by the polling
+  thread, and snapshotted by the I/O thread's ``on_channel`` hook to start a
+  recovery thread.
+* ``_pending``/``_failures`` (commits not yet settled), under ``_state_lock``:
+  commits add to it, their futures' callbacks (on the I/O thread) remove.
+* :class:`Topology` (what was declared), with its own lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import TYPE_CHECKING, Any
+
+from zhpc.errors import TransportError
+from zhpc.message import Message, Outgoing
+from zhpc.transport.base import (
+    DEAD_LETTER_COUNT_HEADER,
+    DEAD_LETTER_QUEUE_HEADER,
+    DEAD_LETTER_REASON_HEADER,
+    HANDBACK_HEADER,
+    Callback,
+    QueueDepth,
+    Transport,
+    dlq_name,
+)
+from zhpc.transport.rabbitmq.iothread import (
+    Batch,
+    ConnectionLostError,
+    Delivery,
+    IOThread,
+    Pub,
+    Subscription,
+    fail,
+)
+from zhpc.transport.rabbitmq.topology import Topology
+from zhpc.transport.rabbitmq.wire import (
+    check_name,
+    delivery_count,
+    mask,
+    message_properties,
+    received_message_id,
+    republish_headers,
+    republish_properties,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.config import BrokerConfig, TLSConfig
+
+log = logging.getLogger(__package__)
+
+#: publish_many hands messages to the I/O thread in chunks of this many.
+_PUBLISH_CHUNK = 500
+
+
+class RabbitMQTransport(Transport):
+    """A transport to one RabbitMQ broker (``amqp://`` or ``amqps://``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        display_url: str | None = None,
+        delivery_limit: int = 5,
+        heartbeat: int = 60,
+        connection_attempts: int = 10,
+        retry_delay: float = 1.0,
+        tls: TLSConfig | None = None,
+    ) -> None:
+        super().__init__(delivery_limit=delivery_limit)
+        self.display_url = display_url or mask(url)
+        self._io = IOThread(
+            url,
+            display_url=self.display_url,
+            heartbeat=heartbeat,
+            connection_attempts=connection_attempts,
+            retry_delay=retry_delay,
+            tls=tls,
+            on_channel=self._on_channel,
+            on_abandon=self._fail_pending,
+        )
+        self._topology = Topology(self._io)
+        self._subs: dict[str, Subscription] = {}
+        self._sub_ids = itertools.count(1)
+        self._pending: set[Future[None]] = set()
+        self._failures: list[BaseException] = []
+        self._state_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: BrokerConfig) -> RabbitMQTransport:
+        return cls(
+            config.connection_url(),
+            display_url=config.display_url(),
+            delivery_limit=config.delivery_limit,
+            heartbeat=config.heartbeat,
+            connection_attempts=config.connection_attempts,
+            retry_delay=config.retry_delay,
+            tls=config.tls,
+        )
+
+    # == lifecycle ============================================================
+    def connect(self) -> None:
+        self._io.start()
+
+    def close(self) -> None:
+        self._io.stop()
+
+    def _fail_pending(self, error: TransportError) -> None:
+        """Every unsettled commit fails: the I/O thread gave up or was stopped."""
+        with self._state_lock:
+            pending = list(self._pending)
+        for future in pending:
+            fail(future, error)
+
+    # == topology =============================================================
+    def declare_queue(self, name: str, *, delivery_limit: int | None = None) -> None:
+        limit = self.delivery_limit if delivery_limit is None else delivery_limit
+        self._topology.ensure_queue(name, limit, force=True)
+
+    def _ensure_queue(self, name: str) -> None:
+        self._topology.ensure_queue(name, self.delivery_limit)
+
+    def queue_depth(self, name: str) -> QueueDepth:
+        return self._topology.queue_depth(name)
+
+    def delete_queue(self, name: str) -> None:
+        self._topology.delete_queue(name)
+
+    # == sending ==============================================================
+    def publish(self, message: Outgoing) -> None:
+        self.publish_many([message])
+
+    def publish_many(self, messages: Sequence[Outgoing]) -> None:
+        """Publish all, wait for all confirms; retried after a lost connection (may duplicate).
+
+        Chunks go to the I/O thread as soon as they are built, so the wire work
+        overlaps with building the rest.
+        """
+        chunks: list[tuple[list[Pub], Future[None]]] = []
+        for start in range(0, len(messages), _PUBLISH_CHUNK):
+            pubs = [self._to_pub(m) for m in messages[start : start + _PUBLISH_CHUNK]]
+            chunks.append((pubs, self._send(pubs)))
+        for attempt in itertools.count(1):
+            failed: list[tuple[list[Pub], Future[None]]] = []
+            for pubs, future in chunks:
+                try:
+                    self._io.wait(future)
+                except ConnectionLostError as exc:
+                    if attempt >= 3 or self._io.closing:
+                        raise
+                    log.warning("publish interrupted (%s); publishing again", exc)
+                    failed.append((pubs, future))
+            if not failed:
+                return
+            chunks = [(pubs, self._send(pubs)) for pubs, _future in failed]
+
+    def _send(self, pubs: list[Pub]) -> Future[None]:
+        future: Future[None] = Future()
+        self._io.send(Batch(pubs, future))
+        return future
+
+    def _to_pub(self, out: Outgoing) -> Pub:
+        """Declare what ``out`` needs and build its wire form (caller thread)."""
+        if out.delay is not None and out.expiration is not None:
+            raise TransportError("a message cannot have both a delay and an expiration")
+        props = message_properties(out)
+        if out.kind == "queue":
+            self._ensure_queue(out.destination)
+            exchange, routing_key, mandatory = "", out.destination, True
+        elif out.kind == "topic":
+            if out.delay:
+                raise TransportError("broadcasts cannot be delayed")
+            self._topology.ensure_exchange(out.destination, fanout=True)
+            exchange, routing_key, mandatory = out.destination, "", False
+        elif out.kind == "exchange":
+            self._topology.ensure_exchange(out.destination, fanout=False)
+            exchange, routing_key, mandatory = out.destination, out.routing_key, True
+        else:
+            raise TransportError(f"unknown destination kind {out.kind!r}")
+        if out.delay is not None and out.delay > 0:
+            delay_ms = round(out.delay * 1000)
+            holding = self._topology.ensure_delay_queue(exchange, routing_key, delay_ms)
+            exchange, routing_key = "", holding
+        check_name("routing key", routing_key)
+        return Pub(exchange, routing_key, out.body, props, mandatory)
+
+    # == receiving ============================================================
+    def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> str:
+        self._ensure_queue(queue)
+        sub = Subscription(f"zhpc-{next(self._sub_ids)}", queue, callback, prefetch, False)
+        return self._start_subscription(sub)
+
+    def subscribe_broadcast(self, topic: str, callback: Callback) -> str:
+        sub = Subscription(f"zhpc-{next(self._sub_ids)}", topic, callback, 0, True)
+        return self._start_subscription(sub)
+
+    def _start_subscription(self, sub: Subscription) -> str:
+        self._subs[sub.sub_id] = sub
+        for attempt in itertools.count(1):
+            try:
+                self._consume(sub, self._io.generation)
+                return sub.sub_id
+            except ConnectionLostError:
+                if attempt >= 3:
+                    del self._subs[sub.sub_id]
+                    raise
+            except BaseException:
+                del self._subs[sub.sub_id]
+                raise
+        raise AssertionError("unreachable")
+
+    def _consume(self, sub: Subscription, generation: int) -> None:
+        """Declare what ``sub`` needs and start its consumer (caller or recovery thread)."""
+        if sub.broadcast:
+            self._topology.ensure_exchange(sub.source, fanout=True)
+            frame = self._topology.call(
+                "queue_declare", queue="", exclusive=True, auto_delete=True
+            )
+            consumer_queue = frame.method.queue
+            self._topology.call("queue_bind", queue=consumer_queue, exchange=sub.source)
+        else:
+            self._ensure_queue(sub.source)
+            consumer_queue = sub.source
+        self._io.wait(self._io.consume(sub, consumer_queue, generation), 60)
+
+    def _on_channel(self, generation: int) -> None:
+        """I/O thread, on every new work channel: re-subscribe from a recovery thread.
+
+        The recovery thread makes the same blocking calls as a caller, which the
+        I/O thread cannot make: it would wait for itself.
+        """
+        subs = [s for s in list(self._subs.values()) if s.active]
+        if subs and generation > 1:
+            threading.Thread(
+                target=self._resubscribe,
+                args=(subs, generation),
+                name="zhpc-rabbitmq-recover",
+                daemon=True,
+            ).start()
+
+    def _resubscribe(self, subs: list[Subscription], generation: int) -> None:
+        """Recovery thread: re-declare and re-consume after a lost channel or connection."""
+        for sub in subs:
+            if not sub.active or generation != self._io.generation:
+                return
+            try:
+                self._consume(sub, generation)
+                log.info("resubscribed to %r", sub.source)
+            except Exception as exc:
+                log.error("could not resubscribe to %r: %s", sub.source, exc)
+
+    def unsubscribe(self, subscription: str) -> None:
+        sub = self._subs.get(subscription)
+        if sub is None or not sub.active:
+            return
+        sub.active = False
+        # Wait for the broker's cancel-ok: every delivery sent before it is then in
+        # ``deliveries``, so a poll(0) sees all of them (a drain hands them back).
+        try:
+            self._io.wait(self._io.cancel(sub), 10)
+        except TransportError as exc:
+            log.warning("unsubscribing from %r: %s", sub.source, exc)
+
+    def poll(self, timeout: float) -> int:
+        if self._io.fatal is not None:
+            raise self._io.fatal
+        deadline = time.monotonic() + timeout
+        handled = 0
+        deliveries = self._io.deliveries
+        while True:
+            try:
+                if handled:
+                    item = deliveries.get_nowait()
+                else:
+                    item = deliveries.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return handled
+            if self._deliver(*item):
+                handled += 1
+
+    def _deliver(self, sub_id: str, generation: int, method: Any, props: Any, body: bytes) -> bool:
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            return False
+        if not sub.broadcast and generation != self._io.generation:
+            log.debug("skipping a delivery from a lost channel; the broker redelivers it")
+            return False
+        headers = dict(props.headers or {})
+        message = Message(
+            body=body,
+            headers=headers,
+            queue=sub.source,
+            delivery_count=delivery_count(headers, bool(method.redelivered)),
+            redelivered=bool(method.redelivered),
+            message_id=received_message_id(headers, props),
+            handle=Delivery(generation, method.delivery_tag, sub_id, sub.broadcast, props),
+        )
+        sub.callback(message)
+        return True
+
+    # == settling =============================================================
+    def ack(self, message: Message) -> None:
+        delivery = self._delivery(message)
+        if not delivery.broadcast:
+            self._io.settle(delivery, ack=True, requeue=False)
+
+    def nack(self, message: Message, *, requeue: bool = True) -> None:
+        delivery = self._delivery(message)
+        if not delivery.broadcast:
+            self._io.settle(delivery, ack=False, requeue=requeue)
+
+    def commit(self, outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
+        delivery = self._delivery(ack)
+        future: Future[None] = Future()
+        try:
+            pubs = [self._to_pub(o) for o in outputs]
+        except TransportError as exc:
+            self.nack(ack, requeue=True)
+            future.set_exception(exc)
+            self._track(future)
+            return future
+        batch = Batch(pubs, future, ack=None if delivery.broadcast else delivery)
+        self._track(future)
+        self._io.send(batch)
+        return future
+
+    def _track(self, future: Future[None]) -> None:
+        with self._state_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: Future[None]) -> None:
+        with self._state_lock:
+            self._pending.discard(future)
+            if future.exception() is not None:
+                self._failures.append(future.exception())  # type: ignore[arg-type]
+
+    def flush(self, timeout: float | None = None) -> None:
+        with self._state_lock:
+            pending = list(self._pending)
+        _done, not_done = wait_futures(pending, timeout=timeout)
+        with self._state_lock:
+            failures, self._failures = self._failures, []
+        if not_done:
+            raise TransportError(f"{len(not_done)} commit(s) still unconfirmed after {timeout} s")
+        if failures:
+            extra = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise TransportError(f"a commit failed: {failures[0]}{extra}")
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        delivery = self._delivery(message)
+        dlq = dlq_name(message.queue)
+        self._ensure_queue(dlq)
+        headers = republish_headers(delivery.properties)
+        headers[DEAD_LETTER_REASON_HEADER] = reason
+        headers[DEAD_LETTER_QUEUE_HEADER] = message.queue
+        headers[DEAD_LETTER_COUNT_HEADER] = message.delivery_count
+        self._republish(delivery, message, dlq, headers)
+
+    def hand_back(self, message: Message) -> None:
+        delivery = self._delivery(message)
+        headers = republish_headers(delivery.properties)
+        headers[HANDBACK_HEADER] = int(headers.get(HANDBACK_HEADER, 0) or 0) + 1
+        try:
+            self._republish(delivery, message, message.queue, headers)
+        except ConnectionLostError as exc:
+            # The broker returns the original by itself; it just counts as a delivery.
+            log.warning("hand-back of a message interrupted (%s); the broker returns it", exc)
+
+    def _republish(
+        self, delivery: Delivery, message: Message, queue_name: str, headers: dict[str, Any]
+    ) -> None:
+        """Publish a copy of ``message`` to a queue; ack the original once it is confirmed."""
+        if delivery.broadcast:
+            raise TransportError("broadcast messages cannot be dead-lettered or handed back")
+        props = republish_properties(delivery.properties, headers)
+        future: Future[None] = Future()
+        pub = Pub("", queue_name, message.body, props, True)
+        self._io.send(Batch([pub], future, ack=delivery))
+        self._io.wait(future)
+
+    @staticmethod
+    def _delivery(message: Message) -> Delivery:
+        if not isinstance(message.handle, Delivery):
+            raise TransportError("this message was not received through the RabbitMQ transport")
+        return message.handle
