@@ -20,7 +20,7 @@ from zhpc.errors import InvalidHeaders, TransportError
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
 from zhpc.service import Service, ServiceRunner
-from zhpc.transport.base import dlq_name
+from zhpc.transport.base import dlq_name, retry_name
 
 HOSTILE = [
     {"score": 0.5},
@@ -92,7 +92,12 @@ def test_an_unencodable_publish_on_the_io_thread_fails_only_its_own_commit(
     for future in futures[1:]:
         assert future.result(10) is None
 
-    wait_until(lambda: transport.poll(0.1) >= 0 and len(got) > 4, timeout=10, interval=0)
-    assert [m.json() for m in got[4:]] == [{"n": 0}]  # the failed input came back, once
+    back: list[Message] = []
+    wait_until(lambda: back.append(transport.fetch(retry_name(queue))) or back[-1] is not None,
+               timeout=10, what="the failed input in the retry lane")
+    assert back[-1].json() == {"n": 0}  # the failed input came back, once
+    transport.ack(back[-1])
+    transport.poll(0.3)
+    assert len(got) == 4 and transport.fetch(retry_name(queue)) is None
     arrived = collect(rabbitmq.transport(), out, 3, timeout=10, exact=True)
     assert sorted(m.json()["n"] for m in arrived) == [1, 2, 3]

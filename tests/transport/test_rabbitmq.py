@@ -54,7 +54,7 @@ def names() -> Iterator[Callable[[str], str]]:
     conn = pika.BlockingConnection(pika.URLParameters(URL))
     try:
         for name in made:
-            for queue in (name, f"dlq.{name}"):
+            for queue in (name, f"retry.{name}", f"dlq.{name}"):
                 ch = conn.channel()
                 ch.queue_delete(queue)
                 ch.close()
@@ -89,17 +89,38 @@ def poll_until(t: RabbitMQTransport, condition: Callable[[], bool], timeout: flo
 
 
 # -- topology and the wire ---------------------------------------------------------------------
-def test_work_queues_are_quorum_with_delivery_limit_and_dlq(transport, names):
+def test_work_queues_have_a_retry_lane_then_a_dlq(transport, names):
     queue = names("limit")
-    transport.declare_queue(queue, delivery_limit=1)
+    transport.declare_queue(queue, delivery_limit=2)
+    # exactly these arguments: declaring them again is accepted, anything else is refused
+    expected = {
+        queue: {"x-delivery-limit": 0, "x-dead-letter-routing-key": f"retry.{queue}"},
+        f"retry.{queue}": {"x-delivery-limit": 1, "x-dead-letter-routing-key": f"dlq.{queue}"},
+    }
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        for name, args in expected.items():
+            conn.channel().queue_declare(name, durable=True, arguments={
+                "x-queue-type": "quorum", "x-dead-letter-exchange": "",
+                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
+                **args})
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            conn.channel().queue_declare(queue, durable=True, arguments={
+                "x-queue-type": "quorum", "x-delivery-limit": 5})
+    finally:
+        conn.close()
+
     transport.publish(Outgoing.json(queue, {"n": 1}))
     got = collect(transport, queue)
     poll_until(transport, lambda: len(got) == 1)
     assert got[0].delivery_count == 1 and not got[0].redelivered
-    transport.nack(got[0], requeue=True)
-    poll_until(transport, lambda: len(got) == 2)
-    assert got[1].delivery_count == 2 and got[1].redelivered
-    transport.nack(got[1], requeue=True)  # limit 1: at most 2 deliveries, then dead-lettered
+    transport.nack(got[0], requeue=True)  # from the work queue: to the lane, uncounted
+    lane = []
+    for expected_count in (1, 2):  # limit 2: the first delivery, then two from the lane
+        message = poll_fetch(transport, f"retry.{queue}")
+        assert message.delivery_count == expected_count
+        lane.append(message)
+        transport.nack(message, requeue=True)
 
     dead = collect(transport, f"dlq.{queue}")
     poll_until(transport, lambda: len(dead) == 1)
@@ -108,7 +129,14 @@ def test_work_queues_are_quorum_with_delivery_limit_and_dlq(transport, names):
     assert dead[0].json() == {"n": 1}
     assert dead[0].message_id == got[0].message_id
     transport.ack(dead[0])
-    assert len(got) == 2  # never delivered a third time
+    assert len(got) == 1 and transport.fetch(f"retry.{queue}") is None
+
+
+def poll_fetch(transport: RabbitMQTransport, queue: str, timeout: float = 10) -> Message:
+    found: list[Message] = []
+    wait_until(lambda: found.append(transport.fetch(queue)) or found[-1] is not None,
+               timeout=timeout, what=f"a message on {queue}")
+    return found[-1]
 
 
 def test_message_ids_headers_and_persistence_on_the_wire(transport, names):
@@ -201,8 +229,8 @@ def test_commit_with_an_unroutable_output_fails_and_returns_the_input(transport,
     future = transport.commit([Outgoing.json(names("unused"), {}), bad], got[0])
     with pytest.raises(UnroutableError):
         future.result(10)
-    poll_until(transport, lambda: len(got) == 2)  # the input came back
-    assert got[1].message_id == got[0].message_id and got[1].delivery_count == 2
+    again = poll_fetch(transport, f"retry.{queue}")  # the input came back, to the lane
+    assert again.message_id == got[0].message_id and again.delivery_count == 1
     with pytest.raises(TransportError):
         transport.flush(5)
 

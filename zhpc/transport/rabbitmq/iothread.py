@@ -198,6 +198,7 @@ class IOThread:
         self._unconfirmed: collections.OrderedDict[int, _InFlight] = collections.OrderedDict()
         self._topo_ops: collections.deque[_TopologyOp] = collections.deque()
         self._topo_current: _TopologyOp | None = None
+        self._get_current: Future[Any] | None = None
         self._open_error: BaseException | None = None
 
     # == caller side: lifecycle ===============================================
@@ -246,6 +247,15 @@ class IOThread:
         """Start ``sub``'s consumer on ``consumer_queue`` if ``generation`` is still current."""
         future: Future[None] = Future()
         self._submit(lambda: self._io_consume(sub, consumer_queue, generation, future), future)
+        return future
+
+    def get(self, queue: str) -> Future[Any]:
+        """One basic.get: the future holds ``(generation, method, properties, body)`` or None.
+
+        One at a time per transport (pika allows one per channel): the caller serialises.
+        """
+        future: Future[Any] = Future()
+        self._submit(lambda: self._io_get(queue, future), future)
         return future
 
     def cancel(self, sub: Subscription) -> Future[None]:
@@ -419,6 +429,7 @@ class IOThread:
         self._work = channel
         channel.add_on_close_callback(self._on_work_closed)
         channel.add_on_return_callback(self._on_returned)
+        channel.add_callback(self._on_get_empty, [pika.spec.Basic.GetEmpty], one_shot=False)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
 
     def _on_confirm_ok(self, _frame: Any) -> None:
@@ -460,6 +471,9 @@ class IOThread:
         unconfirmed, self._unconfirmed = self._unconfirmed, collections.OrderedDict()
         for inflight in unconfirmed.values():
             self._fail_batch(inflight.batch, error, settle_input=False)
+        current, self._get_current = self._get_current, None
+        if current is not None:
+            fail(current, error)
 
     def _on_topo_open(self, channel: Any) -> None:
         self._topo = channel
@@ -643,7 +657,7 @@ class IOThread:
             and batch.ack.generation == self.generation
             and self._work is not None
         ):
-            self._work.basic_nack(batch.ack.tag, requeue=True)
+            self._work.basic_reject(batch.ack.tag, requeue=True)
         fail(batch.future, error)
 
     def _io_settle(self, delivery: Delivery, *, ack: bool, requeue: bool) -> None:
@@ -656,7 +670,29 @@ class IOThread:
         if ack:
             self._work.basic_ack(delivery.tag)
         else:
-            self._work.basic_nack(delivery.tag, requeue=requeue)
+            # reject, not nack: from RabbitMQ 4.3 a nack with requeue no longer counts
+            # toward a quorum queue's delivery limit, and a work queue's limit of 0 is
+            # what moves a returned message to its retry lane (accounting).
+            self._work.basic_reject(delivery.tag, requeue=requeue)
+
+    def _io_get(self, queue: str, future: Future[Any]) -> None:
+        if self._get_current is not None:
+            fail(future, TransportError("a fetch is already in progress on this transport"))
+            return
+        generation = self.generation
+        self._get_current = future
+
+        def on_ok(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            if self._get_current is future:
+                self._get_current = None
+                _resolve(future, (generation, method, props, body))
+
+        self._work.basic_get(queue, on_ok)
+
+    def _on_get_empty(self, _frame: Any) -> None:
+        current, self._get_current = self._get_current, None
+        if current is not None:
+            _resolve(current, None)
 
     def _io_consume(
         self, sub: Subscription, consumer_queue: str, generation: int, future: Future[None]
@@ -687,6 +723,11 @@ class IOThread:
             self._work.basic_cancel(sub.sub_id, callback=lambda _frame: _done(future))
         else:
             _done(future)
+
+
+def _resolve(future: Future[Any], value: Any) -> None:
+    if not future.done() and future.set_running_or_notify_cancel():
+        future.set_result(value)
 
 
 def _done(future: Future[None]) -> None:

@@ -21,7 +21,14 @@ from typing import Any
 import pika.exceptions
 
 from zhpc.errors import TransportError
-from zhpc.transport.base import QueueDepth, dlq_name
+from zhpc.transport.accounting import (
+    dlq_name,
+    is_dead_letter_queue,
+    lane_limit,
+    origin_queue,
+    retry_name,
+)
+from zhpc.transport.base import QueueDepth
 from zhpc.transport.rabbitmq.iothread import ConnectionLostError, IOThread
 from zhpc.transport.rabbitmq.wire import (
     NOT_FOUND,
@@ -70,18 +77,28 @@ class Topology:
 
     # -- declaring -----------------------------------------------------------------------------
     def ensure_queue(self, name: str, delivery_limit: int, *, force: bool = False) -> None:
-        """Declare a work queue and its DLQ once per connection (dead-letter queues plainly)."""
+        """Declare a work queue, its retry lane and its DLQ once per connection.
+
+        Dead-letter queues are plain; naming a lane declares its work queue too.
+        """
         key = ("queue", name)
         if not force and self._age(key) is not None:
             return
         connection = self._io.connections  # read first: a declare racing a reconnect is redone
-        if name.startswith("dlq."):
+        if is_dead_letter_queue(name):
             self._declare_or_adopt(name, dlq_arguments())
         else:
-            dlq = dlq_name(name)
+            work = origin_queue(name)
+            dlq, lane, limit = dlq_name(work), retry_name(work), lane_limit(delivery_limit)
             self._declare_or_adopt(dlq, dlq_arguments())
             self._remember(("queue", dlq), connection)
-            self._declare_or_adopt(name, work_queue_arguments(dlq, delivery_limit))
+            if limit is None:  # no retries at all: straight to the dead-letter queue
+                self._declare_or_adopt(work, work_queue_arguments(dlq, 0))
+            else:
+                self._declare_or_adopt(lane, work_queue_arguments(dlq, limit))
+                self._remember(("queue", lane), connection)
+                self._declare_or_adopt(work, work_queue_arguments(lane, 0))
+            self._remember(("queue", work), connection)
         self._remember(key, connection)
 
     def _declare_or_adopt(self, name: str, arguments: dict[str, Any]) -> None:

@@ -26,16 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import TransportError
 from zhpc.message import Message, Outgoing
-from zhpc.transport.base import (
-    DEAD_LETTER_COUNT_HEADER,
-    DEAD_LETTER_QUEUE_HEADER,
-    DEAD_LETTER_REASON_HEADER,
-    HANDBACK_HEADER,
-    Callback,
-    QueueDepth,
-    Transport,
-    dlq_name,
-)
+from zhpc.transport.accounting import with_handback
+from zhpc.transport.base import Callback, QueueDepth, Transport
 from zhpc.transport.rabbitmq.iothread import (
     Batch,
     ConnectionLostError,
@@ -49,10 +41,10 @@ from zhpc.transport.rabbitmq.topology import Topology
 from zhpc.transport.rabbitmq.wire import (
     check_name,
     delivery_count,
+    encodable,
     mask,
     message_properties,
     received_message_id,
-    republish_headers,
     republish_properties,
 )
 
@@ -97,6 +89,7 @@ class RabbitMQTransport(Transport):
         self._pending: set[Future[None]] = set()
         self._failures: list[BaseException] = []
         self._state_lock = threading.Lock()
+        self._fetch_lock = threading.Lock()  # one basic.get in flight (pika's rule)
 
     @classmethod
     def from_config(cls, config: BrokerConfig) -> RabbitMQTransport:
@@ -297,18 +290,17 @@ class RabbitMQTransport(Transport):
         if not sub.broadcast and generation != self._io.generation:
             log.debug("skipping a delivery from a lost channel; the broker redelivers it")
             return False
-        headers = dict(props.headers or {})
-        message = Message(
-            body=body,
-            headers=headers,
-            queue=sub.source,
-            delivery_count=delivery_count(headers, bool(method.redelivered)),
-            redelivered=bool(method.redelivered),
-            message_id=received_message_id(headers, props),
-            handle=Delivery(generation, method.delivery_tag, sub_id, sub.broadcast, props),
-        )
-        sub.callback(message)
+        sub.callback(_message(sub.source, generation, method, props, body, sub_id, sub.broadcast))
         return True
+
+    def fetch(self, queue: str) -> Message | None:
+        self._ensure_queue(queue)
+        with self._fetch_lock:
+            got = self._io.wait(self._io.get(queue), 60)
+        if got is None:
+            return None
+        generation, method, props, body = got
+        return _message(queue, generation, method, props, body, "", False)
 
     # == settling =============================================================
     def ack(self, message: Message) -> None:
@@ -318,19 +310,17 @@ class RabbitMQTransport(Transport):
 
     def nack(self, message: Message, *, requeue: bool = True) -> None:
         delivery = self._delivery(message)
-        if not delivery.broadcast:
-            self._io.settle(delivery, ack=False, requeue=requeue)
+        if delivery.broadcast:
+            return
+        if requeue:
+            self._io.settle(delivery, ack=False, requeue=True)
+        else:  # the broker would dead-letter it to the retry lane: straight to the DLQ instead
+            self.dead_letter(message, "rejected")
 
     def commit(self, outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
         delivery = self._delivery(ack)
         future: Future[None] = Future()
-        try:
-            pubs = [self._to_pub(o) for o in outputs]
-        except TransportError as exc:
-            self.nack(ack, requeue=True)
-            future.set_exception(exc)
-            self._track(future)
-            return future
+        pubs = [self._to_pub(o) for o in outputs]  # raises before anything is sent
         batch = Batch(pubs, future, ack=None if delivery.broadcast else delivery)
         self._track(future)
         self._io.send(batch)
@@ -359,24 +349,17 @@ class RabbitMQTransport(Transport):
             extra = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise TransportError(f"a commit failed: {failures[0]}{extra}")
 
-    def dead_letter(self, message: Message, reason: str) -> None:
-        delivery = self._delivery(message)
-        dlq = dlq_name(message.queue)
-        self._ensure_queue(dlq)
-        headers = republish_headers(delivery.properties)
-        headers[DEAD_LETTER_REASON_HEADER] = reason
-        headers[DEAD_LETTER_QUEUE_HEADER] = message.queue
-        headers[DEAD_LETTER_COUNT_HEADER] = message.delivery_count
-        self._republish(delivery, message, dlq, headers)
+    def move(self, message: Message, queue: str, headers: dict[str, Any]) -> None:
+        self._ensure_queue(queue)
+        self._republish(self._delivery(message), message, queue, headers)
 
     def hand_back(self, message: Message) -> None:
-        delivery = self._delivery(message)
-        headers = republish_headers(delivery.properties)
-        headers[HANDBACK_HEADER] = int(headers.get(HANDBACK_HEADER, 0) or 0) + 1
+        """A copy with the counts carried over goes back where the message came from."""
         try:
-            self._republish(delivery, message, message.queue, headers)
+            self.move(message, message.queue, with_handback(message))
         except ConnectionLostError as exc:
-            # The broker returns the original by itself; it just counts as a delivery.
+            # The broker returns the original by itself (to the lane, uncounted from a
+            # work queue; counted as a crash in a lane, which is rare enough).
             log.warning("hand-back of a message interrupted (%s); the broker returns it", exc)
 
     def _republish(
@@ -385,7 +368,7 @@ class RabbitMQTransport(Transport):
         """Publish a copy of ``message`` to a queue; ack the original once it is confirmed."""
         if delivery.broadcast:
             raise TransportError("broadcast messages cannot be dead-lettered or handed back")
-        props = republish_properties(delivery.properties, headers)
+        props = republish_properties(delivery.properties, encodable(headers))
         future: Future[None] = Future()
         pub = Pub("", queue_name, message.body, props, True)
         self._io.send(Batch([pub], future, ack=delivery))
@@ -396,3 +379,19 @@ class RabbitMQTransport(Transport):
         if not isinstance(message.handle, Delivery):
             raise TransportError("this message was not received through the RabbitMQ transport")
         return message.handle
+
+
+def _message(
+    queue: str, generation: int, method: Any, props: Any, body: bytes, sub_id: str, broadcast: bool
+) -> Message:
+    """A delivery (pushed or fetched) as zhpc's Message."""
+    headers = dict(props.headers or {})
+    return Message(
+        body=body,
+        headers=headers,
+        queue=queue,
+        delivery_count=delivery_count(headers, bool(method.redelivered)),
+        redelivered=bool(method.redelivered),
+        message_id=received_message_id(headers, props),
+        handle=Delivery(generation, method.delivery_tag, sub_id, broadcast, props),
+    )

@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 DELAY_QUEUE_PREFIX = "zhpc.delay"
 #: How long a holding queue outlives its last declaration beyond twice its TTL.
 _DELAY_EXPIRY_MARGIN_MS = 60_000
-#: Headers the broker sets on delivery; never copied into a republished message.
-BROKER_HEADERS = ("x-delivery-count",)
 NOT_FOUND = 404
 PRECONDITION_FAILED = 406
 #: What pika raises while marshalling a publish that it cannot encode (nothing written).
@@ -55,14 +53,6 @@ def message_properties(out: Outgoing) -> pika.spec.BasicProperties:
     if out.expiration is not None:
         props.expiration = str(max(0, round(out.expiration * 1000)))
     return props
-
-
-def republish_headers(props: pika.spec.BasicProperties) -> dict[str, Any]:
-    """A received message's headers as a copy of it carries them (dead-letter, hand-back)."""
-    headers = dict(props.headers or {})
-    for name in BROKER_HEADERS:
-        headers.pop(name, None)
-    return {key: encodable(value) for key, value in headers.items()}
 
 
 def republish_properties(
@@ -131,13 +121,17 @@ def dlq_arguments() -> dict[str, Any]:
     return {"x-queue-type": "quorum"}
 
 
-def work_queue_arguments(dlq: str, delivery_limit: int) -> dict[str, Any]:
-    """A work queue: quorum, dead-lettering to ``dlq`` after ``delivery_limit`` deliveries."""
+def work_queue_arguments(target: str, delivery_limit: int) -> dict[str, Any]:
+    """Quorum, dead-lettering to ``target`` once returned more than ``delivery_limit`` times.
+
+    A work queue has limit 0 and its retry lane as target; the lane has the
+    delivery limit less one and the dead-letter queue (see accounting).
+    """
     return {
         "x-queue-type": "quorum",
         "x-delivery-limit": delivery_limit,
         "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dlq,
+        "x-dead-letter-routing-key": target,
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
