@@ -943,6 +943,16 @@ class EmbeddedTransport(Transport):
             ).fetchone()
         return QueueDepth(ready=int(ready), unacked=int(unacked), consumers=int(consumers))
 
+    def list_queues(self, prefix: str = "") -> list[str]:
+        """Work and dead-letter queues whose names start with ``prefix`` (Schlockmeister)."""
+        with self._lock:
+            rows = self._read().execute(
+                "SELECT name FROM queues WHERE owner IS NULL AND substr(name, 1, ?)=? "
+                "ORDER BY name",
+                (len(prefix), prefix),
+            ).fetchall()
+        return [row[0] for row in rows]
+
 
 def _x_death(headers: dict[str, Any], reason: str, queue: str, count: int) -> dict[str, Any]:
     """Headers as RabbitMQ puts on a dead-lettered message (count: deliveries here)."""
