@@ -118,12 +118,19 @@ class SchlockmeisterRunner:
             else:
                 log.exception("schlockmeister: filing message %s from %s failed; it stays "
                               "there, stopping", message.message_id, message.queue)
-            self._hand_back(message)
             self.drain.request("the quarantine store failed")
+            self._stop_consuming()
+            self._hand_back(message)
 
     def _hand_back(self, message: Message) -> None:
         self.handed_back += 1
         self.transport.hand_back(message)
+
+    def _stop_consuming(self) -> None:
+        """Cancel every subscription first, so nothing handed back comes straight back here."""
+        for subscription in self.watching.values():
+            self.transport.unsubscribe(subscription)
+        self.watching.clear()
 
     # -- stopping -------------------------------------------------------------------------
     def _end_deadline(self) -> float | None:
@@ -157,9 +164,7 @@ class SchlockmeisterRunner:
 
     def _shutdown(self) -> int:
         log.info("schlockmeister: draining (%s)", self.drain.reason or "stopped")
-        for subscription in self.watching.values():
-            self.transport.unsubscribe(subscription)
-        self.watching.clear()
+        self._stop_consuming()
         while self.transport.poll(0):  # deliveries already on their way: filed (it is quick)
             pass
         try:

@@ -361,6 +361,8 @@ def _step(body: Any) -> int | None:
 
 
 def _summary(body: bytes, parsed: Any) -> str:
+    if not body:
+        return "(empty body)"
     if parsed is None:
         if len(body) > PARSE_LIMIT:
             return f"{len(body)} bytes (too large to inspect)"
