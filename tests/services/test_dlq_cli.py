@@ -142,7 +142,7 @@ def test_purge_exports_to_files_before_deleting(
     broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     world = setup(broker, tmp_path)
-    queue, bodies = dead_letters(world, 3)
+    queue, _bodies = dead_letters(world, 3)
     entries = listed(world, capsys)
     chosen = entries[0]["id"]
     exported = tmp_path / "purged"
@@ -200,7 +200,7 @@ def test_pull_files_what_waits_when_schlockmeister_is_not_running(
     transport.unsubscribe(sub)
     code, out, err = dlq(world, capsys, "pull", "--queue", queue)
     assert code == 0, err
-    assert f"filed 3 message(s) from 1 dead-letter queue(s)" in out
+    assert "filed 3 message(s) from 1 dead-letter queue(s)" in out
     assert sorted(e["summary"] for e in listed(world, capsys)) == [
         '{"n":0}', '{"n":1}', '{"n":2}']
     assert transport.queue_depth(dlq_name(queue)).ready == 0

@@ -1,10 +1,12 @@
-"""Schlockmeister on both brokers: dead letters filed with their story, acked only after the store."""
+"""Schlockmeister on both brokers: dead letters filed with their story, acked after the store."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from quarantine_support import (
@@ -15,13 +17,17 @@ from quarantine_support import (
     setup,
 )
 from service_support import Broker, publish_recipe
-from testsupport import collect, wait_until
+from testsupport import collect, port_open, unavailable, wait_until
 
+from zhpc.config import parse_config
 from zhpc.message import Outgoing
 from zhpc.quarantine import QuarantineEntry, StoreError
+from zhpc.quarantine.discovery import QueueFinder
 from zhpc.quarantine.intake import CRASH_AFTER_STORE_ENV, CRASH_EXIT_CODE
 from zhpc.quarantine.store import SQLiteStore
 from zhpc.transport.base import dlq_name
+
+MANAGEMENT_URL = os.environ.get("ZHPC_TEST_RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
 
 
 def test_a_step_that_keeps_failing_is_quarantined_with_its_history(
@@ -179,3 +185,45 @@ def test_a_failing_store_leaves_the_message_in_its_queue_and_stops(
     wait_until(lambda: transport.queue_depth(dlq_name(queue)).ready == 1, 20)
     (kept,) = collect(transport, dlq_name(queue), 1)
     assert kept.json() == {"keep": "me"}
+
+
+def test_rabbitmq_dead_letter_queues_are_listed_by_its_management_api(
+    rabbitmq: Broker, tmp_path: Path
+) -> None:
+    parts = urlsplit(MANAGEMENT_URL)
+    if not port_open(parts.port or 80, parts.hostname or "127.0.0.1"):
+        unavailable(f"the RabbitMQ management API does not answer at {MANAGEMENT_URL}",
+                    "enable the rabbitmq_management plugin in scripts/setup-cluster")
+    queue = rabbitmq.queue("listed")
+    transport = rabbitmq.transport()
+    transport.declare_queue(queue)  # and its dlq.<queue>
+    config = parse_config({"broker": {"url": rabbitmq.url},
+                           "quarantine": {"management_url": MANAGEMENT_URL}})
+    found = QueueFinder(transport, config).find()
+    assert dlq_name(queue) in found and queue not in found
+
+
+def test_without_a_queue_listing_the_known_queues_are_watched(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from zhpc.transport import get_transport
+
+    config = parse_config({
+        "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/"},
+        "services": {"mine": {"queue": "zst.mine"}},
+        "quarantine": {"management_url": "http://127.0.0.1:1", "queues": ["zst.extra",
+                                                                          "dlq.zst.other"]}})
+    finder = QueueFinder(get_transport(config.broker), config)  # never connected: not needed
+    with caplog.at_level(logging.WARNING, logger="zhpc.quarantine"):
+        found = finder.find()
+        assert finder.find() == found
+    assert {"dlq.zst.mine", "dlq.zst.extra", "dlq.zst.other", "dlq.processing_recipe",
+            "dlq.cluster.submission"} <= found
+    assert all(name.startswith("dlq.") and "*" not in name for name in found)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "zhpc.quarantine"]
+    assert len(warnings) == 1 and "management API at http://127.0.0.1:1" in warnings[0]
+    assert "guest" not in warnings[0]
+
+    only = parse_config({"broker": {"url": "amqp://127.0.0.1/"},
+                         "quarantine": {"discover": False, "queues": ["zst.a"]}})
+    assert QueueFinder(get_transport(only.broker), only).find() == {"dlq.zst.a"}
