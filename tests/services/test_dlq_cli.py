@@ -110,6 +110,10 @@ def test_show_tells_everything_with_the_history_as_a_timeline(
 ) -> None:
     world, names = two_steps_with_a_broken_second(broker, tmp_path)
     (entry,) = listed(world, capsys)
+    for queue, count in ((names["second"], 1), (f"dlq.{names['second']}", 1),
+                         (names["first"], 0)):
+        code, out, err = dlq(world, capsys, "list", "--json", "--queue", queue)
+        assert code == 0 and len(json.loads(out)) == count, (queue, err)
     code, out, err = dlq(world, capsys, "show", entry["id"], "--json")
     assert code == 0, err
     shown = json.loads(out)

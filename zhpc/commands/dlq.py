@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- shared ------------------------------------------------------------------------------------
-def _open(args: argparse.Namespace) -> tuple[Config, QuarantineStore]:
+def open_quarantine(args: argparse.Namespace) -> tuple[Config, QuarantineStore]:
     from zhpc.config import load_config
     from zhpc.quarantine import open_store
 
@@ -115,7 +115,7 @@ def parse_time(text: str, option: str, now: float | None = None) -> float:
     return moment.timestamp()
 
 
-def _resolve(store: QuarantineStore, ids: list[str]) -> list[QuarantineEntry]:
+def resolve(store: QuarantineStore, ids: list[str]) -> list[QuarantineEntry]:
     """The entries for ``ids`` (each once, in order); ZhpcError before anything is changed."""
     from zhpc.errors import ZhpcError
 
@@ -166,10 +166,13 @@ class Progress:
 
 # -- list and show -----------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
+    from zhpc.quarantine.entry import work_queue
+
     since = parse_time(args.since, "--since") if args.since else None
-    _config, store = _open(args)
+    _config, store = open_quarantine(args)
     with store:
-        entries = store.entries(queue=args.queue, since=since)
+        entries = store.entries(queue=work_queue(args.queue) if args.queue else None,
+                                since=since)
     if args.json:
         print(json.dumps([e.summary_record() for e in entries], indent=2))
         return 0
@@ -190,9 +193,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    _config, store = _open(args)
+    _config, store = open_quarantine(args)
     with store:
-        (entry,) = _resolve(store, [args.id])
+        (entry,) = resolve(store, [args.id])
     if args.json:
         record = entry.to_record()
         record["body_json"] = entry.body_json()
@@ -245,6 +248,19 @@ def _one_line(value: str, limit: int) -> str:
 
 # -- reinject ----------------------------------------------------------------------------------
 def _reinject(args: argparse.Namespace) -> int:
+    import logging
+
+    transport_log = logging.getLogger("zhpc.transport")
+    level = transport_log.level
+    if args.verbose <= 0:  # a broker that is down is reported in one line below
+        transport_log.setLevel(logging.CRITICAL)
+    try:
+        return _reinject_entries(args)
+    finally:
+        transport_log.setLevel(level)
+
+
+def _reinject_entries(args: argparse.Namespace) -> int:
     from zhpc.errors import TransportError, ZhpcError
     from zhpc.quarantine import reinject
     from zhpc.transport import get_transport
@@ -254,9 +270,9 @@ def _reinject(args: argparse.Namespace) -> int:
         if args.from_start:
             raise ZhpcError("--to and --from-start cannot be combined: the recipe says where "
                             "its start messages go")
-    config, store = _open(args)
+    config, store = open_quarantine(args)
     with store:
-        entries = _resolve(store, args.ids)
+        entries = resolve(store, args.ids)
         planned = [(entry, reinject.from_start(entry) if args.from_start
                     else reinject.at_failed_step(entry, args.to)) for entry in entries]
         broker = config.broker.model_copy(update={"connection_attempts": min(
@@ -293,126 +309,23 @@ def _check_queue_name(name: str) -> None:
         raise ZhpcError(f"--to: {name!r:.60} is not a queue name (1-255 printable bytes)")
 
 
-# -- purge, export, import ---------------------------------------------------------------------
+# -- purge, export, import (zhpc/commands/dlq_archive.py) -------------------------------------
 def _purge(args: argparse.Namespace) -> int:
-    from zhpc.config import zhpc_home
-    from zhpc.errors import ZhpcError
+    from zhpc.commands.dlq_archive import purge
 
-    if bool(args.ids) == bool(args.older_than):
-        raise ZhpcError("name the entries to purge, or give --older-than T (not both)")
-    before = parse_time(args.older_than, "--older-than") if args.older_than else None
-    directory = (args.export_dir or zhpc_home() / "dlq-purged").expanduser()
-    _config, store = _open(args)
-    with store:
-        if before is not None:
-            entries = [store.get(e.id) for e in store.entries(before=before)]
-            chosen = [e for e in entries if e is not None]
-        else:
-            chosen = _resolve(store, args.ids)
-        if not chosen:
-            print("nothing to purge")
-            return 0
-        progress = Progress("purged", len(chosen))
-        kept = 0
-        for entry in chosen:
-            path = _write_export_file(directory, entry)
-            if store.delete(entry.id, entry.version):
-                print(f"purged {entry.id} (saved in {path})")
-            else:
-                kept += 1
-                print(f"kept {entry.id}: it was updated meanwhile (saved in {path})")
-            progress.step()
-        progress.finish()
-    return 0 if not kept else 1
-
-
-def _write_export_file(directory: Path, entry: QuarantineEntry) -> Path:
-    """``DIR/<queue>/<date>/<id>.json``, written atomically and synced before any delete."""
-    import datetime
-    import os
-
-    from zhpc.errors import ZhpcError
-
-    day = datetime.datetime.fromtimestamp(entry.quarantined_at, datetime.UTC).strftime("%Y-%m-%d")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in entry.queue)[:100] or "_"
-    folder = directory / safe / day
-    final = folder / f"{''.join(c for c in entry.id if c.isalnum() or c in '-_')[:128]}.json"
-    temporary = final.with_suffix(f".{os.getpid()}.tmp")
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(entry.to_record(), handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        raise ZhpcError(f"cannot export {entry.id} to {folder}: {exc.strerror or exc}; "
-                        "nothing more purged") from None
-    return final
+    return purge(args)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from zhpc.errors import ZhpcError
+    from zhpc.commands.dlq_archive import export
 
-    since = parse_time(args.since, "--since") if args.since else None
-    _config, store = _open(args)
-    with store:
-        listed = store.entries(queue=args.queue, since=since)
-        progress = Progress("exported", len(listed))
-        try:
-            out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
-        except OSError as exc:
-            raise ZhpcError(f"cannot write {args.output}: {exc.strerror}") from None
-        try:
-            for summary in listed:
-                entry = store.get(summary.id)
-                if entry is not None:
-                    out.write(json.dumps(entry.to_record(), separators=(",", ":")) + "\n")
-                    progress.step()
-        finally:
-            if out is not sys.stdout:
-                out.close()
-        progress.finish()
-    return 0
+    return export(args)
 
 
 def _import(args: argparse.Namespace) -> int:
-    from zhpc.errors import ZhpcError
-    from zhpc.quarantine import QuarantineEntry
+    from zhpc.commands.dlq_archive import restore
 
-    entries: list[QuarantineEntry] = []
-    for name in args.files:  # read and check everything before storing anything
-        try:
-            handle = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
-        except OSError as exc:
-            raise ZhpcError(f"cannot read {name}: {exc.strerror}") from None
-        with handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    entries.append(QuarantineEntry.from_record(json.loads(line)))
-                except (ValueError, TypeError) as exc:
-                    raise ZhpcError(f"{name}:{number}: not an exported entry: {exc}; "
-                                    "nothing imported") from None
-    _config, store = _open(args)
-    added = 0
-    with store:
-        progress = Progress("imported", len(entries))
-        for entry in entries:
-            added += store.restore(entry)
-            progress.step()
-        progress.finish()
-    print(f"imported {added} entr{'y' if added == 1 else 'ies'}; "
-          f"{len(entries) - added} already in {store.where}")
-    return 0
+    return restore(args)
 
 
 # -- pull --------------------------------------------------------------------------------------
@@ -421,7 +334,7 @@ def _pull(args: argparse.Namespace) -> int:
     from zhpc.quarantine.intake import Quarantiner
     from zhpc.transport import get_transport
 
-    config, store = _open(args)
+    config, store = open_quarantine(args)
     with store, get_transport(config.broker) as transport:
         queues: set[str] = set()
         for only in args.queue or [None]:
