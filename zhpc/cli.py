@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "service",
     "submit",
     "wrap",
+    "dlq",
     "config",
 )
 

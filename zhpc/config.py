@@ -165,6 +165,33 @@ class ScalerConfig(_Section):
     interval: float = Field(60.0, gt=0)
 
 
+class QuarantineConfig(_Section):
+    """Where Schlockmeister and ``zhpc dlq`` keep dead-lettered messages (docs/dead-letters.md)."""
+
+    #: ``sqlite:///path`` or ``postgresql://user@host/db``; empty: $ZHPC_HOME/quarantine.sqlite.
+    url: str = ""
+    #: The PostgreSQL password (mode 0600), instead of one in the URL.
+    password_file: Path | None = None
+    #: Dead-letter queues (``dlq.X``, or work queues ``X``) to watch besides those found.
+    queues: list[str] = []
+    #: Look for dead-letter queues (broker listing, management API, ``services:``); off: only
+    #: ``queues`` are watched.
+    discover: bool = True
+    #: RabbitMQ management API to list queues; None: the broker's host on port 15672; "": off.
+    management_url: str | None = None
+    #: Seconds between two looks for new dead-letter queues.
+    rescan_interval: float = Field(30.0, gt=0)
+    #: Queue that gets a short JSON note per quarantined message; "": none.
+    notify_queue: str = "zhpc.quarantine"
+
+    @field_validator("url")
+    @classmethod
+    def _known_store(cls, url: str) -> str:
+        if url and urlsplit(url).scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return url
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     format: Literal["text", "json"] = "text"
@@ -178,6 +205,7 @@ class Config(_Section):
     services: dict[str, ServiceConfig] = {}
     scaler: dict[str, ScalerConfig] = {}
     logging: LoggingConfig = LoggingConfig()
+    quarantine: QuarantineConfig = QuarantineConfig()
     #: Named partial configurations, overlaid by ``-e NAME``; not part of the result.
     environments: dict[str, dict[str, Any]] = {}
 
@@ -323,4 +351,5 @@ def masked_dump(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with every secret masked."""
     data = config.model_dump(mode="json", exclude={"environments"})
     data["broker"]["url"] = config.broker.display_url()
+    data["quarantine"]["url"] = mask_url(config.quarantine.url)
     return data

@@ -399,8 +399,29 @@ def test_first_connection_is_retried_until_the_broker_listens(caplog, names):
         proxy.close()
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60,
+                          text=True)
+    return done.stdout
+
+
+def _dead_lettering_works() -> bool:
+    """RabbitMQ 3.10's quorum dead-letter supervisor can die in a crash loop right after
+    start_app while queues recover (seen here); every later at-least-once quorum queue
+    then fails with INTERNAL_ERROR until the app restarts."""
+    return "<" in _rabbitmqctl("eval", "whereis(rabbit_fifo_dlx_sup).")
+
+
+def _restart_app() -> None:
+    """stop_app/start_app, again while the broker came back without its dead-letter
+    supervisor, so the tests after this one get a working broker."""
+    for _attempt in range(3):
+        _rabbitmqctl("stop_app")
+        _rabbitmqctl("start_app")
+        _rabbitmqctl("await_startup")
+        if _dead_lettering_works():
+            return
+    raise AssertionError("RabbitMQ came back without its dead-letter supervisor 3 times")
 
 
 @pytest.mark.timeout(240)
@@ -455,8 +476,7 @@ def test_broker_restart_mid_stream_loses_nothing(names, caplog):
         thread.start()
     try:
         wait_until(lambda: len(received) >= 100, what="the stream to flow")
-        _rabbitmqctl("stop_app")
-        _rabbitmqctl("start_app")
+        _restart_app()
         before = len(received)
         wait_until(lambda: len(received) >= before + 100, timeout=90, what="the stream to resume")
     finally:

@@ -62,6 +62,8 @@ def _run(args: argparse.Namespace) -> int:
     transport = get_transport(config.broker)
     transport.connect()
     try:
-        return ServiceRunner(service, transport, queue=args.queue).run()
+        # A service that consumes several queues (Schlockmeister) brings its own runner.
+        runner = getattr(cls, "runner_class", None) or ServiceRunner
+        return runner(service, transport, queue=args.queue).run()
     finally:
         transport.close()

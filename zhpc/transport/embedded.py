@@ -997,6 +997,16 @@ class EmbeddedTransport(Transport):
             ).fetchone()
         return QueueDepth(ready=int(ready), unacked=int(unacked), consumers=int(consumers))
 
+    def list_queues(self, prefix: str = "") -> list[str]:
+        """Work and dead-letter queues whose names start with ``prefix`` (Schlockmeister)."""
+        with self._lock:
+            rows = self._read().execute(
+                "SELECT name FROM queues WHERE owner IS NULL AND substr(name, 1, ?)=? "
+                "ORDER BY name",
+                (len(prefix), prefix),
+            ).fetchall()
+        return [row[0] for row in rows]
+
 
 def _no_callback(_message: Message) -> None:
     """Fetched messages are returned to the caller, never passed to a callback."""
