@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from zhpc.errors import InvalidHeaders
+from zhpc.errors import InvalidHeaders, MalformedBody
 
 #: Header marking a workflows/Zocalo recipe message (value ``True``).
 RECIPE_HEADER = "workflows-recipe"
@@ -126,10 +126,6 @@ class Outgoing:
         """Build an Outgoing with ``payload`` encoded as UTF-8 JSON."""
         body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
         return cls(destination=destination, body=body, kind=kind, **kwargs)
-
-
-class MalformedBody(ValueError):
-    """The body of a received message is not UTF-8 JSON."""
 
 
 _UNPARSED = object()
