@@ -17,7 +17,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -34,37 +33,72 @@ DRAIN_SIGNALS: tuple[signal.Signals, ...] = (
 _UNSET = object()
 
 
-@dataclass
 class JobEnvironment:
-    """Identity of the batch job this process belongs to (all None outside a job)."""
+    """Identity of the batch job this process belongs to (all None outside a job).
 
-    scheduler: str | None = None  #: "slurm", "local"... or None
-    job_id: str | None = None
-    array_job_id: str | None = None
-    array_task_id: int | None = None
-    restart_count: int = 0
-    node: str | None = None
-    job_name: str | None = None
-    _end_time: object = field(default=_UNSET, repr=False)
-    _env: Mapping[str, str] = field(default_factory=dict, repr=False)
-    _job: JobIdentity | None = field(default=None, repr=False)
-    _backend: type[Cluster] | None = field(default=None, repr=False)
+    Which backend's job this is gets found on first use, not on creation, so a
+    process that never asks (``zhpc wrap -- CMD`` outside a recipe) looks up
+    no backend at all. Both lookups (identity, end time) are done once.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = dict(os.environ if environ is None else environ)
+        self._found: object = _UNSET
+        self._end_time: object = _UNSET
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
         """The job that ``environ`` (default: this process's environment) belongs to."""
-        from zhpc.cluster import job_identity
+        return cls(environ)
 
-        env = dict(os.environ if environ is None else environ)
-        found = job_identity(env)
-        if found is None:
-            return cls(_env=env)
-        backend, job = found
-        return cls(**asdict(job), _env=env, _job=job, _backend=backend)
+    def _lookup(self) -> tuple[type[Cluster], JobIdentity] | None:
+        if self._found is _UNSET:
+            from zhpc.cluster import job_identity
+
+            self._found = job_identity(self._env)
+        return self._found  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"JobEnvironment({self.job!r})"
+
+    @property
+    def job(self) -> JobIdentity | None:
+        """Who the job is, as its scheduler's variables say; None outside a job."""
+        found = self._lookup()
+        return None if found is None else found[1]
+
+    @property
+    def scheduler(self) -> str | None:
+        """The scheduler that runs the job ("slurm", "local"...), or None."""
+        return None if self.job is None else self.job.scheduler
+
+    @property
+    def job_id(self) -> str | None:
+        return None if self.job is None else self.job.job_id
+
+    @property
+    def array_job_id(self) -> str | None:
+        return None if self.job is None else self.job.array_job_id
+
+    @property
+    def array_task_id(self) -> int | None:
+        return None if self.job is None else self.job.array_task_id
+
+    @property
+    def restart_count(self) -> int:
+        return 0 if self.job is None else self.job.restart_count
+
+    @property
+    def node(self) -> str | None:
+        return None if self.job is None else self.job.node
+
+    @property
+    def job_name(self) -> str | None:
+        return None if self.job is None else self.job.job_name
 
     @property
     def in_job(self) -> bool:
-        return self.job_id is not None
+        return self.job is not None
 
     @property
     def slurm_job_id(self) -> str | None:
@@ -79,13 +113,9 @@ class JobEnvironment:
         Asked of the job's backend once (Slurm: ``squeue -j ID -o %e``) and cached.
         """
         if self._end_time is _UNSET:
-            self._end_time = self._read_end_time()
+            found = self._lookup()
+            self._end_time = None if found is None else found[0].job_end_time(found[1], self._env)
         return self._end_time  # type: ignore[return-value]
-
-    def _read_end_time(self) -> float | None:
-        if self._backend is None or self._job is None:
-            return None
-        return self._backend.job_end_time(self._job, self._env)
 
     def remaining(self) -> float | None:
         """Seconds left before the wall-clock limit; None when there is no known limit."""
