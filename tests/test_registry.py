@@ -44,10 +44,11 @@ def test_get_cluster_builds_each_backend_from_its_section(tmp_path: Path) -> Non
     assert get_cluster(ClusterConfig(workdir=tmp_path)).root == tmp_path / "local"
 
 
-def test_validating_a_config_imports_no_backend() -> None:
+def test_importing_zhpc_and_validating_a_config_import_no_backend() -> None:
     out = run_python(
         """
         import sys
+        import zhpc, zhpc.cluster, zhpc.cluster.arrays, zhpc.jobenv, zhpc.transport
         from zhpc.config import parse_config
         parse_config({"broker": {"url": "amqps://h/"}, "cluster": {"backend": "ssh"}})
         loaded = {"pika", "paramiko", "zhpc.transport.rabbitmq", "zhpc.cluster.ssh",

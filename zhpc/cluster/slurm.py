@@ -1,7 +1,7 @@
 """Slurm through its command-line tools (``sbatch``, ``squeue``, ``scancel``).
 
-The commands run through a :class:`CommandRunner`: here as local
-subprocesses, in :mod:`zhpc.cluster.ssh` on a login node. Everything else,
+The commands run through a :class:`~zhpc.cluster.runner.CommandRunner`: here
+as local subprocesses, in :mod:`zhpc.cluster.ssh` on a login node. Everything else,
 building the ``sbatch`` call and parsing ``squeue``, is shared.
 
 Gentle on the controller: one ``squeue`` call lists all of this user's jobs
@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from zhpc.cluster.base import (
     DEFAULT_NAME_PREFIX,
@@ -35,6 +34,13 @@ from zhpc.cluster.base import (
     JobSpec,
     JobState,
     format_time_limit,
+)
+from zhpc.cluster.runner import (
+    CommandResult,
+    CommandRunner,
+    CommandTimeout,
+    LocalRunner,
+    TransientCommandError,
 )
 from zhpc.errors import ClusterError
 
@@ -104,63 +110,6 @@ def normalise_state(slurm_state: str) -> JobState:
     """zhpc's state for a Slurm state (``CANCELLED by 0`` and ``RUNNING+`` included)."""
     word = slurm_state.strip().split(" ", 1)[0].rstrip("+").upper()
     return SLURM_STATES.get(word, JobState.UNKNOWN)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class CommandTimeout(ClusterError):
-    """A scheduler command did not answer in time."""
-
-
-class TransientCommandError(ClusterError):
-    """The scheduler answered with an error that usually goes away."""
-
-
-class CommandRunner(Protocol):
-    """Runs one scheduler command (an argument vector) somewhere."""
-
-    def run(self, argv: Sequence[str], *, input: str | None, timeout: float) -> CommandResult:
-        """Run ``argv`` with ``input`` on stdin; raise CommandTimeout after ``timeout`` s."""
-        ...
-
-    def describe(self) -> str:
-        """Where commands run, for error messages."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class LocalRunner:
-    """Runs scheduler commands as subprocesses on this machine."""
-
-    def run(self, argv: Sequence[str], *, input: str | None, timeout: float) -> CommandResult:
-        try:
-            proc = subprocess.run(
-                list(argv),
-                input=input,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise ClusterError(
-                f"{argv[0]} not found: are the Slurm client tools installed and on PATH?"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise CommandTimeout(f"{argv[0]} did not answer within {timeout:g} s") from None
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
-
-    def describe(self) -> str:
-        return "this machine"
-
-    def close(self) -> None:
-        pass
 
 
 def batch_script(spec: JobSpec) -> str:

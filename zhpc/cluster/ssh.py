@@ -16,7 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from zhpc.cluster.slurm import CommandResult, CommandTimeout, SlurmCluster
+from zhpc.cluster.runner import CommandResult, CommandTimeout
+from zhpc.cluster.slurm import SlurmCluster
 from zhpc.errors import ClusterError
 
 if TYPE_CHECKING:
