@@ -35,6 +35,32 @@ def test_the_shipped_backends_are_registered() -> None:
         assert issubclass(cls, Cluster) and cls.name == name
 
 
+def test_each_job_marker_is_what_its_backend_reads() -> None:
+    from zhpc import plugins
+
+    markers = plugins.names(plugins.JOB_ENVIRONMENTS)
+    assert markers == ["SLURM_JOB_ID", "ZHPC_JOB_ID"]
+    registered = {backend_class(name) for name in backend_names()}
+    for variable in markers:
+        cls = plugins.load(plugins.JOB_ENVIRONMENTS, variable)
+        assert cls in registered
+        assert cls.job_identity({variable: "12"}).job_id == "12"
+        assert cls.job_identity({}) is None
+
+
+def test_outside_a_job_no_backend_is_imported() -> None:
+    out = run_python(
+        """
+        import sys
+        from zhpc.jobenv import JobEnvironment
+        job = JobEnvironment.from_environ({"PATH": "/bin"})
+        print(job.in_job, job.end_time(), sorted(m for m in sys.modules
+                                                 if m.startswith("zhpc.cluster")))
+        """
+    )
+    assert out == "False None []"
+
+
 def test_get_cluster_builds_each_backend_from_its_section(tmp_path: Path) -> None:
     for name in backend_names():
         config = ClusterConfig(backend=name, partition="p", workdir=tmp_path)
@@ -123,6 +149,8 @@ def test_a_site_backend_is_one_entry_point_and_a_broken_one_harms_no_job(
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: site-backends\nVersion: 0\n")
     (dist / "entry_points.txt").write_text(
         "[zhpc.clusters]\npbs = site_backends:PBS\nbroken = site_backends:Missing\n"
+        "[zhpc.job_environments]\nPBS_JOBID = site_backends:PBS\n"
+        "BROKEN_JOB_ID = site_backends:Missing\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
     out = run_python(
@@ -133,7 +161,7 @@ def test_a_site_backend_is_one_entry_point_and_a_broken_one_harms_no_job(
         from zhpc.jobenv import JobEnvironment
         config = parse_config({"cluster": {"backend": "pbs"}})
         print(type(get_cluster(config.cluster)).__name__)
-        job = JobEnvironment.from_environ({"PBS_JOBID": "9.server"})
+        job = JobEnvironment.from_environ({"PBS_JOBID": "9.server", "BROKEN_JOB_ID": "1"})
         print(job.scheduler, job.job_id, job.end_time())
         try:
             get_cluster(parse_config({"cluster": {"backend": "broken"}}).cluster)

@@ -53,9 +53,14 @@ class JobEnvironment:
 
     def _lookup(self) -> tuple[type[Cluster], JobIdentity] | None:
         if self._found is _UNSET:
-            from zhpc.cluster import job_identity
+            from zhpc import plugins
 
-            self._found = job_identity(self._env)
+            self._found = None
+            # No backend's marker variable set (not in a job): zhpc.cluster is not even imported.
+            if any(self._env.get(name) for name in plugins.names(plugins.JOB_ENVIRONMENTS)):
+                from zhpc.cluster import job_identity
+
+                self._found = job_identity(self._env)
         return self._found  # type: ignore[return-value]
 
     def __repr__(self) -> str:

@@ -24,6 +24,9 @@ LOOKUPS = "zhpc.dispatcher.lookups"
 TRANSPORTS = "zhpc.transports"
 #: Batch scheduler backends, by ``cluster.backend`` name (``local``, ``slurm``, ``ssh``).
 CLUSTERS = "zhpc.clusters"
+#: The same backends, by the variable whose presence says "this process runs in one of my
+#: jobs" (``SLURM_JOB_ID``...): a job imports only the backend it runs under.
+JOB_ENVIRONMENTS = "zhpc.job_environments"
 
 
 @functools.cache

@@ -3,8 +3,8 @@
 A backend is a :class:`Cluster` registered in the ``zhpc.clusters`` entry-point
 group under its ``cluster.backend`` name. Use :func:`get_cluster` with the
 ``cluster`` section of the configuration; backends are imported only when
-chosen (or, by :func:`job_identity`, when a job asks who it is), so importing
-this package stays cheap.
+chosen (or, by :func:`job_identity`, when a job of theirs asks who it is), so
+importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -75,18 +75,25 @@ def get_cluster(config: ClusterConfig) -> Cluster:
 def job_identity(environ: Mapping[str, str]) -> tuple[type[Cluster], JobIdentity] | None:
     """Which installed backend's job ``environ`` belongs to, and who the job is; None outside one.
 
-    Every backend is asked; if several recognise the environment, the lowest
-    :attr:`Cluster.environment_rank` wins. A backend that cannot be imported is
-    skipped: a job must not fail because an unrelated plug-in is broken.
+    Only the backends whose marker variable (their ``zhpc.job_environments``
+    entry point) is set are imported and asked; if several recognise the job,
+    the lowest :attr:`Cluster.environment_rank` wins. A backend that cannot be
+    imported is skipped: a job must not fail because a plug-in is broken.
     """
+    from zhpc import plugins
     from zhpc.errors import ZhpcError
 
     found: list[tuple[int, type[Cluster], JobIdentity]] = []
-    for name in backend_names():
+    for variable in plugins.names(plugins.JOB_ENVIRONMENTS):
+        if not environ.get(variable):
+            continue
         try:
-            cls = backend_class(name)
+            cls = plugins.load(plugins.JOB_ENVIRONMENTS, variable)
         except ZhpcError as exc:
-            log.debug("cluster backend %s skipped: %s", name, exc)
+            log.debug("job environment %s skipped: %s", variable, exc)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Cluster)):
+            log.debug("job environment %s skipped: %r is not a Cluster class", variable, cls)
             continue
         identity = cls.job_identity(environ)
         if identity is not None:

@@ -7,8 +7,9 @@ people who know their scheduler. Seen from inside, a backend also tells a job
 who it is (:class:`JobIdentity`, from the variables its scheduler sets) and
 when it will be stopped, which is all :mod:`zhpc.jobenv` needs to know.
 
-Backends are found by name through the ``zhpc.clusters`` entry points (see
-:mod:`zhpc.cluster`), so a new scheduler is one module plus one entry point.
+Backends are found by name through the ``zhpc.clusters`` entry points, and by
+the variable that marks their jobs through ``zhpc.job_environments`` (see
+:mod:`zhpc.cluster`): a new scheduler is one module plus its entry points.
 """
 
 from __future__ import annotations
@@ -181,7 +182,10 @@ class Cluster(ABC):
     @classmethod
     def job_identity(cls, environ: Mapping[str, str]) -> JobIdentity | None:
         """The job this process runs in if ``environ`` is that of one of this scheduler's
-        jobs; None otherwise (the default: a backend whose jobs carry no variables)."""
+        jobs; None otherwise (the default: a backend whose jobs carry no variables).
+
+        Asked only when the variable registered for this backend in
+        ``zhpc.job_environments`` is set."""
         return None
 
     @classmethod
