@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
+from zhpc import plugins
 from zhpc.errors import ConfigError
 
 DEFAULT_DELIVERY_LIMIT = 5
@@ -39,8 +40,14 @@ class TLSConfig(_Section):
     verify: bool = True
 
 
+def _one_of(words: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``: as pydantic lists a Literal's values."""
+    return " or ".join(filter(None, [", ".join(words[:-1]), words[-1]])) if words else "nothing"
+
+
 class BrokerConfig(_Section):
-    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``."""
+    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``: a scheme that an
+    installed transport serves (the ``zhpc.transports`` entry points)."""
 
     url: str = ""
     password_file: Path | None = None
@@ -53,8 +60,9 @@ class BrokerConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if url and urlsplit(url).scheme not in ("amqp", "amqps", "sqlite"):
-            raise ValueError("must start with amqp://, amqps:// or sqlite:///")
+        schemes = plugins.names(plugins.TRANSPORTS)
+        if url and urlsplit(url).scheme not in schemes:
+            raise ValueError(f"must start with {_one_of([f'{s}://' for s in schemes])}")
         return url
 
     @property
@@ -112,7 +120,8 @@ class SSHConfig(_Section):
 
 
 class ClusterConfig(_Section):
-    backend: Literal["local", "slurm", "ssh"] = "local"
+    #: An installed backend (the ``zhpc.clusters`` entry points): local, slurm, ssh...
+    backend: str = "local"
     partition: str | None = None
     account: str | None = None
     default_time: str = "01:00:00"
@@ -121,6 +130,16 @@ class ClusterConfig(_Section):
     #: Where job scripts, recipe-wrapper files and job output go (shared filesystem on a cluster).
     workdir: Path | None = None
     ssh: SSHConfig = SSHConfig()
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _known_backend(cls, backend: Any) -> Any:
+        names = plugins.names(plugins.CLUSTERS)
+        if backend not in names:
+            expected = _one_of([repr(name) for name in names])
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": expected})
+        return backend
 
     def job_workdir(self) -> Path:
         return (self.workdir or zhpc_home() / "jobs").expanduser()
@@ -331,6 +350,8 @@ def load_config(
         text = source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read: {exc}") from None
+    import yaml  # only where a file is read: the embedded default needs no YAML parser
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

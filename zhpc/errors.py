@@ -33,6 +33,10 @@ class InvalidHeaders(ZhpcError, ValueError):
     """Message headers that some broker cannot carry faithfully; refused when a message is built."""
 
 
+class MalformedBody(ZhpcError, ValueError):
+    """The body of a received message is not UTF-8 JSON."""
+
+
 class ClusterError(ZhpcError):
     """The batch scheduler could not be reached or refused a request."""
 

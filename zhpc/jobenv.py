@@ -1,11 +1,13 @@
 """The job a process runs in, and when it must stop.
 
-The one place in zhpc that reads ``SLURM_*`` (and the local backend's
-``ZHPC_*``) variables. :class:`JobEnvironment` says which job this is and
-when its wall-clock limit ends; :class:`Drain` turns the signals a scheduler
-sends before killing a job (SIGTERM, SIGUSR1...) into a flag that services
-and ``zhpc wrap`` poll between messages. Importing this module is cheap: no
-subprocess or third-party imports until a Slurm end time is actually needed.
+:class:`JobEnvironment` says which job this is and when its wall-clock limit
+ends; which variables say so is each scheduler backend's business
+(:meth:`zhpc.cluster.Cluster.job_identity`, found through the backend
+registry). :class:`Drain` turns the signals a scheduler sends before killing a
+job (SIGTERM, SIGUSR1...) into a flag that services and ``zhpc wrap`` poll
+between messages; this module is the one place that installs such handlers.
+Importing it is cheap: backends are looked up only when a job environment is
+read, and a Slurm end time only when it is needed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.cluster.base import Cluster, JobIdentity
 
 #: The signals a scheduler (or a person) uses to ask a job to wind down.
 DRAIN_SIGNALS: tuple[signal.Signals, ...] = (
@@ -28,51 +33,77 @@ DRAIN_SIGNALS: tuple[signal.Signals, ...] = (
 _UNSET = object()
 
 
-@dataclass
 class JobEnvironment:
-    """Identity of the batch job this process belongs to (all None outside a job)."""
+    """Identity of the batch job this process belongs to (all None outside a job).
 
-    scheduler: str | None = None  #: "slurm", "local" or None
-    job_id: str | None = None
-    array_job_id: str | None = None
-    array_task_id: int | None = None
-    restart_count: int = 0
-    node: str | None = None
-    job_name: str | None = None
-    _end_time: object = field(default=_UNSET, repr=False)
-    _env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    Which backend's job this is gets found on first use, not on creation, so a
+    process that never asks (``zhpc wrap -- CMD`` outside a recipe) looks up
+    no backend at all. Both lookups (identity, end time) are done once.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = dict(os.environ if environ is None else environ)
+        self._found: object = _UNSET
+        self._end_time: object = _UNSET
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> JobEnvironment:
-        env = dict(os.environ if environ is None else environ)
-        if env.get("SLURM_JOB_ID"):
-            task = env.get("SLURM_ARRAY_TASK_ID")
-            return cls(
-                scheduler="slurm",
-                job_id=env["SLURM_JOB_ID"],
-                array_job_id=env.get("SLURM_ARRAY_JOB_ID"),
-                array_task_id=int(task) if task and task.isdigit() else None,
-                restart_count=_int(env.get("SLURM_RESTART_COUNT")),
-                node=env.get("SLURMD_NODENAME"),
-                job_name=env.get("SLURM_JOB_NAME"),
-                _env=env,
-            )
-        if env.get("ZHPC_JOB_ID"):
-            task = env.get("ZHPC_ARRAY_TASK_ID")
-            return cls(
-                scheduler="local",
-                job_id=env["ZHPC_JOB_ID"],
-                array_job_id=env.get("ZHPC_ARRAY_JOB_ID"),
-                array_task_id=int(task) if task and task.isdigit() else None,
-                node=os.uname().nodename,
-                job_name=env.get("ZHPC_JOB_NAME"),
-                _env=env,
-            )
-        return cls(_env=env)
+        """The job that ``environ`` (default: this process's environment) belongs to."""
+        return cls(environ)
+
+    def _lookup(self) -> tuple[type[Cluster], JobIdentity] | None:
+        if self._found is _UNSET:
+            from zhpc import plugins
+
+            self._found = None
+            # No backend's marker variable set (not in a job): zhpc.cluster is not even imported.
+            if any(self._env.get(name) for name in plugins.names(plugins.JOB_ENVIRONMENTS)):
+                from zhpc.cluster import job_identity
+
+                self._found = job_identity(self._env)
+        return self._found  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return f"JobEnvironment({self.job!r})"
+
+    @property
+    def job(self) -> JobIdentity | None:
+        """Who the job is, as its scheduler's variables say; None outside a job."""
+        found = self._lookup()
+        return None if found is None else found[1]
+
+    @property
+    def scheduler(self) -> str | None:
+        """The scheduler that runs the job ("slurm", "local"...), or None."""
+        return None if self.job is None else self.job.scheduler
+
+    @property
+    def job_id(self) -> str | None:
+        return None if self.job is None else self.job.job_id
+
+    @property
+    def array_job_id(self) -> str | None:
+        return None if self.job is None else self.job.array_job_id
+
+    @property
+    def array_task_id(self) -> int | None:
+        return None if self.job is None else self.job.array_task_id
+
+    @property
+    def restart_count(self) -> int:
+        return 0 if self.job is None else self.job.restart_count
+
+    @property
+    def node(self) -> str | None:
+        return None if self.job is None else self.job.node
+
+    @property
+    def job_name(self) -> str | None:
+        return None if self.job is None else self.job.job_name
 
     @property
     def in_job(self) -> bool:
-        return self.job_id is not None
+        return self.job is not None
 
     @property
     def slurm_job_id(self) -> str | None:
@@ -84,57 +115,17 @@ class JobEnvironment:
     def end_time(self) -> float | None:
         """Epoch seconds when the scheduler will stop this job; None if unlimited or unknown.
 
-        Asked of the scheduler once (``squeue -j ID -o %e`` for Slurm) and cached.
+        Asked of the job's backend once (Slurm: ``squeue -j ID -o %e``) and cached.
         """
         if self._end_time is _UNSET:
-            self._end_time = self._read_end_time()
+            found = self._lookup()
+            self._end_time = None if found is None else found[0].job_end_time(found[1], self._env)
         return self._end_time  # type: ignore[return-value]
-
-    def _read_end_time(self) -> float | None:
-        if self.scheduler == "local":
-            value = self._env.get("ZHPC_JOB_END_TIME")
-            try:
-                return float(value) if value else None
-            except ValueError:
-                return None
-        if self.scheduler == "slurm":
-            return slurm_end_time(self.job_id or "")
-        return None
 
     def remaining(self) -> float | None:
         """Seconds left before the wall-clock limit; None when there is no known limit."""
         end = self.end_time()
         return None if end is None else end - time.time()
-
-
-def slurm_end_time(job_id: str, timeout: float = 10.0) -> float | None:
-    """A Slurm job's end time (epoch seconds) from squeue; None if unlimited or unreadable."""
-    import subprocess
-    from datetime import datetime
-
-    if not job_id.isdigit():
-        return None
-    try:
-        result = subprocess.run(
-            ["squeue", "--noheader", f"--jobs={job_id}", "--format=%e"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    text = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text[0].strip()).timestamp()
-    except ValueError:
-        return None  # "NONE", "N/A", "Unknown": no limit
-
-
-def _int(value: str | None) -> int:
-    return int(value) if value and value.isdigit() else 0
 
 
 class Drain:

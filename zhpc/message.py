@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from zhpc import strictjson
-from zhpc.errors import InvalidHeaders, ZhpcError
+from zhpc.errors import InvalidHeaders, MalformedBody, ZhpcError
 
 #: Header marking a workflows/Zocalo recipe message (value ``True``).
 RECIPE_HEADER = "workflows-recipe"
@@ -145,10 +145,6 @@ class Outgoing:
         except ValueError as exc:
             raise InvalidMessage(f"payload cannot be sent as JSON: {exc}") from None
         return cls(destination=destination, body=body, kind=kind, **kwargs)
-
-
-class MalformedBody(ValueError):
-    """The body of a received message is not UTF-8 JSON."""
 
 
 _UNPARSED = object()

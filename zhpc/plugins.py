@@ -1,27 +1,52 @@
-"""Finding installed services and wrappers through entry points.
+"""Finding installed plug-ins through entry points: services, wrappers, lookups, backends.
 
 Sites add their own by declaring entry points in the groups below in their
-own packages; zhpc never needs editing.
+own packages; zhpc never needs editing. Installed entry points are read once
+per process (one pass over the installed distributions serves every group)
+and an entry point's object is imported only when it is loaded, so that
+knowing the names (e.g. to validate a configuration) imports no backend.
 """
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import ZhpcError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from importlib.metadata import EntryPoint, EntryPoints
 
 SERVICES = "zhpc.services"
 WRAPPERS = "zhpc.wrappers"
 LOOKUPS = "zhpc.dispatcher.lookups"
+#: Message transports, by URL scheme (``amqp``, ``amqps``, ``sqlite``).
+TRANSPORTS = "zhpc.transports"
+#: Batch scheduler backends, by ``cluster.backend`` name (``local``, ``slurm``, ``ssh``).
+CLUSTERS = "zhpc.clusters"
+#: The same backends, by the variable whose presence says "this process runs in one of my
+#: jobs" (``SLURM_JOB_ID``...): a job imports only the backend it runs under.
+JOB_ENVIRONMENTS = "zhpc.job_environments"
+
+
+@functools.cache
+def _installed() -> EntryPoints:
+    from importlib.metadata import entry_points
+
+    return entry_points()
 
 
 def available(group: str) -> dict[str, EntryPoint]:
     """Entry points of ``group`` by name (the first one wins if a name repeats)."""
     found: dict[str, EntryPoint] = {}
-    for point in entry_points(group=group):
+    for point in _installed().select(group=group):
         found.setdefault(point.name, point)
     return dict(sorted(found.items()))
+
+
+def names(group: str) -> list[str]:
+    """The names registered in ``group``, sorted; nothing is imported."""
+    return list(available(group))
 
 
 def load(group: str, name: str) -> Any:

@@ -14,9 +14,10 @@ import pytest
 from testsupport import ARGV_DUMP, jobs_finished, wait_until
 
 from zhpc.cluster import JobSpec, JobState, get_cluster
-from zhpc.cluster.local import LocalCluster, process_start_time
+from zhpc.cluster.local import LocalCluster
 from zhpc.config import ClusterConfig
 from zhpc.errors import ClusterError
+from zhpc.procinfo import start_time as process_start_time
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from jobs_support import recipe_message, write_config, zhpc
 from testsupport import AMQP_URL, collect, wait_until
 
 from zhpc.cluster import JobInfo, JobState
+from zhpc.cluster.arrays import NAME_PREFIX, service_array_spec
 from zhpc.cluster.slurm import SlurmCluster
-from zhpc.commands.submit import NAME_PREFIX, service_array_spec
 from zhpc.config import load_config
 from zhpc.transport import Transport, dlq_name
 from zhpc.transport.accounting import retry_name

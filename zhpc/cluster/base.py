@@ -3,7 +3,13 @@
 A :class:`JobSpec` says what to run and with which resources; a backend turns
 it into a job and reports on it as :class:`JobInfo` with a normalised
 :class:`JobState`, keeping the scheduler's own state and reason strings for
-people who know their scheduler.
+people who know their scheduler. Seen from inside, a backend also tells a job
+who it is (:class:`JobIdentity`, from the variables its scheduler sets) and
+when it will be stopped, which is all :mod:`zhpc.jobenv` needs to know.
+
+Backends are found by name through the ``zhpc.clusters`` entry points, and by
+the variable that marks their jobs through ``zhpc.job_environments`` (see
+:mod:`zhpc.cluster`): a new scheduler is one module plus its entry points.
 """
 
 from __future__ import annotations
@@ -12,12 +18,18 @@ import enum
 import re
 import signal as _signal
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 from zhpc.errors import ClusterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Self
+
+    from zhpc.config import ClusterConfig
 
 #: zhpc's jobs are named ``zhpc...``; listing filters on this prefix by default.
 DEFAULT_NAME_PREFIX = "zhpc"
@@ -139,11 +151,47 @@ class JobInfo:
     restart_count: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class JobIdentity:
+    """The job a process runs in, as the variables its scheduler set say."""
+
+    #: The scheduler that runs the job ("slurm", "local"...), not the backend that submitted it.
+    scheduler: str
+    job_id: str
+    array_job_id: str | None = None
+    array_task_id: int | None = None
+    restart_count: int = 0
+    node: str | None = None
+    job_name: str | None = None
+
+
 class Cluster(ABC):
     """A batch scheduler: submit, list and cancel zhpc's jobs."""
 
     #: Backend name as in ``cluster.backend``.
     name: str = ""
+    #: When a process carries several schedulers' variables (a local job started inside a
+    #: Slurm allocation inherits ``SLURM_*``), the backend with the lowest rank is believed.
+    environment_rank: ClassVar[int] = 50
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: ClusterConfig) -> Self:
+        """The backend set up from the ``cluster`` section of the configuration."""
+
+    @classmethod
+    def job_identity(cls, environ: Mapping[str, str]) -> JobIdentity | None:
+        """The job this process runs in if ``environ`` is that of one of this scheduler's
+        jobs; None otherwise (the default: a backend whose jobs carry no variables).
+
+        Asked only when the variable registered for this backend in
+        ``zhpc.job_environments`` is set."""
+        return None
+
+    @classmethod
+    def job_end_time(cls, job: JobIdentity, environ: Mapping[str, str]) -> float | None:
+        """Epoch seconds when the scheduler will stop ``job``; None if unlimited or unknown."""
+        return None
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> str:

@@ -8,7 +8,8 @@ process group, enforces the time limit like Slurm (optional early signal,
 SIGTERM at the limit, SIGKILL ``kill_wait`` seconds later) and records the
 final state. Because everything is in files, any other zhpc process can list
 and cancel these jobs. Pids are stored with the process start time so that a
-recycled pid is never mistaken for a job.
+recycled pid is never mistaken for a job. A job learns who it is and when it
+ends from ``ZHPC_JOB_*`` variables (read by :meth:`LocalCluster.job_identity`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from zhpc.cluster.base import DEFAULT_NAME_PREFIX, Cluster, JobInfo, JobSpec, JobState
+from zhpc import procinfo
+from zhpc.cluster.base import (
+    DEFAULT_NAME_PREFIX,
+    Cluster,
+    JobIdentity,
+    JobInfo,
+    JobSpec,
+    JobState,
+)
 from zhpc.errors import ClusterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +54,17 @@ _TASK_DIR = re.compile(r"(\d+)(?:_(\d+))?\Z")
 #: How long submit() waits for a supervisor to detach.
 _SPAWN_TIMEOUT = 30.0
 
-
-def process_start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot); None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+# What a local job finds in its environment (like Slurm's SLURM_JOB_ID...).
+JOB_ID = "ZHPC_JOB_ID"
+JOB_NAME = "ZHPC_JOB_NAME"
+ARRAY_JOB_ID = "ZHPC_ARRAY_JOB_ID"
+ARRAY_TASK_ID = "ZHPC_ARRAY_TASK_ID"
+#: Epoch seconds (``%.3f``) when the supervisor will stop the job; unset without a time limit.
+JOB_END_TIME = "ZHPC_JOB_END_TIME"
 
 
 def _alive(pid: int | None, start_time: int | None) -> bool:
-    return pid is not None and start_time is not None and process_start_time(pid) == start_time
+    return pid is not None and start_time is not None and procinfo.start_time(pid) == start_time
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -87,6 +95,33 @@ class LocalCluster(Cluster):
     def __init__(self, root: Path, *, kill_wait: float = 5.0) -> None:
         self.root = Path(root).expanduser()
         self.kill_wait = kill_wait
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> LocalCluster:
+        return cls(config.job_workdir() / "local")
+
+    @classmethod
+    def job_identity(cls, environ: Mapping[str, str]) -> JobIdentity | None:
+        job_id = environ.get(JOB_ID)
+        if not job_id:
+            return None
+        task = environ.get(ARRAY_TASK_ID)
+        return JobIdentity(
+            scheduler="local",
+            job_id=job_id,
+            array_job_id=environ.get(ARRAY_JOB_ID),
+            array_task_id=int(task) if task and task.isdigit() else None,
+            node=os.uname().nodename,
+            job_name=environ.get(JOB_NAME),
+        )
+
+    @classmethod
+    def job_end_time(cls, job: JobIdentity, environ: Mapping[str, str]) -> float | None:
+        value = environ.get(JOB_END_TIME)
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -124,9 +159,9 @@ class LocalCluster(Cluster):
                 script.chmod(0o700)
                 argv = [str(script)]
             env = dict(spec.env)
-            env.update(ZHPC_JOB_ID=task_id, ZHPC_JOB_NAME=spec.name)
+            env.update({JOB_ID: task_id, JOB_NAME: spec.name})
             if task is not None:
-                env.update(ZHPC_ARRAY_JOB_ID=job_id, ZHPC_ARRAY_TASK_ID=str(task))
+                env.update({ARRAY_JOB_ID: job_id, ARRAY_TASK_ID: str(task)})
             _write_json(
                 task_dir / _SPEC,
                 {
@@ -272,7 +307,7 @@ class _Supervisor:
         env = dict(os.environ)
         env.update(spec["env"])
         if deadline is not None:
-            env["ZHPC_JOB_END_TIME"] = f"{deadline:.3f}"
+            env[JOB_END_TIME] = f"{deadline:.3f}"
         output = open(spec["output"], "ab")  # noqa: SIM115 - handed to the child
         error = open(spec["error"], "ab") if spec["error"] else subprocess.STDOUT  # noqa: SIM115
         try:
@@ -296,7 +331,7 @@ class _Supervisor:
             "RUNNING",
             start_time=start,
             child_pid=child.pid,
-            child_start_time=process_start_time(child.pid),
+            child_start_time=procinfo.start_time(child.pid),
         )
         returncode, outcome, reason = self._watch(child, deadline)
         final = {"start_time": start, "end_time": time.time()}
@@ -358,7 +393,7 @@ def _supervise(task_dir: Path) -> int:
         signal.signal(signum, supervisor._on_signal)  # inherited by the forked child
     pid = os.fork()
     if pid:
-        start_time = process_start_time(pid)
+        start_time = procinfo.start_time(pid)
         _write_json(task_dir / _PID, {"pid": pid, "start_time": start_time})
         os._exit(0)
     return supervisor.run()

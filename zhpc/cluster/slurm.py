@@ -1,13 +1,17 @@
 """Slurm through its command-line tools (``sbatch``, ``squeue``, ``scancel``).
 
-The commands run through a :class:`CommandRunner`: here as local
-subprocesses, in :mod:`zhpc.cluster.ssh` on a login node. Everything else,
+The commands run through a :class:`~zhpc.cluster.runner.CommandRunner`: here
+as local subprocesses, in :mod:`zhpc.cluster.ssh` on a login node. Everything else,
 building the ``sbatch`` call and parsing ``squeue``, is shared.
 
 Gentle on the controller: one ``squeue`` call lists all of this user's jobs
 (zhpc's are picked out by name prefix afterwards) and is cached for a couple
 of seconds. Commands are argument vectors, never shell strings; a batch
 script goes to ``sbatch`` on stdin.
+
+Inside a job, :meth:`SlurmCluster.job_identity` reads the ``SLURM_*``
+variables Slurm sets and :meth:`SlurmCluster.job_end_time` asks ``squeue``
+(through the same :class:`LocalRunner`) when the job will be stopped.
 """
 
 from __future__ import annotations
@@ -15,30 +19,33 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Protocol
-
-from tenacity import (
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from typing import TYPE_CHECKING
 
 from zhpc.cluster.base import (
     DEFAULT_NAME_PREFIX,
     Cluster,
+    JobIdentity,
     JobInfo,
     JobSpec,
     JobState,
     format_time_limit,
 )
+from zhpc.cluster.runner import (
+    CommandResult,
+    CommandRunner,
+    CommandTimeout,
+    LocalRunner,
+    TransientCommandError,
+)
 from zhpc.errors import ClusterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,63 +112,6 @@ def normalise_state(slurm_state: str) -> JobState:
     return SLURM_STATES.get(word, JobState.UNKNOWN)
 
 
-@dataclass(frozen=True, slots=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class CommandTimeout(ClusterError):
-    """A scheduler command did not answer in time."""
-
-
-class TransientCommandError(ClusterError):
-    """The scheduler answered with an error that usually goes away."""
-
-
-class CommandRunner(Protocol):
-    """Runs one scheduler command (an argument vector) somewhere."""
-
-    def run(self, argv: Sequence[str], *, input: str | None, timeout: float) -> CommandResult:
-        """Run ``argv`` with ``input`` on stdin; raise CommandTimeout after ``timeout`` s."""
-        ...
-
-    def describe(self) -> str:
-        """Where commands run, for error messages."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class LocalRunner:
-    """Runs scheduler commands as subprocesses on this machine."""
-
-    def run(self, argv: Sequence[str], *, input: str | None, timeout: float) -> CommandResult:
-        try:
-            proc = subprocess.run(
-                list(argv),
-                input=input,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise ClusterError(
-                f"{argv[0]} not found: are the Slurm client tools installed and on PATH?"
-            ) from None
-        except subprocess.TimeoutExpired:
-            raise CommandTimeout(f"{argv[0]} did not answer within {timeout:g} s") from None
-        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
-
-    def describe(self) -> str:
-        return "this machine"
-
-    def close(self) -> None:
-        pass
-
-
 def batch_script(spec: JobSpec) -> str:
     """The script text sbatch receives for ``spec``.
 
@@ -224,6 +174,35 @@ def squeue_argv() -> list[str]:
     return ["squeue", "--me", "--noheader", "--array", "--states=all", f"--Format={fmt}"]
 
 
+def end_time_argv(job_id: str) -> list[str]:
+    """squeue asked for one job's end time (``%e``), nothing else."""
+    return ["squeue", "--noheader", f"--jobs={job_id}", "--format=%e"]
+
+
+def parse_end_time(stdout: str) -> float | None:
+    """Epoch seconds from :func:`end_time_argv` output; None for no limit or no answer."""
+    lines = stdout.strip().splitlines()
+    if not lines:
+        return None
+    try:
+        return datetime.fromisoformat(lines[0].strip()).timestamp()
+    except ValueError:
+        return None  # "NONE", "N/A", "Unknown": no limit
+
+
+def job_end_time(
+    job_id: str, runner: CommandRunner | None = None, timeout: float = 10.0
+) -> float | None:
+    """A Slurm job's end time (epoch seconds) from squeue; None if unlimited or unreadable."""
+    if not job_id.isdigit():
+        return None
+    try:
+        result = (runner or LocalRunner()).run(end_time_argv(job_id), input=None, timeout=timeout)
+    except (ClusterError, OSError):
+        return None
+    return parse_end_time(result.stdout) if result.returncode == 0 else None
+
+
 def _time(value: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value).astimezone()
@@ -233,6 +212,10 @@ def _time(value: str) -> datetime | None:
 
 def _int(value: str) -> int | None:
     return int(value) if value.strip().lstrip("-").isdigit() else None
+
+
+def _digits(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
 
 
 def parse_squeue_output(stdout: str) -> list[JobInfo]:
@@ -278,6 +261,8 @@ class SlurmCluster(Cluster):
     """Slurm via sbatch/squeue/scancel, run by ``runner`` (local subprocesses by default)."""
 
     name = "slurm"
+    #: Believed over a backend whose jobs inherit the environment of whatever started them.
+    environment_rank = 10
 
     def __init__(
         self,
@@ -302,6 +287,42 @@ class SlurmCluster(Cluster):
         #: Number of scheduler commands run, by program; lets tests and benchmarks count calls.
         self.calls: dict[str, int] = {}
 
+    @classmethod
+    def _options(cls, config: ClusterConfig) -> dict[str, object]:
+        """The keyword arguments that the ``cluster`` section gives every Slurm backend."""
+        return {
+            "partition": config.partition,
+            "account": config.account,
+            "extra_sbatch_args": config.extra_sbatch_args,
+            "command_timeout": config.command_timeout,
+        }
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> SlurmCluster:
+        return cls(**cls._options(config))  # type: ignore[arg-type]
+
+    # -- inside a job ------------------------------------------------------------
+
+    @classmethod
+    def job_identity(cls, environ: Mapping[str, str]) -> JobIdentity | None:
+        job_id = environ.get("SLURM_JOB_ID")
+        if not job_id:
+            return None
+        return JobIdentity(
+            scheduler="slurm",
+            job_id=job_id,
+            array_job_id=environ.get("SLURM_ARRAY_JOB_ID"),
+            array_task_id=_digits(environ.get("SLURM_ARRAY_TASK_ID")),
+            restart_count=_digits(environ.get("SLURM_RESTART_COUNT")) or 0,
+            node=environ.get("SLURMD_NODENAME"),
+            job_name=environ.get("SLURM_JOB_NAME"),
+        )
+
+    @classmethod
+    def job_end_time(cls, job: JobIdentity, environ: Mapping[str, str]) -> float | None:
+        """Asked of squeue on this machine: the job runs here, whichever backend submitted it."""
+        return job_end_time(job.job_id)
+
     # -- commands --------------------------------------------------------------
 
     def _run_once(self, argv: Sequence[str], input: str | None) -> CommandResult:
@@ -320,6 +341,14 @@ class SlurmCluster(Cluster):
         self, argv: Sequence[str], input: str | None = None, *, idempotent: bool = True
     ) -> CommandResult:
         """Run a command, retrying transient failures (and time-outs if it is idempotent)."""
+        # Imported here: every job imports this module to learn who it is (job_identity).
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_after_attempt,
+            wait_exponential,
+        )
+
         retry_on: tuple[type[BaseException], ...] = (TransientCommandError,)
         if idempotent:
             retry_on += (CommandTimeout,)

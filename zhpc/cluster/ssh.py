@@ -4,6 +4,8 @@ The same sbatch/squeue/scancel calls and parsing as :mod:`zhpc.cluster.slurm`,
 only run by :class:`SSHRunner`: each argument vector is quoted with
 ``shlex.join`` for the remote shell. Key authentication only; the host key
 is checked against ``known_hosts`` unless checking is explicitly turned off.
+A job submitted this way runs under Slurm, so inside it the Slurm backend's
+job environment applies (inherited from :class:`SlurmCluster`).
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from zhpc.cluster.slurm import CommandResult, CommandTimeout, SlurmCluster
-from zhpc.config import SSHConfig
+from zhpc.cluster.runner import CommandResult, CommandTimeout
+from zhpc.cluster.slurm import SlurmCluster
 from zhpc.errors import ClusterError
 
 if TYPE_CHECKING:
     import paramiko
+
+    from zhpc.config import ClusterConfig, SSHConfig
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +138,7 @@ class SSHCluster(SlurmCluster):
 
     def __init__(self, config: SSHConfig, **kwargs: object) -> None:
         super().__init__(SSHRunner(config), **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> SSHCluster:
+        return cls(config.ssh, **cls._options(config))

@@ -1,4 +1,10 @@
-"""Message transports: RabbitMQ (production) and an embedded SQLite broker (default)."""
+"""Message transports, found by URL scheme: RabbitMQ (production), embedded SQLite (default).
+
+A transport is a :class:`Transport` registered in the ``zhpc.transports``
+entry-point group under the URL scheme it serves (``amqp``, ``amqps``,
+``sqlite``). Only the chosen one is imported, so importing zhpc never imports
+pika.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +22,29 @@ __all__ = [
     "death_record",
     "dlq_name",
     "get_transport",
+    "transport_class",
+    "url_schemes",
 ]
+
+
+def url_schemes() -> list[str]:
+    """The URL schemes of the installed transports, as ``broker.url`` accepts them."""
+    from zhpc import plugins
+
+    return plugins.names(plugins.TRANSPORTS)
+
+
+def transport_class(scheme: str) -> type[Transport]:
+    """The transport registered for ``scheme``; ZhpcError if there is none or it is broken."""
+    from zhpc import plugins
+    from zhpc.errors import TransportError
+
+    cls = plugins.load(plugins.TRANSPORTS, scheme)
+    if not (isinstance(cls, type) and issubclass(cls, Transport)):
+        raise TransportError(f"transport {scheme!r} is not a zhpc Transport class")
+    return cls
 
 
 def get_transport(config: BrokerConfig) -> Transport:
     """The transport for ``config.url`` (not yet connected); imports only what it needs."""
-    if config.scheme == "sqlite":
-        from zhpc.transport.embedded import EmbeddedTransport
-
-        return EmbeddedTransport.from_config(config)
-    from zhpc.transport.rabbitmq import RabbitMQTransport
-
-    return RabbitMQTransport.from_config(config)
+    return transport_class(config.scheme).from_config(config)

@@ -25,7 +25,7 @@ import abc
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from zhpc.message import Message, Outgoing
 from zhpc.transport.accounting import (
@@ -37,6 +37,9 @@ from zhpc.transport.accounting import (
 )
 
 __all__ = ["HANDBACK_HEADER", "dlq_name", "retry_name"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.config import BrokerConfig
 
 #: Header on a copy put into ``dlq.<queue>`` by zhpc itself (not by the broker's delivery limit).
 DEAD_LETTER_REASON_HEADER = "zhpc-dead-letter-reason"
@@ -76,6 +79,11 @@ class Transport(abc.ABC):
 
     def __init__(self, *, delivery_limit: int = 5) -> None:
         self.delivery_limit = delivery_limit
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: BrokerConfig) -> Self:
+        """The transport for the ``broker`` section (not yet connected)."""
 
     # -- lifecycle -------------------------------------------------------------
     @abc.abstractmethod

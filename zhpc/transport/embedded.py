@@ -80,6 +80,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zhpc import procinfo
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.message import Message, Outgoing
 from zhpc.transport.accounting import (
@@ -153,40 +154,6 @@ CREATE TABLE IF NOT EXISTS bindings (
     PRIMARY KEY (exchange, routing_key, queue)
 );
 """
-
-
-# -- process identity --------------------------------------------------------------------------
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-_BOOT_ID = _boot_id()
-
-
-def _process_start(pid: int) -> str | None:
-    """Boot id and start time of a live process; None if it is gone or a zombie.
-
-    Where /proc is missing (not Linux) only existence can be checked.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?"
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return f"{_BOOT_ID}:{fields[19]}"
 
 
 # -- header encoding ---------------------------------------------------------------------------
@@ -362,7 +329,7 @@ class EmbeddedTransport(Transport):
                 (
                     socket.gethostname(),
                     os.getpid(),
-                    _process_start(os.getpid()) or "?",
+                    procinfo.identity(os.getpid()) or "?",
                     time.time(),
                     self.lease_timeout,
                 ),
@@ -948,7 +915,7 @@ class EmbeddedTransport(Transport):
             if cid == self._consumer:
                 continue
             if chost == host and pid_start != "?":
-                start = _process_start(pid)
+                start = procinfo.identity(pid)
                 if start is None or (start != "?" and start != pid_start):
                     dead.append(cid)
                     continue
