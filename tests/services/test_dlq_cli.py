@@ -26,11 +26,12 @@ from zhpc.transport.base import dlq_name
 
 def two_steps_with_a_broken_second(broker: Broker, tmp_path: Path) -> tuple[Setup, dict]:
     """Step 1 runs once and passes on; step 2 fails until fixed and is quarantined."""
+    broker.delivery_limit = 1  # broker.delivery_limit: what the queues and the runner use
     world = setup(broker, tmp_path)
     first, second, out = broker.queue("one"), broker.queue("two"), broker.queue("out")
     world.watch(dlq_name(second))
     transport = broker.transport()
-    transport.declare_queue(second, delivery_limit=1)
+    transport.declare_queue(second)
     recipe = {"1": {"service": "counting", "queue": first, "output": 2},
               "2": {"service": "flaky", "queue": second, "output": 3},
               "3": {"service": "sink", "queue": out}}
