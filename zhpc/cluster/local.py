@@ -29,6 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from zhpc.atomic import write_atomic
 from zhpc.cluster.base import DEFAULT_NAME_PREFIX, Cluster, JobInfo, JobSpec, JobState
 from zhpc.errors import ClusterError
 
@@ -61,9 +62,7 @@ def _alive(pid: int | None, start_time: int | None) -> bool:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` atomically, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def service_command(config: Config, service: str) -> list[str]:
     """The argument vector each task runs: this interpreter, this configuration, and
     ``-v`` so that the job's log says when and why the service drained."""
-    from zhpc.wrap import zhpc_command
+    from zhpc.jobfiles import zhpc_command
 
     return [*zhpc_command(config), "-v", "service", "-s", service]
 
