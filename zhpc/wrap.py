@@ -26,6 +26,10 @@ code is then non-zero and one line says how to send them later
 (``zhpc wrap --resend FILE``; message ids are deterministic, so a duplicate
 is recognisable).
 
+The pieces: :mod:`zhpc.process` runs the command, :mod:`zhpc.wrapper` is the
+plug-in API, :mod:`zhpc.jobfiles` the file and section the submitter hands
+over, :mod:`zhpc.spool` keeps unsent results, :mod:`zhpc.status` the heartbeat.
+
 Start-up matters (a wrap runs per image on some beamlines): without
 ``--recipewrapper`` nothing beyond the standard library is imported unless
 the command runs long enough for a heartbeat.
