@@ -37,8 +37,8 @@ def _median_ms(argv: list[str], runs: int, expect: int = 0) -> float:
 
 
 def _recipewrapper_run(directory: Path) -> list[str]:
+    from zhpc.jobfiles import write_recipewrapper
     from zhpc.recipe import RecipeWrapper
-    from zhpc.wrap import write_recipewrapper
 
     recipe = {"1": {"queue": "bench.wrap", "output": {"success": 2, "done": 2}},
               "2": {"queue": "bench.results"}, "start": [[1, {}]]}

@@ -35,46 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from zhpc.cluster import Cluster, JobSpec, get_cluster
-from zhpc.errors import ClusterError
+from zhpc.errors import ClusterError, Rejected
+from zhpc.jobfiles import cluster_section, write_recipewrapper, zhpc_command
 from zhpc.message import MESSAGE_ID_HEADER
 from zhpc.recipe import RecipeWrapper
-from zhpc.service import Rejected, Service
-from zhpc.wrap import write_recipewrapper, zhpc_command
+from zhpc.service import Service
 
 #: Wrap jobs are named ``zhpc-wrap-<hash of the message id>``.
 JOB_PREFIX = "zhpc-wrap-"
 RECIPEWRAPPER_FILE = "recipewrapper.json"
 JOB_ID_FILE = "job_id"
-_KEYS = {"command", "wrapper", "time", "cpus", "memory", "partition", "stage_in", "stage_out",
-         "results_directory"}
-
-
-def cluster_section(step: dict[str, Any] | None) -> dict[str, Any]:
-    """The step's ``cluster`` section, checked; Rejected says what is wrong with it."""
-    section = (step or {}).get("cluster")
-    if not isinstance(section, dict):
-        raise Rejected("the step has no 'cluster' section")
-    unknown = sorted(set(section) - _KEYS)
-    if unknown:
-        raise Rejected(f"cluster: unknown key(s) {', '.join(map(str, unknown))}")
-    command = section.get("command", [])
-    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
-        raise Rejected("cluster.command must be a list of strings (one per argument)")
-    wrapper = section.get("wrapper")
-    if wrapper is not None and not (isinstance(wrapper, str) and wrapper.isidentifier()):
-        raise Rejected("cluster.wrapper must be the name of a wrapper plug-in")
-    if not command and not wrapper:
-        raise Rejected("cluster: needs a command, a wrapper, or both")
-    cpus = section.get("cpus")
-    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
-        raise Rejected("cluster.cpus must be a whole number >= 1")
-    memory = section.get("memory")
-    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, str | int)):
-        raise Rejected("cluster.memory must be a size such as 8G or a number of megabytes")
-    for key in ("partition",):
-        if section.get(key) is not None and not isinstance(section[key], str):
-            raise Rejected(f"cluster.{key} must be a string")
-    return section
 
 
 def job_key(message_id: str) -> str:

@@ -49,9 +49,9 @@ from zhpc.dispatch import (
     RecipeCache,
     prepare,
 )
-from zhpc.errors import RecipeError, ZhpcError
+from zhpc.errors import RecipeError, Rejected, ZhpcError
 from zhpc.message import Message, Outgoing
-from zhpc.service import Rejected, Service
+from zhpc.service import Service
 
 # --------------------------------------------------------------------------
 # The built-in lookup

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from zhpc.config import zhpc_home
+from zhpc.errors import Rejected
 from zhpc.recipe import RecipeWrapper
-from zhpc.service import Rejected, Service
+from zhpc.service import Service
 
 
 class JSONLines(Service):

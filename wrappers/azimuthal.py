@@ -28,7 +28,7 @@ from typing import Any
 
 from zhpc.errors import ZhpcError
 from zhpc.recipe import RecipeWrapper
-from zhpc.wrap import Wrapper
+from zhpc.wrapper import Wrapper
 
 _GEOMETRY = ("dist", "poni1", "poni2", "pixel1", "pixel2", "wavelength")
 _OPTIONAL = ("rot1", "rot2", "rot3")

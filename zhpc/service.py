@@ -48,22 +48,25 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any, ClassVar
 
-from zhpc import __version__
 from zhpc.config import Config, ServiceConfig
 from zhpc.errors import RecipeError, Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
+from zhpc.status import (
+    STATUS_END,
+    STATUS_IDLE,
+    STATUS_PROCESSING,
+    STATUS_SHUTDOWN,
+    Utilization,
+    host_id,
+    status_message,
+    status_payload,
+)
 from zhpc.transport import accounting
 from zhpc.transport.base import Transport
 
 log = logging.getLogger(__name__)
-
-STATUS_TOPIC = "transient.status"
-
-# workflows' service status codes, so its status monitors understand zhpc services.
-STATUS_STARTING, STATUS_IDLE, STATUS_PROCESSING, STATUS_SHUTDOWN, STATUS_END = 1, 2, 4, 5, 6
-_STATUS_TEXT = {1: "starting", 2: "idle", 4: "processing", 5: "shutting down", 6: "shutdown"}
 
 
 class DrainDeadline(BaseException):
@@ -161,34 +164,6 @@ class Service:
         }
 
 
-class _Utilization:
-    """Share of recent time spent in each status, as workflows reports it.
-
-    O(1) per status change: a service switches status twice per message, so a
-    history list would grow by thousands of entries a second under load.
-    Each report covers the time since the previous report.
-    """
-
-    def __init__(self, status: int = STATUS_STARTING) -> None:
-        self.status = status
-        self.since = time.monotonic()
-        self.spent: dict[int, float] = {}
-
-    def enter(self, status: int) -> None:
-        if status != self.status:
-            now = time.monotonic()
-            self.spent[self.status] = self.spent.get(self.status, 0.0) + now - self.since
-            self.status, self.since = status, now
-
-    def report(self) -> dict[int, float]:
-        now = time.monotonic()
-        spent, self.spent = self.spent, {}
-        spent[self.status] = spent.get(self.status, 0.0) + now - self.since
-        self.since = now
-        total = sum(spent.values()) or 1.0
-        return {status: round(seconds / total, 4) for status, seconds in spent.items()}
-
-
 class ServiceRunner:
     """Runs one service on one queue until it drains; :meth:`run` returns the exit code.
 
@@ -220,8 +195,7 @@ class ServiceRunner:
         self.failed = 0
         self.handed_back = 0
         self.dead_lettered = 0
-        self._status = STATUS_STARTING
-        self._utilization = _Utilization()
+        self._utilization = Utilization()  # also the current status
         self._busy = False
         self._deadline_passed = False
         self._subscription: str | None = None
@@ -230,7 +204,7 @@ class ServiceRunner:
         self._end: float | None = None
         self._last_activity = self._started
         self._next_heartbeat = self._started
-        self._host_id = f"{'.'.join(reversed(socket.gethostname().split('.')))}.{os.getpid()}"
+        self._host_id = host_id()
         # Commit futures complete on the transport's I/O thread.
         self._lock = threading.Lock()
         self._pending: set[Future[None]] = set()
@@ -527,28 +501,24 @@ class ServiceRunner:
 
     # -- status -------------------------------------------------------------------
     def _set_status(self, status: int) -> None:
-        self._status = status
         self._utilization.enter(status)
 
     def status(self) -> dict[str, Any]:
         """The status broadcast: workflows' fields plus zhpc's own."""
-        return {
-            "host": self._host_id,
-            "status": self._status,
-            "statustext": _STATUS_TEXT.get(self._status, ""),
-            "service": self.service.name,
-            "serviceclass": type(self.service).__name__,
-            "utilization": self._utilization.report(),
-            "workflows": f"zhpc {__version__}",
-            "zhpc": __version__,
-            "queue": self.queue,
-            "slurm_job_id": self.job.slurm_job_id,
-            "job_id": self.job.job_id,
-            "processed": self.processed,
-            "failed": self.failed,
-            "handed_back": self.handed_back,
-            "dead_lettered": self.dead_lettered,
-        }
+        return status_payload(
+            self._utilization.status,
+            host=self._host_id,
+            service=self.service.name,
+            serviceclass=type(self.service).__name__,
+            utilization=self._utilization.report(),
+            queue=self.queue,
+            slurm_job_id=self.job.slurm_job_id,
+            job_id=self.job.job_id,
+            processed=self.processed,
+            failed=self.failed,
+            handed_back=self.handed_back,
+            dead_lettered=self.dead_lettered,
+        )
 
     def _heartbeat(self, force: bool = False) -> None:
         now = self.clock()
@@ -556,8 +526,7 @@ class ServiceRunner:
             return
         self._next_heartbeat = now + self.service.settings.heartbeat_interval
         try:
-            self.transport.publish(Outgoing.json(STATUS_TOPIC, self.status(), kind="topic",
-                                                 expiration=15))
+            self.transport.publish(status_message(self.status()))
         except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
             log.warning("%s: status heartbeat not sent: %s", self.service.name, exc)
 

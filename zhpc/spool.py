@@ -1,9 +1,16 @@
-"""A spool of messages that could not be sent yet (``zhpc go`` when the broker is down).
+"""Spools of messages that could not be sent yet, kept on disk until the broker confirms them.
 
-One JSON file per message in ``$ZHPC_HOME/spool/``, in the layout of Zocalo's
-``zocalo.go`` fall-back files (``{"headers": ..., "message": ...}``) plus the
-destination queue. Files are written atomically (temporary file, fsync,
-rename), so a reader never sees half a request.
+Two kinds, both written atomically (temporary file, fsync, rename:
+:mod:`zhpc.atomic`), so a reader never sees half a file:
+
+* ``zhpc go`` requests made while the broker is down (:class:`Spool`): one JSON
+  file per message in ``$ZHPC_HOME/spool/``, in the layout of Zocalo's
+  ``zocalo.go`` fall-back files (``{"headers": ..., "message": ...}``) plus the
+  destination queue.
+* the results of one ``zhpc wrap`` run (:func:`save_results`): every output
+  message of the step in one file, next to the recipe-wrapper file or under
+  ``$ZHPC_HOME/wrap-results``. It is kept apart from the ``zhpc go`` spool,
+  whose pickup would not understand it, and sent with ``zhpc wrap --resend``.
 
 Sending them later is safe with several senders at once: a sender takes an
 exclusive ``flock`` on a file before publishing it and removes it only after
@@ -18,19 +25,28 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zhpc.atomic import fsync_directory, write_atomic
 from zhpc.config import zhpc_home
 from zhpc.errors import ZhpcError
+from zhpc.message import Outgoing
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".json"
 BAD_SUFFIX = ".bad"
+#: A wrap run's results file: ``<recipe-wrapper file stem>.results.json``.
+RESULTS_SUFFIX = ".results.json"
+#: Fallback folder (under $ZHPC_HOME) for results that cannot be written next to the FILE.
+WRAP_RESULTS_DIR = "wrap-results"
 
 
 def default_spool() -> Path:
@@ -63,19 +79,10 @@ class Spool:
         safe = "".join(c for c in label if c.isalnum() or c in "-_")[:64]
         name = f"{time.time_ns():020d}-{safe or uuid.uuid4().hex}{SUFFIX}"
         final = self.directory / name
-        temporary = self.directory / f".{name}.{os.getpid()}.tmp"
         data = json.dumps({"queue": queue, "headers": headers, "message": message}, indent=2)
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(data + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-            _fsync_directory(self.directory)
+            write_atomic(final, data + "\n", mode=0o600)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink()
             raise ZhpcError(f"cannot save request in spool {self.directory}: "
                             f"{exc.strerror}") from None
         return final
@@ -118,7 +125,7 @@ class Spool:
                     continue
                 send(item)
                 path.unlink()
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
                 sent += 1
         return sent
 
@@ -162,15 +169,70 @@ def _parse(path: Path, text: str) -> SpooledMessage:
     return SpooledMessage(path, queue, headers, data["message"])
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or removal durable (best effort where directories cannot be opened)."""
+# -- the results of a zhpc wrap run --------------------------------------------------------
+
+
+def save_results(
+    outputs: Sequence[Outgoing], recipewrapper: Path, name: str, **fields: Any
+) -> Path | None:
+    """Keep a wrap run's outputs until the broker confirmed them; None if nowhere would take them.
+
+    They go next to ``recipewrapper`` (where whoever looks at the job looks),
+    else to ``$ZHPC_HOME/wrap-results/<name>.results.json``. ``fields`` (when
+    the run ended, its job id) are recorded with them for whoever reads the file.
+    """
+    data = json.dumps({**fields, "outputs": [_outgoing_to_json(out) for out in outputs]})
+    candidates = [
+        recipewrapper.with_name(recipewrapper.stem + RESULTS_SUFFIX),
+        zhpc_home() / WRAP_RESULTS_DIR / f"{name}{RESULTS_SUFFIX}",
+    ]
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data)
+            return path
+        except OSError as exc:
+            log.warning("cannot write results to %s: %s", path, exc)
+    return None
+
+
+def load_results(path: Path) -> list[Outgoing]:
+    """The outputs :func:`save_results` kept in ``path``; ZhpcError if it is not such a file."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [_outgoing_from_json(item) for item in data["outputs"]]
+    except OSError as exc:
+        raise ZhpcError(f"{path}: cannot read: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ZhpcError(f"{path}: not a zhpc wrap results file ({exc})") from None
+
+
+def results_sent(path: Path) -> None:
+    """Mark a results file as sent (renamed ``*.sent``, kept for whoever checks the job)."""
+    path.rename(path.with_name(path.name + ".sent"))
+
+
+def _outgoing_to_json(out: Outgoing) -> dict[str, Any]:
+    return {
+        "destination": out.destination,
+        "kind": out.kind,
+        "headers": out.headers,
+        "routing_key": out.routing_key,
+        "delay": out.delay,
+        "expiration": out.expiration,
+        "message_id": out.message_id,
+        "body": out.body.decode("utf-8"),
+    }
+
+
+def _outgoing_from_json(item: dict[str, Any]) -> Outgoing:
+    return Outgoing(
+        destination=item["destination"],
+        body=item["body"].encode("utf-8"),
+        kind=item["kind"],
+        headers=dict(item["headers"]),
+        routing_key=item["routing_key"],
+        delay=item["delay"],
+        expiration=item["expiration"],
+        message_id=item["message_id"],
+    )

@@ -8,9 +8,9 @@ from pathlib import Path
 from jobs_support import write_config, zhpc
 from testsupport import collect, unavailable
 
+from zhpc.jobfiles import write_recipewrapper
 from zhpc.recipe import RecipeWrapper, load_recipe
 from zhpc.transport.embedded import EmbeddedTransport
-from zhpc.wrap import write_recipewrapper
 
 PIXEL = 1e-4  # 100 um pixels
 DISTANCE = 0.1  # 10 cm

@@ -17,8 +17,8 @@ import pytest
 from jobs_support import recipe_message, wrapped_recipe, write_config, zhpc, zhpc_env
 from testsupport import ARGV_DUMP, collect, wait_until
 
+from zhpc.jobfiles import write_recipewrapper
 from zhpc.transport.embedded import EmbeddedTransport
-from zhpc.wrap import write_recipewrapper
 
 Q = "wraptest"
 

@@ -30,7 +30,7 @@ PLACEHOLDER = "@ZHPC_COMMAND@"
 def service_command(config: Config, service: str) -> list[str]:
     """The argument vector each task runs: this interpreter, this configuration, and
     ``-v`` so that the job's log says when and why the service drained."""
-    from zhpc.wrap import zhpc_command  # zhpc.jobfiles once the wrap split lands
+    from zhpc.jobfiles import zhpc_command
 
     return [*zhpc_command(config), "-v", "service", "-s", service]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zhpc import procinfo
+from zhpc.atomic import write_atomic
 from zhpc.cluster.base import (
     DEFAULT_NAME_PREFIX,
     Cluster,
@@ -69,9 +70,7 @@ def _alive(pid: int | None, start_time: int | None) -> bool:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Replace ``path`` atomically, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

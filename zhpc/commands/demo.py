@@ -114,7 +114,7 @@ def _run_demo(demo: _Demo, timeout: float) -> int:
     from zhpc.config import load_config
     from zhpc.errors import ZhpcError
     from zhpc.message import Message
-    from zhpc.service import STATUS_TOPIC
+    from zhpc.status import STATUS_TOPIC
     from zhpc.transport import get_transport
 
     config = load_config(demo.config_file)

@@ -9,7 +9,7 @@ from typing import Any
 
 from zhpc.recipe import RecipeWrapper
 from zhpc.service import Service
-from zhpc.wrap import Wrapper
+from zhpc.wrapper import Wrapper
 
 
 class Slow(Service):
