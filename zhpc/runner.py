@@ -1,0 +1,458 @@
+"""The service runner: feeds a :class:`~zhpc.service.Service` and makes killing it harmless.
+
+The :class:`ServiceRunner` feeds a service from a queue and settles every
+message in exactly one way:
+
+* ``process`` returned: everything it sent is published and confirmed, then the
+  input is acked (``Transport.commit``). Confirms are pipelined, so the next
+  message is processed while the broker confirms the previous one.
+* ``process`` raised: if the step has an ``error`` route (or the recipe a
+  top-level one) the error details go there and the input is acked; otherwise
+  the failure is recorded in the message, which moves to the queue's retry
+  lane, and once the delivery limit is used up to ``dlq.<queue>`` with its
+  whole history (``zhpc.transport.accounting`` says what counts and why).
+* the message cannot be a recipe message at all (not JSON, no recipe, a pointer
+  to a missing step): it is dead-lettered at once with the reason.
+* the job must stop (signal, ``--max-runtime``, the Slurm end time) and the
+  message cannot be finished in time: it is handed back without counting as a
+  failure, and the runner exits 0.
+
+Threads: ``process`` runs on the main thread, which is also where the
+transport runs subscription callbacks (``Transport.poll``); only the commit
+callbacks that count processed/failed messages may run on the transport's I/O
+thread. A drain deadline during ``process`` is delivered by SIGALRM, which
+raises :class:`DrainDeadline` inside ``process``; code that is stuck in C and
+never returns to Python is killed by the scheduler instead, and its message is
+then redelivered.
+
+Draining cancels the subscription before anything is handed back, so a handed
+back message goes to another consumer rather than straight back to this one.
+
+The retry lane (``retry.<queue>``) is read one message at a time with
+``Transport.fetch`` between deliveries: whenever the subscription has nothing to
+do, and at least every ``retry_interval`` seconds while it is busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import TYPE_CHECKING, Any
+
+from zhpc.errors import Rejected, TransportError, ZhpcError
+from zhpc.jobenv import Drain, JobEnvironment
+from zhpc.message import Message, Outgoing
+from zhpc.status import (
+    STATUS_END,
+    STATUS_IDLE,
+    STATUS_PROCESSING,
+    STATUS_SHUTDOWN,
+    Utilization,
+    host_id,
+    status_message,
+    status_payload,
+)
+from zhpc.transport import accounting
+from zhpc.transport.base import Transport
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.service import Service
+
+log = logging.getLogger("zhpc.service")  # the name operators filter on, as before the split
+
+
+class DrainDeadline(BaseException):
+    """Raised inside ``process`` when the job must stop before the message is done.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` in a
+    service does not swallow it.
+    """
+
+
+class ServiceRunner:
+    """Runs one service on one queue until it drains; :meth:`run` returns the exit code.
+
+    Deadlines: the *end deadline* (``max_runtime``, the job's end time minus
+    ``end_margin``) stops the service taking messages; the *hard deadline*
+    (the end deadline, or ``drain_grace`` after a drain signal) interrupts a
+    message still in ``process`` with :class:`DrainDeadline` and hands it back.
+    The SIGALRM timer is armed once per deadline change, not per message, and
+    only ever raises while a message is being received.
+    """
+
+    def __init__(
+        self,
+        service: Service,
+        transport: Transport,
+        *,
+        queue: str | None = None,
+        job: JobEnvironment | None = None,
+        drain: Drain | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.service = service
+        self.transport = transport
+        self.queue = queue or service.settings.queue or service.queue or service.name
+        self.job = job if job is not None else JobEnvironment.from_environ()
+        self.drain = drain or Drain(job=self.job)
+        self.clock = clock
+        self.processed = 0
+        self.failed = 0
+        self.handed_back = 0
+        self.dead_lettered = 0
+        self._utilization = Utilization()  # also the current status
+        self._busy = False
+        self._deadline_passed = False
+        self._subscription: str | None = None
+        self._started = clock()
+        self._drain_started: float | None = None
+        self._end: float | None = None
+        self._last_activity = self._started
+        self._next_heartbeat = self._started
+        self._host_id = host_id()
+        # Commit futures complete on the transport's I/O thread.
+        self._lock = threading.Lock()
+        self._pending: set[Future[None]] = set()
+        #: Messages handed back because their expected_runtime did not fit.
+        self._left_alone: set[str] = set()
+        self._set_up = False  # setup() ran and teardown() is still due
+        self.retry_lane = accounting.retry_name(self.queue)
+        self._next_lane_look = self._started
+        self._where = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": self.job.job_id,
+            "service": service.name,
+        }
+
+    # -- deadlines ------------------------------------------------------------------
+    def end_deadline(self) -> float | None:
+        """Monotonic time by which this service must have stopped processing, if any."""
+        config = self.service.settings
+        ends = []
+        if config.max_runtime is not None:
+            ends.append(self._started + config.max_runtime)
+        remaining = self.job.remaining()
+        if remaining is not None:
+            ends.append(self.clock() + remaining - config.end_margin)
+        return min(ends) if ends else None
+
+    def hard_deadline(self) -> float | None:
+        """When a message still in ``process`` must be handed back."""
+        deadline = self._end
+        if self._drain_started is not None:
+            after_signal = self._drain_started + self.service.settings.drain_grace
+            deadline = after_signal if deadline is None else min(deadline, after_signal)
+        return deadline
+
+    def _arm_alarm(self) -> None:
+        deadline = self.hard_deadline()
+        if deadline is not None:
+            signal.setitimer(signal.ITIMER_REAL, max(deadline - self.clock(), 0.001))
+
+    def _on_alarm(self, signum: int, frame: object) -> None:
+        if self._busy and not self._deadline_passed:
+            self._deadline_passed = True
+            raise DrainDeadline
+        # Between messages: the loop sees the deadline itself (``_should_stop``).
+
+    def _on_drain_signal(self, sig: signal.Signals) -> None:
+        if self._drain_started is None:
+            self._drain_started = self.clock()
+            self._arm_alarm()
+
+    # -- the loop -----------------------------------------------------------------
+    def run(self) -> int:
+        """Process messages until drained: 0 after a clean drain, 1 if outputs stayed unconfirmed.
+
+        Errors that make processing impossible (broker unreachable, ``setup``
+        failing) propagate; unsettled messages then go back to their queues.
+        """
+        old_alarm = signal.signal(signal.SIGALRM, self._on_alarm)
+        self.drain.on_signal(self._on_drain_signal)
+        self.drain.install()
+        try:
+            self._refuse_dead_letter_queue()
+            self._end = self.end_deadline()
+            self._arm_alarm()
+            self.service.setup()
+            self._set_up = True
+            self.transport.declare_queue(self.queue)
+            self._subscription = self.transport.subscribe(
+                self.queue, self._on_message, prefetch=self.service.settings.prefetch
+            )
+            self._set_status(STATUS_IDLE)
+            log.info("%s: consuming %s", self.service.name, self.queue)
+            while not self._should_stop():
+                delivered = self.transport.poll(self._lane_timeout())
+                self._read_lane(idle=delivered == 0)
+                self._heartbeat()
+            return self._shutdown()
+        except BaseException:
+            if self._set_up:  # e.g. the broker went away for good: still close files
+                with contextlib.suppress(Exception):
+                    self.service.teardown()
+            raise
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old_alarm)
+            self.drain.uninstall()
+
+    def _should_stop(self) -> bool:
+        if self.drain.requested:
+            return True
+        now = self.clock()
+        if self._end is not None and now >= self._end:
+            self.drain.request("end of the job's time")
+            return True
+        idle = self.service.settings.idle_timeout
+        if idle is not None and now - self._last_activity >= idle:
+            self.drain.request(f"idle for {idle:g} s")
+            return True
+        return False
+
+    def _poll_timeout(self) -> float:
+        now = self.clock()
+        wake = min(now + 0.5, self._next_heartbeat)
+        if self._end is not None:
+            wake = min(wake, self._end)
+        return max(wake - now, 0.0)
+
+    def _on_message(self, message: Message) -> None:
+        self._last_activity = self.clock()
+        if self._should_stop():
+            self._stop_consuming()
+            self._hand_back(message)
+            return
+        if self._too_long_for_the_time_left(message):
+            if message.message_id in self._left_alone:
+                # It came back to us: only work we cannot finish is left. Leave it to
+                # jobs with more time instead of handing it back and forth until the end.
+                self.drain.request("the messages left do not fit the time left")
+                self._stop_consuming()
+            elif message.message_id is not None:
+                self._left_alone.add(message.message_id)
+            self._hand_back(message)
+            return
+        outputs: list[Outgoing] = []
+        self._set_status(STATUS_PROCESSING)
+        try:
+            self._deadline_passed = False
+            self._busy = True  # from here on SIGALRM may raise DrainDeadline
+            try:
+                self.service.receive(message, outputs)
+            finally:
+                self._busy = False
+        except DrainDeadline:
+            log.warning("%s: out of time, handing message %s back", self.service.name,
+                        message.message_id)
+            self.drain.request("out of time during a message")
+            self._stop_consuming()
+            self._hand_back(message)
+        except Rejected as exc:
+            self._dead_letter(message, f"malformed: {exc}")
+        except Exception as exc:
+            log.error("%s: processing failed (delivery %d) for message %s: %s",
+                      self.service.name, message.delivery_count, message.message_id, exc,
+                      exc_info=True)
+            self._record_failure(message, exc)
+        else:
+            try:
+                future = self.transport.commit(outputs, ack=message)
+            except TransportError as exc:  # outputs that can never be sent: a failure too
+                log.error("%s: outputs of message %s cannot be sent: %s", self.service.name,
+                          message.message_id, exc)
+                self._record_failure(message, exc)
+            else:
+                with self._lock:
+                    self._pending.add(future)
+                future.add_done_callback(self._committed)
+        self._set_status(STATUS_IDLE)
+        self._last_activity = self.clock()
+
+    def _too_long_for_the_time_left(self, message: Message) -> bool:
+        """True if the step declares an ``expected_runtime`` that no longer fits."""
+        if self._end is None:
+            return False
+        expected = _expected_runtime(message)
+        return expected is not None and self.clock() + expected > self._end
+
+    def _committed(self, future: Future[None]) -> None:
+        """Count a settled commit (runs on whichever thread completed the future)."""
+        exc = future.exception()
+        with self._lock:
+            self._pending.discard(future)
+            if exc is None:
+                self.processed += 1
+            else:
+                self.failed += 1
+        if exc is not None:
+            # The transport already returned the input (or the broker will): nothing is lost.
+            log.error("%s: outputs not confirmed, message returned to its queue: %s",
+                      self.service.name, exc)
+
+    def _stop_consuming(self) -> None:
+        """Cancel the subscription (once) before handing anything back.
+
+        Otherwise a handed-back message can be delivered straight back to this
+        consumer, handed back again, and so on until the process is killed.
+        Deliveries already on their way still reach ``_on_message``, which hands
+        them back too.
+        """
+        if self._subscription is not None:
+            subscription, self._subscription = self._subscription, None
+            self.transport.unsubscribe(subscription)
+
+    def _hand_back(self, message: Message) -> None:
+        limit = self.service.settings.max_handbacks
+        if accounting.handbacks(message.headers) >= limit:
+            self._dead_letter(message, f"handed back {limit} times: it never fits the time left")
+            return
+        self.handed_back += 1
+        self.transport.hand_back(message)
+
+    # -- failures and the retry lane ------------------------------------------------
+    def _refuse_dead_letter_queue(self) -> None:
+        queue = self.queue
+        if self.service.consumes_dead_letters:
+            return
+        if accounting.is_dead_letter_queue(queue) or accounting.is_retry_lane(queue):
+            raise ZhpcError(
+                f"queue {queue!r} holds dead or retried messages of "
+                f"{accounting.origin_queue(queue)!r}; a service consumes the work queue "
+                "(its retry lane is read by itself), and dead letters are for "
+                "schlockmeister and 'zhpc dlq'"
+            )
+
+    def _record_failure(self, message: Message, error: BaseException) -> None:
+        """Count a real failure in the message itself: to the retry lane, or past the limit
+        to the dead-letter queue with its history and last error."""
+        with self._lock:
+            self.failed += 1
+        headers = accounting.with_failure(message, error, self._where)
+        limit = self.transport.delivery_limit
+        try:
+            if accounting.dead_after_failure(message, limit):
+                count = accounting.spent(message) + 1
+                self._dead_letter(
+                    message, f"delivery_limit: failed {count} times, last: {error}", headers
+                )
+            else:
+                self.transport.retry(message, headers)
+        except TransportError as exc:  # the broker returns it by itself (counted there)
+            log.error("%s: could not record the failure of message %s (%s); returning it",
+                      self.service.name, message.message_id, exc)
+            with contextlib.suppress(TransportError):
+                self.transport.nack(message, requeue=True)
+
+    def _dead_letter(self, message: Message, reason: str,
+                     headers: dict[str, Any] | None = None) -> None:
+        self.dead_lettered += 1
+        log.error("%s: dead-lettering message %s: %s", self.service.name,
+                  message.message_id, reason)
+        self.transport.dead_letter(message, reason, headers)
+
+    def _lane_timeout(self) -> float:
+        """Poll no longer than until the next look at the retry lane is due."""
+        return max(min(self._poll_timeout(), self._next_lane_look - self.clock()), 0.0)
+
+    def _read_lane(self, *, idle: bool) -> None:
+        """Process messages from the retry lane, one fetched at a time (see the module doc)."""
+        now = self.clock()
+        if not idle and now < self._next_lane_look:
+            return
+        self._next_lane_look = now + self.service.settings.retry_interval
+        for _ in range(_LANE_BATCH):
+            if self._should_stop():
+                return
+            message = self.transport.fetch(self.retry_lane)
+            if message is None:
+                return
+            if accounting.exhausted(message, self.transport.delivery_limit):
+                self._dead_letter(
+                    message, f"delivery_limit: {accounting.spent(message)} failures or crashes"
+                )
+                continue
+            self._on_message(message)
+
+    def _shutdown(self) -> int:
+        log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
+        self._set_status(STATUS_SHUTDOWN)
+        code = 0
+        try:
+            # Once unsubscribed no more arrive; messages already prefetched are
+            # delivered here and handed back (``_should_stop`` is true), uncounted.
+            self._stop_consuming()
+            while self.transport.poll(0):
+                pass
+            with self._lock:
+                pending = list(self._pending)
+            _done, late = wait_futures(pending, timeout=max(self.service.settings.drain_grace, 5))
+            if late:
+                code = 1
+                log.error("%s: %d commit(s) still unconfirmed at exit; the broker delivers "
+                          "those inputs again", self.service.name, len(late))
+            with contextlib.suppress(TransportError):
+                self.transport.flush(0)  # failures were counted and logged as they happened
+        finally:
+            self._set_up = False
+            self.service.teardown()
+            self._set_status(STATUS_END)
+            self._heartbeat(force=True)
+        log.info("%s: stopped after %d processed, %d failed, %d handed back, %d dead-lettered",
+                 self.service.name, self.processed, self.failed, self.handed_back,
+                 self.dead_lettered)
+        return code
+
+    # -- status -------------------------------------------------------------------
+    def _set_status(self, status: int) -> None:
+        self._utilization.enter(status)
+
+    def status(self) -> dict[str, Any]:
+        """The status broadcast: workflows' fields plus zhpc's own."""
+        return status_payload(
+            self._utilization.status,
+            host=self._host_id,
+            service=self.service.name,
+            serviceclass=type(self.service).__name__,
+            utilization=self._utilization.report(),
+            queue=self.queue,
+            slurm_job_id=self.job.slurm_job_id,
+            job_id=self.job.job_id,
+            processed=self.processed,
+            failed=self.failed,
+            handed_back=self.handed_back,
+            dead_lettered=self.dead_lettered,
+        )
+
+    def _heartbeat(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self.service.settings.heartbeat_interval
+        try:
+            self.transport.publish(status_message(self.status()))
+        except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
+            log.warning("%s: status heartbeat not sent: %s", self.service.name, exc)
+
+
+#: Lane messages processed per look before the subscription gets its turn again.
+_LANE_BATCH = 100
+
+
+def _expected_runtime(message: Message) -> float | None:
+    try:
+        body = message.json()
+        step = body["recipe"][str(body["recipe-pointer"])]
+        value = step.get("parameters", {}).get("expected_runtime")
+        return float(value) if value is not None else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
