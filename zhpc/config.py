@@ -16,9 +16,19 @@ from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from zhpc import config_checks
 from zhpc.errors import ConfigError
+from zhpc.secrets import mask_secrets, mask_url
 
 DEFAULT_DELIVERY_LIMIT = 5
 
@@ -29,7 +39,13 @@ def zhpc_home() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """Free values too (``parameters``): no NaN, no infinity, no integer beyond 64 bits."""
+        return config_checks.check_bounded_numbers(value)
 
 
 class TLSConfig(_Section):
@@ -42,7 +58,7 @@ class TLSConfig(_Section):
 class BrokerConfig(_Section):
     """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``."""
 
-    url: str = ""
+    url: str = Field("", repr=False)
     password_file: Path | None = None
     delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
     heartbeat: int = Field(60, ge=0)
@@ -53,9 +69,7 @@ class BrokerConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if url and urlsplit(url).scheme not in ("amqp", "amqps", "sqlite"):
-            raise ValueError("must start with amqp://, amqps:// or sqlite:///")
-        return url
+        return config_checks.check_broker_url(url)
 
     @property
     def scheme(self) -> str:
@@ -80,6 +94,7 @@ class BrokerConfig(_Section):
             return url
         user = quote(unquote(parts.username or "guest"), safe="")
         host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
         port = f":{parts.port}" if parts.port else ""
         netloc = f"{user}:{quote(password, safe='')}@{host}{port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -122,6 +137,11 @@ class ClusterConfig(_Section):
     workdir: Path | None = None
     ssh: SSHConfig = SSHConfig()
 
+    @field_validator("default_time")
+    @classmethod
+    def _time_limit(cls, value: str) -> str | None:
+        return config_checks.check_time_limit(value)
+
     def job_workdir(self) -> Path:
         return (self.workdir or zhpc_home() / "jobs").expanduser()
 
@@ -130,10 +150,20 @@ class RecipesConfig(_Section):
     #: Directory of ``*.json``/``*.yaml`` recipes; None means the examples shipped with zhpc.
     directory: Path | None = None
 
+    @field_validator("directory")
+    @classmethod
+    def _existing(cls, path: Path | None) -> Path | None:
+        return config_checks.check_existing_directory(path)
+
 
 class StagingConfig(_Section):
     #: Only files under these roots may be staged into or out of a job.
     allowed_roots: list[Path] = []
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _absolute_roots(cls, roots: Any) -> Any:
+        return config_checks.check_allowed_roots(roots)
 
 
 class ServiceConfig(_Section):
@@ -158,6 +188,16 @@ class ScalerConfig(_Section):
     time: str | None = None
     partition: str | None = None
     interval: float = Field(60.0, gt=0)
+
+    @field_validator("time")
+    @classmethod
+    def _time_limit(cls, value: str | None) -> str | None:
+        return config_checks.check_time_limit(value)
+
+    @model_validator(mode="after")
+    def _job_counts(self) -> ScalerConfig:
+        config_checks.check_job_counts(self.min_jobs, self.max_jobs)
+        return self
 
 
 class LoggingConfig(_Section):
@@ -185,16 +225,6 @@ class Config(_Section):
 
     def scaler_for(self, name: str) -> ScalerConfig:
         return self.scaler.get(name) or ScalerConfig()
-
-
-def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def read_secret_file(path: Path) -> str:
@@ -251,6 +281,21 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {error['msg']}"
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader whose too-long integers are YAML errors with a line, not a traceback."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer with {len(str(node.value))} digits is too large",
+                node.start_mark) from None
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
 def parse_config(
     data: Any, *, source: Path | None = None, environment: str | None = None
 ) -> Config:
@@ -299,7 +344,7 @@ def load_config(
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -316,6 +361,6 @@ def load_config(
 
 def masked_dump(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with every secret masked."""
-    data = config.model_dump(mode="json", exclude={"environments"})
+    data = mask_secrets(config.model_dump(mode="json", exclude={"environments"}))
     data["broker"]["url"] = config.broker.display_url()
     return data
