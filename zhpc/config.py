@@ -28,7 +28,7 @@ from pydantic import (
 
 from zhpc import config_checks
 from zhpc.errors import ConfigError
-from zhpc.secrets import mask_secrets, mask_url
+from zhpc.masking import mask_secrets, mask_url
 
 DEFAULT_DELIVERY_LIMIT = 5
 

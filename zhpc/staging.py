@@ -22,6 +22,7 @@ import stat
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from zhpc.errors import StagingError
 
@@ -59,7 +60,7 @@ def check_allowed(
         )
     resolved = Path(text).resolve()
     allowed = resolved_roots(roots)
-    if any(resolved == root or resolved.is_relative_to(root) for root in allowed):
+    if _is_under(resolved, allowed):
         return resolved
     shown = ", ".join(str(root) for root in allowed)
     target = f" (resolves to {resolved})" if str(resolved) != os.path.normpath(text) else ""
@@ -110,13 +111,22 @@ def _plan_directory(top: Path, shown: str, roots: Sequence[Path]) -> list[tuple[
     return planned
 
 
+def _open_regular(source: Path) -> BinaryIO:
+    """``source`` (a resolved path) opened for reading; OSError if it is a link or not a
+    regular file, checked on the open file so that nothing swapped in since counts."""
+    # O_NONBLOCK: opening a FIFO must not block the job forever.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    reader = os.fdopen(os.open(source, flags), "rb")
+    if not stat.S_ISREG(os.fstat(reader.fileno()).st_mode):
+        reader.close()
+        raise OSError(errno.EINVAL, f"{source} is not a regular file")
+    return reader
+
+
 def _copy_file(source: Path, target: Path) -> None:
     """Copy contents, mode and times, refusing a source that became a link after the check."""
-    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as reader:
+    with _open_regular(source) as reader:
         status = os.fstat(reader.fileno())
-        if not stat.S_ISREG(status.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file any more")
         with open(target, "wb") as writer:
             shutil.copyfileobj(reader, writer, _COPY_BUFFER)
             os.fchmod(writer.fileno(), stat.S_IMODE(status.st_mode) & 0o777)
@@ -147,9 +157,12 @@ def stage_in(
                 f"inputs {names[path.name]} and {path} would both be staged as {path.name}"
             )
         names[path.name] = path
-        if path not in checked:
-            plan = _plan_directory(path, os.fspath(source), allowed) if path.is_dir() else None
-            checked[path] = plan
+        if path.is_dir():
+            checked[path] = _plan_directory(path, os.fspath(source), allowed)
+        elif path.is_file():
+            checked[path] = None
+        else:
+            raise StagingError(f"input {os.fspath(source)} is not a regular file or directory")
     copies = []
     for path, plan in checked.items():
         target = workdir / path.name
@@ -205,13 +218,14 @@ def stage_out(
     """
     base = workdir.resolve()
     files = list(files)
-    for file in files:
-        if not file.resolve().is_relative_to(base):
+    resolved = [file.resolve() for file in files]
+    for file, real in zip(files, resolved, strict=True):
+        if not real.is_relative_to(base):
             raise StagingError(f"result {file} is outside the job directory {base}")
     if destination is None:
-        return [file.resolve() for file in files]
+        return resolved
     target_dir = check_allowed(destination, roots, "results directory")
-    relatives = [file.resolve().relative_to(base) for file in files]
+    relatives = [real.relative_to(base) for real in resolved]
     for relative in relatives:
         _refuse_links_on_the_way(target_dir, relative)
     try:
@@ -219,9 +233,9 @@ def stage_out(
     except OSError as exc:
         raise StagingError(f"cannot create results directory {target_dir}: {exc}") from None
     copies = []
-    for file, relative in zip(files, relatives, strict=True):
+    for file, real, relative in zip(files, resolved, relatives, strict=True):
         try:
-            _write_result(file, target_dir, relative)
+            _write_result(real, target_dir, relative)
         except OSError as exc:
             raise StagingError(f"cannot copy result {file} to {target_dir}: {exc}") from None
         copies.append(target_dir / relative)
@@ -274,7 +288,7 @@ def _write_result(source: Path, target_dir: Path, relative: Path) -> None:
             inner = _open_directory(folder, directory, shown)
             os.close(directory)
             directory = inner
-        with open(source, "rb") as reader:
+        with _open_regular(source) as reader:
             status = os.fstat(reader.fileno())
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(temporary, flags, 0o600, dir_fd=directory)

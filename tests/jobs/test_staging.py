@@ -221,3 +221,6 @@ def test_stage_in_refuses_what_cannot_be_copied_faithfully(
     with pytest.raises(StagingError, match=expected):
         stage_in([str(tree)], work, [root])
     assert list(work.iterdir()) == []
+    if kind == "fifo":  # named directly, a FIFO must not block the job either
+        with pytest.raises(StagingError, match="not a regular file or directory"):
+            stage_in([str(entry)], work, [root])
