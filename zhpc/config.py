@@ -21,7 +21,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,7 +42,7 @@ class _Section(BaseModel):
 
     @field_validator("*")
     @classmethod
-    def _bounded_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _bounded_numbers(cls, value: Any) -> Any:
         """Free values too (``parameters``): no NaN, no infinity, no integer beyond 64 bits."""
         return config_checks.check_bounded_numbers(value)
 
