@@ -175,3 +175,125 @@ def test_sqlite_urls(url: str, expected: str) -> None:
     from zhpc.config import BrokerConfig
 
     assert str(BrokerConfig(url=url).sqlite_path()) == expected
+
+
+BIG = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # issue 12.11: a raw '#', '/' or '?' in the password ends the host part; never connects.
+        ("broker: {url: 'amqp://zhpc:hun#ter2@rabbit:5672/'}", "broker.url: Value error, does not "
+         "parse as user:password@host:port/vhost; percent-encode"),
+        ("broker: {url: 'amqp://zhpc:hun/ter2@rabbit:5672/'}", "broker.url: Value error, does not"),
+        ("broker: {url: 'amqp://zhpc:hun?ter2@rabbit:5672/'}", "broker.url: Value error, does not"),
+        ("broker: {url: 'amqp://zhpc:12/hunter2@rabbit:5672/'}", "broker.url: Value error, does"),
+        ("broker: {url: 'amqp://[::1/'}", "broker.url: Value error, does not parse as a URL"),
+        ("broker: {url: 'sqlite:///tmp/b.sqlite#x'}", "broker.url: Value error, a sqlite:/// path"),
+        # issue 12.14: port out of range, non-finite numbers, 5000-digit integers.
+        ("broker: {url: 'amqp://zhpc:hunter2@rabbit:99999/'}", "broker.url: Value error, the port"
+         " must be a number from 1 to 65535"),
+        ("services: {x: {max_runtime: .inf}}", "services.x.max_runtime: Input should be a finite"),
+        ("broker: {retry_delay: 1e400}", "broker.retry_delay: Input should be a finite number"),
+        (f"broker: {{delivery_limit: {BIG}}}", "invalid YAML (line 1, column 26): integer with "
+         "5000 digits is too large"),
+        (f"services: {{x: {{parameters: {{n: {BIG}}}}}}}", "integer with 5000 digits"),
+        ("broker: {delivery_limit: 99999999999999999999}", "broker.delivery_limit: Value error, "
+         "integer out of range"),
+        ("services: {x: {parameters: {a: [1, {b: .nan}]}}}", "services.x.parameters: Value error, "
+         "a[1].b: must be a finite number"),
+        # issue 12.15: what used to pass `config check` and fail in a job later.
+        ("cluster: {default_time: soon}", "cluster.default_time: Value error, "
+         "bad time limit 'soon'"),
+        ("cluster: {default_time: '\u0661:00:00'}", "cluster.default_time: Value error, bad time"),
+        ("scaler: {x: {time: '-5'}}", "scaler.x.time: Value error, bad time limit '-5'"),
+        ("scaler: {x: {min_jobs: 5, max_jobs: 2}}", "scaler.x: Value error, min_jobs (5) must not "
+         "be more than max_jobs (2)"),
+        ("recipes: {directory: /no/such/recipes}", "recipes.directory: Value error, "
+         "/no/such/recipes does not exist"),
+        ("recipes: {directory: /etc/hostname}", "recipes.directory: Value error, /etc/hostname is "
+         "not a directory"),
+        ("staging: {allowed_roots: [data]}", "staging.allowed_roots: Value error, entry 1 ('data')"
+         " must be an absolute path"),
+        ("staging: {allowed_roots: [/dls, '']}", "staging.allowed_roots: Value error, entry 2 is "
+         "empty"),
+        ("staging: {allowed_roots: ['/']}", "would allow every file on the machine"),
+    ],
+)
+def test_configs_that_would_fail_later_are_refused_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    path = write(tmp_path / "bad.yaml", text + "\n")
+    for action in ("check", "show"):
+        assert main(["--config", str(path), "config", action]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.count("\n") == 1, captured.err
+        assert captured.err.startswith(f"zhpc: error: {path}: "), captured.err
+        assert expected in captured.err
+        assert "hunter2" not in captured.err and "internal error" not in captured.err
+
+
+def test_good_values_next_to_the_new_checks_still_pass(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    path = write(tmp_path / "c.yaml", f"""
+broker: {{url: 'amqp://zhpc:hun%23ter%2F2@[::1]:5672/%2F', delivery_limit: 9223372036854775807}}
+cluster: {{default_time: "2-00:00:00"}}
+recipes: {{directory: {tmp_path / 'recipes'}}}
+staging: {{allowed_roots: [/dls, "~/data"]}}
+scaler: {{double: {{time: "30", min_jobs: 2, max_jobs: 2}}}}
+services: {{x: {{parameters: {{ratio: 0.5, id: -9223372036854775808}}}}}}
+""")
+    config = load_config(path)
+    assert config.broker.password() == "hun#ter/2"
+    assert config.broker.connection_url() == "amqp://zhpc:hun%23ter%2F2@[::1]:5672/%2F"
+    assert config.recipes.directory == tmp_path / "recipes"
+    assert config.staging.allowed_roots == [Path("/dls"), Path("~/data")]
+    assert "hun" not in repr(config.broker)
+
+
+def test_config_show_masks_secret_parameters_and_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path / "c.yaml", """
+broker: {url: 'amqp://zhpc:hunter1@rabbit:5672/'}
+services:
+  ispyb:
+    parameters:
+      ispyb_password: hunter2
+      db_url: "mysql://ispyb:hunter3@db.example/ispyb"
+      raw_url: "mysql://ispyb:hun#ter/4@db.example/ispyb"
+      API-Token: hunter5
+      credentials: {user: me, secret: hunter6}
+      routing_key: visible-rk
+      key_file: /etc/zhpc/visible.key
+""")
+    assert main(["--config", str(path), "config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter" not in out, out
+    for shown in ("amqp://zhpc:***@rabbit:5672/", "ispyb_password: '***'",
+                  "db_url: mysql://ispyb:***@db.example/ispyb",
+                  "raw_url: mysql://ispyb:***@db.example/ispyb", "API-Token: '***'",
+                  "credentials: '***'", "routing_key: visible-rk",
+                  "key_file: /etc/zhpc/visible.key"):
+        assert shown in out, (shown, out)
+    assert main(["--config", str(path), "config", "check"]) == 0
+    assert "hunter" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("amqp://u:pw@h:5672/v", "amqp://u:***@h:5672/v"),
+        ("amqp://u:p#ss/w?rd@h:5672/", "amqp://u:***@h:5672/"),
+        ("mysql://u:p@ss@db/x", "mysql://u:***@db/x"),
+        ("amqp://u@h/", "amqp://u@h/"),
+        ("amqp://h:99999/", "amqp://h:99999/"),
+        ("https://example.org/a:b@c", "https://example.org/a:b@c"),
+    ],
+)
+def test_mask_url_hides_passwords_the_parser_cannot_see(url: str, masked: str) -> None:
+    from zhpc.config import mask_url  # also what the RabbitMQ transport logs with
+
+    assert mask_url(url) == masked

@@ -108,3 +108,58 @@ def test_installed_command_never_shows_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout.strip() == f"{path}: nested too deeply"
+
+
+HOSTILE_NAMES = ["a|b", "x]y", "p)q", "%%gone", "#quot;lit", "new\nline", "back\\", "{c}"]
+
+
+def hostile_recipe(tmp_path: Path) -> Path:
+    """Output, service and queue names that end Mermaid labels or start comments."""
+    path = tmp_path / "hostile.json"
+    outputs = {name: [2 + number % 2] for number, name in enumerate(HOSTILE_NAMES)}
+    path.write_text(json.dumps({
+        "1": {"queue": "q]u)e|ue", "service": "%%svc [x] (y) {z}\nnext", "output": outputs},
+        "2": {"queue": "two"}, "3": {"queue": "three"}, "start": [[1, {}]]}))
+    return path
+
+
+def test_mermaid_labels_survive_any_name(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12.18: every statement keeps its shape and every label decodes to the name."""
+    import re
+
+    assert main(["recipe", "show", str(hostile_recipe(tmp_path)), "--format", "mermaid"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["flowchart TD", '    start(["start"])']
+    # Nothing that could end a label or start a comment: only entity codes and line breaks.
+    label = r'(?:[^"\[\]()|{}%\n;`<>#]|#\w+;|<br/>)*'
+    node = re.compile(rf'    n\d+(\["(?P<label>{label})"\]|\{{\{{"{label}"\}}\}})\Z')
+    edge = re.compile(rf"    (start|n\d+) -->(\|(?P<label>{label})\|)? n\d+\Z")
+    nodes = [node.match(line) for line in lines[2:] if node.match(line)]
+    edges = [edge.match(line) for line in lines[2:] if edge.match(line)]
+    assert len(nodes) + len(edges) == len(lines) - 2, lines
+    assert len(nodes) == 3 and len(edges) == 1 + len(HOSTILE_NAMES)
+
+    def decode(text: str) -> str:
+        named = {"quot": '"', "lt": "<", "gt": ">"}
+        return re.sub(r"#(\d+|quot|lt|gt);",
+                      lambda m: named.get(m[1]) or chr(int(m[1])), text)
+
+    assert [decode(m["label"]) for m in edges if m["label"]] == HOSTILE_NAMES
+    assert decode(nodes[0]["label"]).split("<br/>") == ["1", "%%svc [x] (y) {z}\nnext",
+                                                        "queue: q]u)e|ue"]
+
+
+def test_dot_labels_survive_any_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    assert main(["recipe", "show", str(hostile_recipe(tmp_path)), "--format", "dot"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    quoted = r'"(?:[^"\\\n]|\\.)*"'
+    statement = re.compile(rf"    (rankdir=TB|\w+( -> \w+)?( \[\w+=(\w+|{quoted})"
+                           rf"(, \w+=(\w+|{quoted}))*\])?);\Z")
+    assert lines[0] == "digraph recipe {" and lines[-1] == "}"
+    assert all(statement.match(line) for line in lines[1:-1]), lines
+    labels = [json.loads(m) for m in re.findall(r'label=("(?:[^"\\]|\\.)*")', "\n".join(lines))
+              if m != '"start"']
+    assert labels[-len(HOSTILE_NAMES):] == HOSTILE_NAMES

@@ -15,11 +15,20 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
-from zhpc import plugins
+from zhpc import config_checks, plugins
 from zhpc.errors import ConfigError
+from zhpc.masking import mask_secrets, mask_url
 
 DEFAULT_DELIVERY_LIMIT = 5
 
@@ -30,7 +39,13 @@ def zhpc_home() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded_numbers(cls, value: Any) -> Any:
+        """Free values too (``parameters``): no NaN, no infinity, no integer beyond 64 bits."""
+        return config_checks.check_bounded_numbers(value)
 
 
 class TLSConfig(_Section):
@@ -49,7 +64,7 @@ class BrokerConfig(_Section):
     """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``: a scheme that an
     installed transport serves (the ``zhpc.transports`` entry points)."""
 
-    url: str = ""
+    url: str = Field("", repr=False)
     password_file: Path | None = None
     delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
     heartbeat: int = Field(60, ge=0)
@@ -60,10 +75,7 @@ class BrokerConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        schemes = plugins.names(plugins.TRANSPORTS)
-        if url and urlsplit(url).scheme not in schemes:
-            raise ValueError(f"must start with {_one_of([f'{s}://' for s in schemes])}")
-        return url
+        return config_checks.check_broker_url(url, plugins.names(plugins.TRANSPORTS))
 
     @property
     def scheme(self) -> str:
@@ -88,6 +100,7 @@ class BrokerConfig(_Section):
             return url
         user = quote(unquote(parts.username or "guest"), safe="")
         host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
         port = f":{parts.port}" if parts.port else ""
         netloc = f"{user}:{quote(password, safe='')}@{host}{port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
@@ -141,6 +154,11 @@ class ClusterConfig(_Section):
                                       {"expected": expected})
         return backend
 
+    @field_validator("default_time")
+    @classmethod
+    def _time_limit(cls, value: str) -> str | None:
+        return config_checks.check_time_limit(value)
+
     def job_workdir(self) -> Path:
         return (self.workdir or zhpc_home() / "jobs").expanduser()
 
@@ -149,10 +167,20 @@ class RecipesConfig(_Section):
     #: Directory of ``*.json``/``*.yaml`` recipes; None means the examples shipped with zhpc.
     directory: Path | None = None
 
+    @field_validator("directory")
+    @classmethod
+    def _existing(cls, path: Path | None) -> Path | None:
+        return config_checks.check_existing_directory(path)
+
 
 class StagingConfig(_Section):
     #: Only files under these roots may be staged into or out of a job.
     allowed_roots: list[Path] = []
+
+    @field_validator("allowed_roots", mode="before")
+    @classmethod
+    def _absolute_roots(cls, roots: Any) -> Any:
+        return config_checks.check_allowed_roots(roots)
 
 
 class ServiceConfig(_Section):
@@ -182,6 +210,16 @@ class ScalerConfig(_Section):
     time: str | None = None
     partition: str | None = None
     interval: float = Field(60.0, gt=0)
+
+    @field_validator("time")
+    @classmethod
+    def _time_limit(cls, value: str | None) -> str | None:
+        return config_checks.check_time_limit(value)
+
+    @model_validator(mode="after")
+    def _job_counts(self) -> ScalerConfig:
+        config_checks.check_job_counts(self.min_jobs, self.max_jobs)
+        return self
 
 
 class QuarantineConfig(_Section):
@@ -239,16 +277,6 @@ class Config(_Section):
         return self.scaler.get(name) or ScalerConfig()
 
 
-def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 def read_secret_file(path: Path) -> str:
     """Read a secret, refusing a file that group or others may read or write."""
     path = path.expanduser()
@@ -303,6 +331,21 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {error['msg']}"
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader whose too-long integers are YAML errors with a line, not a traceback."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"integer with {len(str(node.value))} digits is too large",
+                node.start_mark) from None
+
+
+_ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)
+
+
 def parse_config(
     data: Any, *, source: Path | None = None, environment: str | None = None
 ) -> Config:
@@ -353,7 +396,7 @@ def load_config(
     import yaml  # only where a file is read: the embedded default needs no YAML parser
 
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -370,7 +413,7 @@ def load_config(
 
 def masked_dump(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with every secret masked."""
-    data = config.model_dump(mode="json", exclude={"environments"})
+    data = mask_secrets(config.model_dump(mode="json", exclude={"environments"}))
     data["broker"]["url"] = config.broker.display_url()
     data["quarantine"]["url"] = mask_url(config.quarantine.url)
     return data

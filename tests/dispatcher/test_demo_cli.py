@@ -79,3 +79,56 @@ def test_demo_refuses_a_timeout_that_is_not_positive(tmp_path: Path, timeout: st
         capture_output=True, text=True, timeout=60, env=demo_env(tmp_path),
     )
     assert (result.returncode, result.stderr) == (2, "zhpc: error: --timeout must be positive\n")
+
+
+def run_demo(home: Path, tmp_path: Path, timeout: str = "60") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zhpc", "demo", "--home", str(home), "--timeout", timeout],
+        capture_output=True, text=True, timeout=120, env=demo_env(tmp_path), cwd=tmp_path,
+    )
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    """Issue 12.20: a user's zhpc.yaml and queued messages are left exactly as they were."""
+    from zhpc.message import Outgoing
+    from zhpc.transport.embedded import EmbeddedTransport
+
+    home = tmp_path / "users-state"
+    home.mkdir()
+    (home / "zhpc.yaml").write_text("broker: {url: 'amqp://zhpc@rabbit.example/'}\n")
+    with EmbeddedTransport(home / "broker.sqlite") as transport:
+        transport.publish(Outgoing(destination="processing_recipe", body=b'{"recipes": []}'))
+        assert transport.queue_depth("processing_recipe").ready == 1
+    before = snapshot(home)
+    result = run_demo(home, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (f"zhpc: error: --home {home} is not empty and was not made by zhpc "
+                             "demo; name a new or empty directory (the demo would replace its "
+                             "zhpc.yaml and consume the messages in its broker.sqlite)\n")
+    assert result.stdout == ""
+    assert snapshot(home) == before
+    assert processes_in(home) == []
+    with EmbeddedTransport(home / "broker.sqlite") as transport:
+        assert transport.queue_depth("processing_recipe").ready == 1
+    afile = tmp_path / "a-file"
+    afile.write_text("mine\n")
+    result = run_demo(afile, tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2, f"zhpc: error: --home {afile} exists and is not a directory\n")
+    assert afile.read_text() == "mine\n"
+
+
+def test_demo_reuses_an_empty_directory_and_its_own(tmp_path: Path) -> None:
+    home = tmp_path / "empty"
+    home.mkdir()
+    for _ in range(2):  # the second run finds the first run's files and its marker
+        result = run_demo(home, tmp_path, timeout="0.01")
+        assert result.returncode == 2
+        assert result.stderr.startswith("zhpc: error: timed out waiting for the services"), (
+            result.stderr)
+        assert (home / "zhpc.yaml").is_file() and (home / ".zhpc-demo").is_file()

@@ -1,7 +1,9 @@
 """``zhpc demo``: run the example recipe end to end on this machine, nothing to set up.
 
 Everything lives in a fresh directory (a new temporary one, or ``--home``):
-the embedded broker's database, the service logs, the output file. The
+the embedded broker's database, the service logs, the output file. ``--home``
+must be new, empty, or marked as made by an earlier demo: any other directory
+may hold someone's configuration and queued messages. The
 Dispatcher, ``double`` and ``jsonlines`` run as separate local processes,
 exactly as ``zhpc service -s NAME`` would run them in a batch job, and the
 request goes through the same path as ``zhpc go``. Progress comes from the
@@ -29,6 +31,8 @@ SERVICES = ("dispatcher", "double", "jsonlines")
 RECIPE = "demo"
 OUTPUT_NAME = "demo.jsonl"
 STOP_TIMEOUT = 15.0
+#: Marks a directory the demo made, so a second run may reuse it (and nothing else).
+MARKER = ".zhpc-demo"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "step, and stop everything again.",
     )
     parser.add_argument("--home", metavar="DIR",
-                        help="directory for the demo's state (default: a new temporary one)")
+                        help="directory for the demo's state: new, empty, or one an earlier "
+                        "demo made (default: a new temporary one)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                         help="give up if the result has not arrived by then (default: 60)")
     parser.set_defaults(handler=_run)
@@ -85,6 +90,27 @@ def _run(args: argparse.Namespace) -> int:
         _stop_all(demo)
 
 
+def _claim(home: Path) -> None:
+    """Take ``home`` for the demo only if it is new, empty, or the demo's own (marked).
+
+    Anything else may be someone's state: the demo would replace its ``zhpc.yaml`` and
+    its services would consume the messages waiting in its ``broker.sqlite``.
+    """
+    from zhpc.errors import ZhpcError
+
+    marker = home / MARKER
+    if home.is_dir():
+        if not marker.is_file() and any(home.iterdir()):
+            raise ZhpcError(f"--home {home} is not empty and was not made by zhpc demo; "
+                            "name a new or empty directory (the demo would replace its "
+                            "zhpc.yaml and consume the messages in its broker.sqlite)")
+    elif home.exists() or home.is_symlink():
+        raise ZhpcError(f"--home {home} exists and is not a directory")
+    home.mkdir(parents=True, exist_ok=True)
+    marker.write_text("Made by zhpc demo, which may replace anything here when it runs again.\n",
+                      encoding="utf-8")
+
+
 def _prepare(home: Path) -> _Demo:
     """A configuration of our own, so the user's config and state are never touched."""
     import yaml
@@ -92,6 +118,7 @@ def _prepare(home: Path) -> _Demo:
     from zhpc.errors import ZhpcError
 
     try:
+        _claim(home)
         (home / "logs").mkdir(parents=True, exist_ok=True)
         config_file = home / "zhpc.yaml"
         config = {

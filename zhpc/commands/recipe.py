@@ -145,8 +145,22 @@ def render_text(recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
+#: Characters a Mermaid label may hold as they are; everything else becomes an entity code.
+_MERMAID_PLAIN = frozenset(" _-.,:/=+@")
+_MERMAID_NAMED = {'"': "#quot;", "<": "#lt;", ">": "#gt;"}
+
+
 def _mermaid_text(text: str) -> str:
-    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    """``text`` as Mermaid entity codes wherever it could end a label or start a comment.
+
+    Recipe names, services and output names come from users: ``|`` ends an edge label,
+    ``]`` and ``)`` end a node, ``%%`` starts a comment and a newline starts a new
+    statement. ``#`` is encoded too, so text that looks like an entity code stays text.
+    """
+    return "".join(
+        c if c.isalnum() or c in _MERMAID_PLAIN else _MERMAID_NAMED.get(c, f"#{ord(c)};")
+        for c in text
+    )
 
 
 def render_mermaid(recipe: Recipe) -> str:
@@ -167,7 +181,10 @@ def render_mermaid(recipe: Recipe) -> str:
 
 
 def _dot_text(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    """``text`` inside a DOT double-quoted string: backslashes and quotes escaped, and no raw
+    control characters (a newline is shown as a line break, others as U+FFFD)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return "".join(c if c.isprintable() else "\ufffd" for c in escaped)
 
 
 def render_dot(recipe: Recipe) -> str:
