@@ -139,7 +139,11 @@ class Recipe:
     # links ------------------------------------------------------------------
 
     def links(self, node: int, kind: str = "output") -> dict[str | None, list[int]]:
-        """Targets of a node's ``output`` or ``error``: ``{None: [...]}`` or by name."""
+        """Targets of a node's ``output`` or ``error``: ``{None: [...]}`` or by name.
+
+        Shows whatever makes sense, even in an invalid recipe: a channel whose
+        targets are neither a node number nor a list is left out.
+        """
         step = self.nodes.get(node)
         return parse_links(step.get(kind)).by_channel() if isinstance(step, dict) else {}
 
