@@ -87,6 +87,10 @@ def broken(change: Any) -> list[str]:
     (lambda d: d["1"]["output"].update(success=[8]), "node 1: output.success: node 8 does not"),
     (lambda d: d["1"].update(error={"a": 4}), "node 1: error: must be a node number or a list"),
     (lambda d: d["1"].update(error=[4.5]), "node 1: error: 4.5 is not a node number"),
+    (lambda d: d["1"].update(error="x"),
+     "node 1: error: must be a node number, a list of them, or named outputs, not 'x'"),
+    (lambda d: d["1"]["output"].update({"": [2]}),
+     "node 1: output: output name '' must be a non-empty string"),
     (lambda d: d["5"].update(output=2), "cycle: 2 -> 5 -> 2"),
     (lambda d: d["5"].update(output=5), "cycle: 5 -> 5"),
     (lambda d: d.update({"8": {"queue": "lonely"}}), "node 8: unreachable"),
@@ -107,6 +111,18 @@ def broken(change: Any) -> list[str]:
 def test_every_problem_names_where_it_is(change: Any, expected: str) -> None:
     problems = broken(change)
     assert any(expected in p for p in problems), problems
+
+
+def test_links_show_what_makes_sense_even_in_a_broken_recipe() -> None:
+    recipe = Recipe({"1": {"queue": "a", "output": {"ok": 2, "all": [2, 3], "none": None,
+                                                    "text": "ab"}, "error": {"e": 3}},
+                     "2": {"queue": "b", "output": 3, "error": "x"}, "3": {"queue": "c"},
+                     "start": [[1, None]]})
+    assert recipe.links(1) == {"ok": [2], "all": [2, 3]}
+    assert recipe.links(1, "error") == {"e": [3]}
+    assert recipe.links(2) == {None: [3]}
+    assert recipe.links(2, "error") == {}
+    assert recipe.links(3) == {} and recipe.links(9) == {}
 
 
 def test_duplicate_node_keys_are_reported() -> None:
@@ -214,6 +230,12 @@ def test_garbage_never_escapes_as_another_exception(data: Any) -> None:
      "step 1 output 'ok': node 2 has no queue or topic"),
     ({"recipe": {"1": {"queue": "a", "error": "x"}}, "recipe-pointer": 1},
      "step 1 error: 'x' is not a valid link"),
+    ({"recipe": {"1": {"queue": "a", "error": {"e": 1}}}, "recipe-pointer": 1},
+     r"step 1 error: \{'e': 1\} is not a valid link"),
+    ({"recipe": {"1": {"queue": "a", "output": [1, "x"]}}, "recipe-pointer": 1},
+     r"step 1 output: \[1, 'x'\] is not a list of node numbers"),
+    ({"recipe": {"1": {"queue": "a", "output": {"ok": 1, "no": "x"}}}, "recipe-pointer": 1},
+     "step 1 output 'no': 'x' is not a list of node numbers"),
 ])
 def test_bad_message_bodies(body: Any, expected: str) -> None:
     with pytest.raises(RecipeError, match=expected):

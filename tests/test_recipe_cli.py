@@ -38,6 +38,22 @@ def test_validate_reports_one_line_per_problem(tmp_path: Path,
     assert len(out) == 6
 
 
+@pytest.mark.parametrize("form", ["text", "mermaid", "dot"])
+def test_show_draws_a_recipe_with_malformed_links(form: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Links that make no sense are left out of the drawing and listed as problems."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"1": {"queue": "a", "output": {"ok": 2, "s": None, "t": "ab"}},
+                               "2": {"queue": "b"}, "start": [[1, {}]]}))
+    assert main(["recipe", "show", str(bad), "--format", form]) == 1
+    out, err = capsys.readouterr()
+    assert "2" in out and "internal error" not in err
+    assert err.splitlines() == [
+        f"{bad}: node 1: output.s: must be a node number or a list of them, not None",
+        f"{bad}: node 1: output.t: must be a node number or a list of them, not 'ab'",
+    ]
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_show_mermaid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["recipe", "show", name, "--format", "mermaid"]) == 0

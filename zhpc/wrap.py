@@ -148,14 +148,12 @@ class _Heartbeat(threading.Thread):
 def substitute(value: Any, names: dict[str, Any], what: str) -> Any:
     """``{name}`` templates in every string of ``value``, each string on its own."""
     from zhpc.errors import RecipeError
-    from zhpc.recipe import Recipe
+    from zhpc.recipe import substitute as substitute_parameters
 
-    holder = Recipe({"value": value}, source=what)
     try:
-        holder.apply_parameters(names)
+        return substitute_parameters(value, names)
     except RecipeError as exc:
         raise ZhpcError(f"{what}: {exc}") from None
-    return holder.data["value"]
 
 
 # -- the run ---------------------------------------------------------------------------

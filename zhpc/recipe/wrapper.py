@@ -1,0 +1,366 @@
+"""One step of a running recipe, producing the messages that step sends.
+
+Nothing here does I/O: a transport publishes what the wrapper produces, a
+service decides when.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from zhpc.errors import RecipeError
+from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message, Outgoing
+from zhpc.recipe.data import DIGITS, is_node_number, json_default, short
+from zhpc.recipe.links import parse_links
+from zhpc.recipe.recipe import Recipe
+
+__all__ = ["BODY_KEYS", "RecipeWrapper"]
+
+#: Keys of a workflows recipe message body.
+BODY_KEYS = ("environment", "payload", "recipe", "recipe-path", "recipe-pointer")
+
+_ID_NAMESPACE = uuid.UUID("6b1f3c52-4a8e-4a43-9d55-0c6f7d1e2a90")
+
+
+class RecipeWrapper:
+    """A recipe positioned at one step, producing the messages that step sends.
+
+    Every produced :class:`~zhpc.message.Outgoing` goes to ``emit`` (by default
+    appended to :attr:`outbox`) and is also returned, so a service can buffer a
+    step's outputs and publish them before it acknowledges its input. Message
+    ids are derived from the input's id and a counter: a service that redoes
+    the same work after a crash produces the same ids, so duplicates can be
+    recognised downstream.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe | Mapping[Any, Any],
+        *,
+        pointer: int | None = None,
+        path: list[int] | None = None,
+        environment: dict[str, Any] | None = None,
+        payload: Any = None,
+        emit: Callable[[Outgoing], None] | None = None,
+        message_id: str | None = None,
+    ) -> None:
+        self.recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        if pointer is not None and not isinstance(self.recipe.nodes.get(pointer), dict):
+            raise RecipeError(f"recipe-pointer {pointer} names no step of the recipe")
+        self.recipe_pointer = pointer
+        self.recipe_path: list[int] = list(path or [])
+        self.environment: dict[str, Any] = environment if environment is not None else {}
+        self.payload = payload
+        self.default_channel: str | None = None
+        self.outbox: list[Outgoing] = []
+        self.emit: Callable[[Outgoing], None] = emit or self.outbox.append
+        self._id_base = message_id or uuid.uuid4().hex
+        self._sequence = 0
+
+    # construction -----------------------------------------------------------
+
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: Recipe | Mapping[Any, Any],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        environment: dict[str, Any] | None = None,
+        emit: Callable[[Outgoing], None] | None = None,
+    ) -> RecipeWrapper:
+        """A new recipe instance, ready for :meth:`start`: parameters applied, validated,
+        and a fresh ``environment["ID"]`` (as Zocalo's dispatcher assigns)."""
+        recipe = recipe.copy() if isinstance(recipe, Recipe) else Recipe(recipe)
+        if parameters:
+            recipe.apply_parameters(parameters)
+        recipe.validate()
+        environment = dict(environment or {})
+        environment.setdefault("ID", str(uuid.uuid4()))
+        return cls(recipe, environment=environment, emit=emit)
+
+    @classmethod
+    def from_message(
+        cls, message: Message, emit: Callable[[Outgoing], None] | None = None
+    ) -> RecipeWrapper:
+        """The step a received message points at; RecipeError says why it cannot be one."""
+        if not message.is_recipe:
+            raise RecipeError(f"message on {message.queue!r} is not a recipe message "
+                              f"(no '{RECIPE_HEADER}' header)")
+        if message.malformed:
+            raise RecipeError(f"message on {message.queue!r}: {message.malformed}")
+        message_id = message.headers.get(MESSAGE_ID_HEADER) or message.message_id
+        return cls.from_body(message.json(), emit=emit, decoded=True,
+                             message_id=str(message_id) if message_id else None)
+
+    @classmethod
+    def from_body(
+        cls,
+        body: Any,
+        headers: Mapping[str, Any] | None = None,
+        *,
+        emit: Callable[[Outgoing], None] | None = None,
+        message_id: str | None = None,
+        decoded: bool = False,
+    ) -> RecipeWrapper:
+        """From a decoded message body (and its headers, if any are to be checked).
+
+        ``decoded`` says the body came straight from ``json.loads`` and is not
+        shared, so the recipe need not be copied and checked for non-JSON values.
+        """
+        if headers is not None:
+            if not Message(b"", dict(headers), "").is_recipe:
+                raise RecipeError(f"not a recipe message (no '{RECIPE_HEADER}' header)")
+            message_id = message_id or headers.get(MESSAGE_ID_HEADER)
+        if not isinstance(body, dict):
+            raise RecipeError(f"recipe message body must be a JSON object, "
+                              f"not {type(body).__name__}")
+        if not isinstance(body.get("recipe"), dict) or not body["recipe"]:
+            raise RecipeError("recipe message has no 'recipe' object")
+        pointer = body.get("recipe-pointer")
+        if isinstance(pointer, str) and DIGITS.match(pointer):
+            pointer = int(pointer)
+        if not is_node_number(pointer) or pointer < 1:
+            raise RecipeError(f"recipe message: recipe-pointer {short(pointer)} "
+                              "is not a node number")
+        path = body.get("recipe-path", [])
+        if not isinstance(path, list) or not all(is_node_number(p) for p in path):
+            raise RecipeError(f"recipe message: recipe-path {short(path)} "
+                              "is not a list of node numbers")
+        environment = body.get("environment", {})
+        if not isinstance(environment, dict):
+            raise RecipeError(f"recipe message: environment must be an object, "
+                              f"not {type(environment).__name__}")
+        recipe = Recipe(body["recipe"], source="recipe message", _decoded=decoded)
+        step = recipe.nodes.get(pointer)
+        if not isinstance(step, dict):
+            raise RecipeError(f"recipe message: recipe-pointer {pointer} names no step "
+                              f"(steps: {sorted(recipe.nodes)})")
+        for kind in ("output", "error"):
+            for name, targets in _checked_links(pointer, step, kind).items():
+                for target in targets:
+                    _destination_problem(recipe, target, f"step {pointer} {kind}"
+                                         + (f" {name!r}" if name else ""))
+        return cls(recipe, pointer=pointer, path=path, environment=environment,
+                   payload=body.get("payload"), emit=emit, message_id=message_id)
+
+    # state ------------------------------------------------------------------
+
+    @property
+    def recipe_step(self) -> dict[str, Any] | None:
+        """The current step's mapping (None before :meth:`start`)."""
+        if self.recipe_pointer is None:
+            return None
+        return self.recipe.nodes[self.recipe_pointer]
+
+    @property
+    def recipe_id(self) -> str | None:
+        value = self.environment.get("ID")
+        return None if value is None else str(value)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        step = self.recipe_step or {}
+        parameters = step.get("parameters")
+        return parameters if isinstance(parameters, dict) else {}
+
+    def set_default_channel(self, channel: str | None) -> None:
+        """Make one named output what :meth:`send` uses (as in workflows)."""
+        self.default_channel = channel
+
+    # producing messages -----------------------------------------------------
+
+    def start(self, *, headers: Mapping[str, Any] | None = None,
+              delay: float | None = None, expiration: float | None = None) -> list[Outgoing]:
+        """The messages that start a new recipe instance, one per ``start`` entry."""
+        if self.recipe_pointer is not None:
+            raise RecipeError("this recipe has already been started")
+        if not self.recipe.start:
+            raise RecipeError("recipe has no start entries")
+        planned = []
+        for entry in self.recipe.start:
+            if not (isinstance(entry, list) and len(entry) == 2):
+                raise RecipeError(f"start entry {short(entry)} is not a [node, payload] pair")
+            planned.append((entry[0], entry[1]))
+        return self._emit_all(planned, headers, delay, expiration, add_path_step=True)
+
+    def send(self, payload: Any, *, headers: Mapping[str, Any] | None = None,
+             delay: float | None = None, expiration: float | None = None) -> list[Outgoing]:
+        """Send ``payload`` to the step's unnamed outputs (or the default channel).
+
+        A step without outputs is an end point: nothing is sent. A step with
+        named outputs and no default channel raises: the payload would be lost.
+        """
+        step = self._step()
+        if "output" not in step:
+            return []
+        output = step["output"]
+        if isinstance(output, dict):
+            if self.default_channel is None:
+                names = ", ".join(map(str, output)) or "none"
+                raise RecipeError(
+                    f"step {self.recipe_pointer} has named outputs ({names}) and no default "
+                    "channel: use send_to(name, ...) or set_default_channel(name)")
+            return self.send_to(self.default_channel, payload, headers=headers,
+                                delay=delay, expiration=expiration)
+        targets = _checked_links(self.recipe_pointer, step, "output").get(None, [])
+        return self._emit_all([(t, payload) for t in targets], headers, delay, expiration)
+
+    def send_to(self, channel: str, payload: Any, *, headers: Mapping[str, Any] | None = None,
+                delay: float | None = None, expiration: float | None = None) -> list[Outgoing]:
+        """Send ``payload`` to the named output ``channel``.
+
+        As in workflows, a channel the recipe does not connect is dropped on
+        purpose (outputs such as ``failure`` are optional); the empty list says so.
+        """
+        step = self._step()
+        if "output" not in step:
+            return []
+        output = step["output"]
+        if not isinstance(output, dict):
+            if self.default_channel == channel:
+                return self.send(payload, headers=headers, delay=delay, expiration=expiration)
+            return []
+        if channel not in output:
+            return []
+        targets = _checked_links(self.recipe_pointer, step, "output").get(channel, [])
+        return self._emit_all([(t, payload) for t in targets], headers, delay, expiration)
+
+    def checkpoint(self, payload: Any, *, delay: float = 0,
+                   headers: Mapping[str, Any] | None = None,
+                   expiration: float | None = None) -> list[Outgoing]:
+        """Send ``payload`` back to this same step, optionally after ``delay`` seconds.
+
+        The recipe path is not extended and the step's own ``transport-delay``
+        does not apply (as in workflows).
+        """
+        self._step()
+        return self._emit_all([(self.recipe_pointer, payload)], headers, delay, expiration,
+                              add_path_step=False)
+
+    def error_targets(self) -> list[int]:
+        """Where :meth:`send_error` goes: the step's ``error`` nodes, else the recipe's."""
+        step = self._step()
+        if "error" in step:
+            return _checked_links(self.recipe_pointer, step, "error").get(None, [])
+        targets = self.recipe.data.get("error", [])
+        return list(targets) if isinstance(targets, list) else []
+
+    def send_error(self, details: Any, *, headers: Mapping[str, Any] | None = None,
+                   expiration: float | None = None) -> list[Outgoing]:
+        """Route ``details`` to the error steps; an empty list means no error route
+        exists, and the caller must keep the input (dead-letter it), not drop it."""
+        targets = self.error_targets()
+        return self._emit_all([(t, details) for t in targets], headers, None, expiration)
+
+    # internals --------------------------------------------------------------
+
+    def _step(self) -> dict[str, Any]:
+        step = self.recipe_step
+        if step is None:
+            raise RecipeError("this recipe wrapper has no current step (call start() first)")
+        return step
+
+    def body(self, destination: int, payload: Any, add_path_step: bool = True) -> dict[str, Any]:
+        """The message body for ``destination``, with workflows' keys in workflows' order."""
+        if add_path_step and self.recipe_pointer:
+            path = [*self.recipe_path, self.recipe_pointer]
+        else:
+            path = list(self.recipe_path)
+        return {
+            "environment": self.environment,
+            "payload": payload,
+            "recipe": self.recipe.data,
+            "recipe-path": path,
+            "recipe-pointer": destination,
+        }
+
+    def _emit_all(self, planned: list[tuple[Any, Any]], headers: Mapping[str, Any] | None,
+                  delay: float | None, expiration: float | None,
+                  add_path_step: bool = True) -> list[Outgoing]:
+        """Build every message first, then emit: one bad destination sends nothing."""
+        built: list[Outgoing] = []
+        for destination, payload in planned:
+            built.extend(self._build(destination, payload, headers, delay, expiration,
+                                     add_path_step))
+        for outgoing in built:
+            self.emit(outgoing)
+        return built
+
+    def _build(self, destination: Any, payload: Any, headers: Mapping[str, Any] | None,
+               delay: float | None, expiration: float | None,
+               add_path_step: bool) -> list[Outgoing]:
+        node = _destination_problem(self.recipe, destination, f"step {self.recipe_pointer}")
+        if delay is None:
+            delay = node.get("transport-delay")
+        try:
+            body = json.dumps(self.body(destination, payload, add_path_step),
+                              default=json_default).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"message for node {destination} cannot be encoded: {exc}") from None
+        except RecursionError:
+            raise RecipeError(f"payload for node {destination} is nested too deeply") from None
+        extra = dict(headers or {})
+        delay = delay or None
+        out: list[Outgoing] = []
+        queue, topic, exchange = node.get("queue"), node.get("topic"), node.get("exchange")
+        if topic and delay:
+            raise RecipeError(f"node {destination}: a broadcast to topic {topic!r} "
+                              "cannot be delayed")
+        if queue:
+            if exchange and not delay:
+                # workflows publishes to the node's exchange with the queue as routing key;
+                # a delayed message goes through the delay mechanism, exchange ignored.
+                out.append(self._outgoing(exchange, "exchange", body, extra, delay,
+                                          expiration, routing_key=queue))
+            else:
+                out.append(self._outgoing(queue, "queue", body, extra, delay, expiration))
+        if topic:
+            out.append(self._outgoing(topic, "topic", body, extra, None, expiration))
+        return out
+
+    def _outgoing(self, destination: str, kind: Any, body: bytes, extra: dict[str, Any],
+                  delay: float | None, expiration: float | None,
+                  routing_key: str = "") -> Outgoing:
+        message_id = uuid.uuid5(_ID_NAMESPACE, f"{self._id_base}/{self._sequence}").hex
+        self._sequence += 1
+        headers = {**extra, RECIPE_HEADER: True, MESSAGE_ID_HEADER: message_id}
+        return Outgoing(destination=destination, body=body, kind=kind, headers=headers,
+                        routing_key=routing_key, delay=delay, expiration=expiration,
+                        message_id=message_id)
+
+
+def _checked_links(pointer: Any, step: dict[str, Any], kind: str) -> dict[Any, list[int]]:
+    """A step's links by channel, refusing values workflows would choke on."""
+    value = step.get(kind)
+    if value is None and kind not in step:
+        return {}
+    where = f"step {pointer} {kind}"
+    links = parse_links(value)
+    if not links.shaped or (links.named and kind != "output"):
+        raise RecipeError(f"{where}: {short(value)} is not a valid link")
+    for channel in links.channels:
+        if not channel.node_numbers:
+            named = f" {channel.name!r}" if links.named else ""
+            raise RecipeError(f"{where}{named}: {short(channel.raw)} "
+                              "is not a list of node numbers")
+    return links.by_channel()
+
+
+def _destination_problem(recipe: Recipe, target: Any, where: str) -> dict[str, Any]:
+    """The node a message goes to; RecipeError if it cannot receive one."""
+    node = recipe.nodes.get(target) if is_node_number(target) else None
+    if not isinstance(node, dict):
+        raise RecipeError(f"{where}: link to node {short(target)}, which does not exist")
+    if not (isinstance(node.get("queue"), str) and node["queue"]) and not (
+            isinstance(node.get("topic"), str) and node["topic"]):
+        raise RecipeError(f"{where}: node {target} has no queue or topic to send to")
+    if node.get("exchange") is not None and not isinstance(node["exchange"], str):
+        raise RecipeError(f"{where}: node {target} exchange must be a string")
+    delay = node.get("transport-delay")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
+                              or delay < 0):
+        raise RecipeError(f"{where}: node {target} transport-delay must be seconds >= 0")
+    return node
