@@ -30,6 +30,7 @@ from testsupport import AMQP_URL, unavailable, wait_until
 from zhpc.config import BrokerConfig
 from zhpc.dispatch import DISPATCHER_QUEUE
 from zhpc.transport import dlq_name, get_transport
+from zhpc.transport.accounting import retry_name
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -123,6 +124,6 @@ def test_a_zocalo_go_request_runs_through_zhpc_services(
                 process.kill()
                 codes[name] = process.wait()
         for queue in queues.values():
-            broker.delete_queue(queue)
-            broker.delete_queue(dlq_name(queue))
+            for each in (queue, retry_name(queue), dlq_name(queue)):
+                broker.delete_queue(each)
     assert codes == {"dispatcher": 0, "double": 0, "jsonlines": 0}

@@ -25,6 +25,7 @@ from zhpc.config import BrokerConfig, load_config
 from zhpc.dispatch import DispatchRequest, request_message
 from zhpc.message import Message
 from zhpc.transport import Transport, dlq_name, get_transport
+from zhpc.transport.accounting import retry_name
 
 pytestmark = [pytest.mark.slurm, pytest.mark.rabbitmq]
 
@@ -112,7 +113,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
         cluster.cancel([j.job_id for j in cluster.jobs("zhpc-wrap-")
                         if not j.state.finished and (base / "jobs" / j.name).is_dir()])
         for name in site.queues:
-            transport.delete_queue(name)
+            for each in (name, retry_name(name)):
+                transport.delete_queue(each)
         transport.close()
 
 
