@@ -33,11 +33,12 @@ MANAGEMENT_URL = os.environ.get("ZHPC_TEST_RABBITMQ_MANAGEMENT_URL", "http://127
 def test_a_step_that_keeps_failing_is_quarantined_with_its_history(
     broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    broker.delivery_limit = 1  # broker.delivery_limit: what the queues and the runner use
     world = setup(broker, tmp_path)
     queue = broker.queue("poison")
     world.watch(dlq_name(queue))
     transport = broker.transport()
-    transport.declare_queue(queue, delivery_limit=1)
+    transport.declare_queue(queue)
     recipe = {"1": {"service": "flaky", "queue": queue}}
     publish_recipe(transport, recipe, [{"n": 1}])
     failing = run_service(FlakyStep, queue, transport, fixed=str(tmp_path / "never"))
@@ -52,7 +53,11 @@ def test_a_step_that_keeps_failing_is_quarantined_with_its_history(
     assert (entry.queue, entry.dlq, entry.step, entry.reason) == (
         queue, dlq_name(queue), 1, "delivery_limit")
     assert entry.recipe_id and json.loads(entry.body)["payload"] == {"n": 1}
-    assert entry.deliveries >= 1 and entry.history[0]["queue"] == queue
+    assert entry.deliveries >= 1
+    # the runner dead-lettered it itself, with both failures recorded in the message
+    failures = entry.headers["zhpc-failures"]
+    assert [f["exception"] for f in failures] == ["RuntimeError", "RuntimeError"]
+    assert entry.headers["zhpc-dead-letter-queue"] == queue
     assert entry.headers["workflows-recipe"] is True
     assert transport.queue_depth(dlq_name(queue)).ready == 0
     lines = [r.getMessage() for r in caplog.records
