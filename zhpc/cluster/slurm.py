@@ -358,7 +358,7 @@ class SlurmCluster(Cluster):
             every = self._cache[1]
         return [job for job in every if job.name.startswith(name_prefix)]
 
-    def cancel(self, job_ids: Iterable[str]) -> None:
+    def cancel(self, job_ids: Iterable[str], *, pending_only: bool = False) -> None:
         ids = [str(job_id) for job_id in job_ids]
         if not ids:
             return
@@ -366,7 +366,7 @@ class SlurmCluster(Cluster):
         if bad:
             raise ClusterError(f"not a Slurm job id: {', '.join(bad)}")
         try:
-            self._run(["scancel", *ids])
+            self._run(["scancel", *(["--state=PENDING"] if pending_only else []), *ids])
         except ClusterError as exc:
             # Already finished or unknown jobs are fine: the goal is that they do not run.
             if "invalid job id" not in str(exc).lower():
