@@ -4,7 +4,7 @@ The same workload, in the same run, for each tool that is available here: idle f
 ``--idle`` s (30), then a burst of ``-n`` (200) tasks of ``--task`` s (0.5) each, with
 at most ``--max-jobs`` (4) one-CPU Slurm jobs.
 
-* ``zhpc``: ``zhpc scale --daemon`` (interval ``--interval`` s, queue-depth look every
+* ``zhpc``: ``zhpc scale --daemon`` (interval ``--interval`` s, 60; queue-depth look every
   0.5 s) for a sleeping service on RabbitMQ; the tasks are recipe messages; its jobs
   end after ``idle_timeout`` = ``--idle-timeout`` s (5).
 * ``parsl``: HighThroughputExecutor + SlurmProvider, strategy ``htex_auto_scale``,
@@ -350,7 +350,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=30)
     parser.add_argument("--max-jobs", type=int, default=4)
     parser.add_argument("--idle-timeout", type=float, default=5)
-    parser.add_argument("--interval", type=float, default=10)
+    parser.add_argument("--interval", type=float, default=60)
     parser.add_argument("--only", default=",".join(TOOLS))
     parser.add_argument("--other-python",
                         default=os.environ.get("ZHPC_BENCH_OTHER_PYTHON") or sys.executable)

@@ -203,7 +203,9 @@ class Scaler:
             else:
                 ending += 1
         was_looping = state.crash_looping is not None
-        failures = count_failures(state, finished, policy, target.idle_timeout, now)
+        failures = []
+        if listed:  # an unlisted cycle must not forget which jobs were counted
+            failures = count_failures(state, finished, policy, target.idle_timeout, now)
         if state.crash_looping is not None and not was_looping:
             log.error("service %s is crash-looping: %d jobs in a row failed (last %s: %s, "
                       "exit code %s); no more submissions until `zhpc scale --reset -s %s`",

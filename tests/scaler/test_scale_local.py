@@ -99,3 +99,16 @@ def test_an_unknown_service_is_one_line_and_exit_2(setup: Setup) -> None:
     assert "no service named 'no_such_service'" in proc.stderr
     bad = setup.zhpc("scale", "--daemon", "--interval", "0", "-s", setup.service)
     assert bad.returncode == 2 and "--interval must be a positive" in bad.stderr
+
+
+def test_an_unreachable_broker_fails_the_cycle_clearly(tmp_path: Path) -> None:
+    setup = make_setup(tmp_path, broker="amqp://guest:guest@127.0.0.1:1/", backend="local")
+    text = setup.config.read_text().replace("broker:\n", "broker:\n  connection_attempts: 1\n"
+                                            "  retry_delay: 0\n", 1)
+    setup.config.write_text(text)
+    proc = setup.zhpc("scale", "--once", "-s", setup.service, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("zhpc: error: cannot connect to RabbitMQ at amqp://guest:***@"), last
+    assert "guest:guest" not in proc.stderr and "Traceback" not in proc.stderr
+    assert LocalCluster(setup.workdir / "local").jobs("zhpc-svc-") == []

@@ -81,6 +81,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _scaler(config: Config, targets: list[Target], store: StateStore, dry_run: bool) -> Scaler:
     from zhpc.cluster import get_cluster
+    from zhpc.errors import ZhpcError
     from zhpc.scaler import BrokerUnreachable, Scaler
     from zhpc.transport import get_transport
     from zhpc.transport.management import ManagementClient
@@ -88,9 +89,8 @@ def _scaler(config: Config, targets: list[Target], store: StateStore, dry_run: b
     transport = get_transport(config.broker)
     try:
         transport.connect()
-    except Exception as exc:
-        raise BrokerUnreachable(f"cannot reach the broker {config.broker.display_url()}: {exc}"
-                          ) from None
+    except ZhpcError as exc:
+        raise BrokerUnreachable(str(exc)) from None
     return Scaler(config, targets, transport=transport, cluster=get_cluster(config.cluster),
                   store=store, management=ManagementClient.from_config(config.broker),
                   dry_run=dry_run)
