@@ -91,9 +91,13 @@ def _scaler(config: Config, targets: list[Target], store: StateStore, dry_run: b
         transport.connect()
     except ZhpcError as exc:
         raise BrokerUnreachable(str(exc)) from None
-    return Scaler(config, targets, transport=transport, cluster=get_cluster(config.cluster),
-                  store=store, management=ManagementClient.from_config(config.broker),
-                  dry_run=dry_run)
+    try:
+        cluster = get_cluster(config.cluster)
+    except BaseException:
+        transport.close()
+        raise
+    return Scaler(config, targets, transport=transport, cluster=cluster, store=store,
+                  management=ManagementClient.from_config(config.broker), dry_run=dry_run)
 
 
 def _close(scaler: Scaler) -> None:
