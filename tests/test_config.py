@@ -208,8 +208,8 @@ BIG = "1" * 5000
          "bad time limit 'soon'"),
         ("cluster: {default_time: '\u0661:00:00'}", "cluster.default_time: Value error, bad time"),
         ("scaler: {x: {time: '-5'}}", "scaler.x.time: Value error, bad time limit '-5'"),
-        ("scaler: {x: {min_jobs: 5, max_jobs: 2}}", "scaler.x: Value error, min_jobs (5) must not "
-         "be more than max_jobs (2)"),
+        ("scaler: {x: {min_jobs: 5, max_jobs: 2}}", "scaler.x.max_jobs: Value error, must be at "
+         "least min_jobs (5), not 2"),
         ("recipes: {directory: /no/such/recipes}", "recipes.directory: Value error, "
          "/no/such/recipes does not exist"),
         ("recipes: {directory: /etc/hostname}", "recipes.directory: Value error, /etc/hostname is "

@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "recipe",
     "service",
     "submit",
+    "scale",
     "wrap",
     "dlq",
     "config",

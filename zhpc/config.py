@@ -10,6 +10,7 @@ base before validation, like Zocalo's ``--environment``.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -71,11 +72,21 @@ class BrokerConfig(_Section):
     connection_attempts: int = Field(10, ge=1)
     retry_delay: float = Field(1.0, ge=0)
     tls: TLSConfig = TLSConfig()
+    #: RabbitMQ's management HTTP API (``zhpc scale`` reads unacked counts there). None:
+    #: derived from ``url`` (same host and credentials, port 15672); "": do not use it.
+    management_url: str | None = None
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
         return config_checks.check_broker_url(url, plugins.names(plugins.TRANSPORTS))
+
+    @field_validator("management_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https:// (or be empty to disable)")
+        return url
 
     @property
     def scheme(self) -> str:
@@ -204,22 +215,55 @@ class ServiceConfig(_Section):
 
 
 class ScalerConfig(_Section):
+    """How ``zhpc scale`` sizes one service's job arrays (docs/scaling.md)."""
+
     min_jobs: int = Field(0, ge=0)
     max_jobs: int = Field(20, ge=0)
+    #: Messages one job is expected to handle; desired jobs = ceil(work / this).
     messages_per_job: int = Field(100, ge=1)
+    #: Instead: drain the backlog in this many seconds at the measured rate per job
+    #: (messages_per_job still applies while no rate is known).
+    target_drain_s: float | None = Field(None, gt=0)
+    #: Never more than this many of the service's jobs PENDING.
+    max_pending: int = Field(5, ge=1)
+    #: A job PENDING longer than this (seconds) is reported (and cancelled when not needed).
+    pending_timeout: float = Field(600.0, gt=0)
+    #: Seconds after a submission before the next one, or before its jobs may be cancelled.
+    cooldown: float = Field(30.0, ge=0)
+    #: Job shape: wall-clock limit (default cluster.default_time), partition, cpus, memory.
     time: str | None = None
     partition: str | None = None
+    cpus: int | None = Field(None, ge=1)
+    memory: str | None = None
+    #: At most this many tasks in one array submission.
+    array_max: int = Field(100, ge=1)
+    #: Seconds between daemon cycles.
     interval: float = Field(60.0, gt=0)
+    #: Stop submitting after this many job failures in a row ("crash-looping service").
+    crash_limit: int = Field(3, ge=1)
+    #: A job that ends with a non-zero status within this many seconds of starting failed.
+    crash_window: float = Field(10.0, gt=0)
+
+    @field_validator("memory")
+    @classmethod
+    def _slurm_memory(cls, memory: str | None) -> str | None:
+        if memory is not None and not re.fullmatch(r"[1-9]\d*[KMGT]?", memory.strip()):
+            raise ValueError(f"{memory!r} is not a Slurm memory size such as 500M or 4G")
+        return memory
 
     @field_validator("time")
     @classmethod
     def _time_limit(cls, value: str | None) -> str | None:
         return config_checks.check_time_limit(value)
 
-    @model_validator(mode="after")
-    def _job_counts(self) -> ScalerConfig:
-        config_checks.check_job_counts(self.min_jobs, self.max_jobs)
-        return self
+    @field_validator("max_jobs")
+    @classmethod
+    def _not_below_min(cls, max_jobs: int, info: ValidationInfo) -> int:
+        """On max_jobs, so the one-line error names the key to change."""
+        min_jobs = info.data.get("min_jobs")
+        if min_jobs is not None:
+            config_checks.check_job_counts(min_jobs, max_jobs)
+        return max_jobs
 
 
 class QuarantineConfig(_Section):
@@ -416,4 +460,6 @@ def masked_dump(config: Config) -> dict[str, Any]:
     data = mask_secrets(config.model_dump(mode="json", exclude={"environments"}))
     data["broker"]["url"] = config.broker.display_url()
     data["quarantine"]["url"] = mask_url(config.quarantine.url)
+    if config.broker.management_url:
+        data["broker"]["management_url"] = mask_url(config.broker.management_url)
     return data

@@ -83,7 +83,7 @@ def check_time_limit(value: str | None) -> str | None:
 
 def check_job_counts(min_jobs: int, max_jobs: int) -> None:
     if min_jobs > max_jobs:
-        raise ValueError(f"min_jobs ({min_jobs}) must not be more than max_jobs ({max_jobs})")
+        raise ValueError(f"must be at least min_jobs ({min_jobs}), not {max_jobs}")
 
 
 def check_existing_directory(path: Path | None) -> Path | None:

@@ -205,8 +205,12 @@ class Cluster(ABC):
         """
 
     @abstractmethod
-    def cancel(self, job_ids: Iterable[str]) -> None:
-        """Cancel jobs (or array tasks, ``ID_TASK``); unknown or finished ids are ignored."""
+    def cancel(self, job_ids: Iterable[str], *, pending_only: bool = False) -> None:
+        """Cancel jobs (or array tasks, ``ID_TASK``); unknown or finished ids are ignored.
+
+        ``pending_only``: only those still PENDING when the scheduler acts; one that
+        started meanwhile runs on (the scaler never cancels a running job).
+        """
 
     def job(self, job_id: str, name_prefix: str = "") -> JobInfo | None:
         """One job by id, from the same single listing as :meth:`jobs`."""

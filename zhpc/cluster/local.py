@@ -253,10 +253,15 @@ class LocalCluster(Cluster):
         infos = (self._info(task_dir) for task_dir, _, _ in self._task_dirs())
         return [info for info in infos if info is not None and info.name.startswith(name_prefix)]
 
-    def cancel(self, job_ids: Iterable[str]) -> None:
+    def cancel(self, job_ids: Iterable[str], *, pending_only: bool = False) -> None:
         wanted = {str(job_id) for job_id in job_ids}
         for task_dir, array_id, task in self._task_dirs():
             if task_dir.name not in wanted and not (task >= 0 and str(array_id) in wanted):
+                continue
+            if pending_only:
+                # The supervisor reads the cancel file before it starts the task.
+                if (_read_json(task_dir / _STATE) or {}).get("state") == "PENDING":
+                    (task_dir / _CANCEL).touch()
                 continue
             (task_dir / _CANCEL).touch()
             pid_info = _read_json(task_dir / _PID) or {}

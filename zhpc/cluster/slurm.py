@@ -16,6 +16,7 @@ variables Slurm sets and :meth:`SlurmCluster.job_end_time` asks ``squeue``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shlex
@@ -387,20 +388,39 @@ class SlurmCluster(Cluster):
             every = self._cache[1]
         return [job for job in every if job.name.startswith(name_prefix)]
 
-    def cancel(self, job_ids: Iterable[str]) -> None:
+    def cancel(self, job_ids: Iterable[str], *, pending_only: bool = False) -> None:
         ids = [str(job_id) for job_id in job_ids]
         if not ids:
             return
         bad = [job_id for job_id in ids if not _JOB_ID.match(job_id)]
         if bad:
             raise ClusterError(f"not a Slurm job id: {', '.join(bad)}")
+        if pending_only:
+            self._cancel_pending(ids)
+        else:
+            self._run_ignoring_gone(["scancel", *ids])
+        self._cache = None
+
+    def _cancel_pending(self, ids: list[str]) -> None:
+        """Cancel only what is still pending. A hold first stops a job from starting (and
+        gives an array task a record of its own: ``scancel --state=PENDING ID_TASK`` on a
+        still undivided pending array cancels every task of it); the release afterwards
+        clears the hold of any job that had already started."""
         try:
-            self._run(["scancel", *ids])
+            self._run_ignoring_gone(["scontrol", "hold", *ids])
+            self._run_ignoring_gone(["scancel", "--state=PENDING", *ids])
+        finally:
+            with contextlib.suppress(ClusterError):
+                self._run_ignoring_gone(["scontrol", "release", *ids])
+
+    def _run_ignoring_gone(self, argv: list[str]) -> None:
+        try:
+            self._run(argv)
         except ClusterError as exc:
             # Already finished or unknown jobs are fine: the goal is that they do not run.
-            if "invalid job id" not in str(exc).lower():
+            text = str(exc).lower()
+            if "invalid job id" not in text and "already finished" not in text:
                 raise
-        self._cache = None
 
     def close(self) -> None:
         self.runner.close()
