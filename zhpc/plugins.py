@@ -10,12 +10,14 @@ knowing the names (e.g. to validate a configuration) imports no backend.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from zhpc.errors import ZhpcError
 
 if TYPE_CHECKING:  # pragma: no cover
     from importlib.metadata import EntryPoint, EntryPoints
+
+_T = TypeVar("_T")
 
 SERVICES = "zhpc.services"
 WRAPPERS = "zhpc.wrappers"
@@ -61,3 +63,16 @@ def load(group: str, name: str) -> Any:
         return point.load()
     except Exception as exc:  # a broken plug-in must not crash the CLI with a traceback
         raise ZhpcError(f"cannot load {name!r} from {point.value}: {exc}") from exc
+
+
+def load_class(
+    group: str, name: str, base: type[_T], error: type[ZhpcError], what: str
+) -> type[_T]:
+    """:func:`load`, and check that the object is a subclass of ``base`` (``error`` if not)."""
+    try:
+        cls = load(group, name)
+    except ZhpcError as exc:
+        raise error(str(exc)) from exc.__cause__
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise error(f"{what} {name!r} is not a zhpc {base.__name__} class")
+    return cls

@@ -57,10 +57,7 @@ def backend_class(name: str) -> type[Cluster]:
     from zhpc import plugins
     from zhpc.errors import ClusterError
 
-    cls = plugins.load(plugins.CLUSTERS, name)
-    if not (isinstance(cls, type) and issubclass(cls, Cluster)):
-        raise ClusterError(f"cluster backend {name!r} is not a zhpc Cluster class")
-    return cls
+    return plugins.load_class(plugins.CLUSTERS, name, Cluster, ClusterError, "cluster backend")
 
 
 def get_cluster(config: ClusterConfig) -> Cluster:

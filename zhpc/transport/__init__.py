@@ -39,10 +39,7 @@ def transport_class(scheme: str) -> type[Transport]:
     from zhpc import plugins
     from zhpc.errors import TransportError
 
-    cls = plugins.load(plugins.TRANSPORTS, scheme)
-    if not (isinstance(cls, type) and issubclass(cls, Transport)):
-        raise TransportError(f"transport {scheme!r} is not a zhpc Transport class")
-    return cls
+    return plugins.load_class(plugins.TRANSPORTS, scheme, Transport, TransportError, "transport")
 
 
 def get_transport(config: BrokerConfig) -> Transport:
