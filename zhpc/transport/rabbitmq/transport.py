@@ -58,24 +58,31 @@ _PUBLISH_CHUNK = 500
 
 
 class RabbitMQTransport(Transport):
-    """A transport to one RabbitMQ broker (``amqp://`` or ``amqps://``)."""
+    """A transport to one RabbitMQ broker or cluster (``amqp://`` or ``amqps://``).
+
+    ``url`` may list a cluster's nodes: they are tried in order on every (re)connect.
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
-        display_url: str | None = None,
+        display_url: str | Sequence[str] | None = None,
         delivery_limit: int = 5,
         heartbeat: int = 60,
         connection_attempts: int = 10,
         retry_delay: float = 1.0,
         tls: TLSConfig | None = None,
+        quorum_group_size: int | None = None,
     ) -> None:
         super().__init__(delivery_limit=delivery_limit)
-        self.display_url = display_url or mask(url)
+        urls = [url] if isinstance(url, str) else list(url)
+        shown = display_url or [mask(u) for u in urls]
+        shown = [shown] if isinstance(shown, str) else list(shown)
+        self.display_url = ", ".join(shown)
         self._io = IOThread(
-            url,
-            display_url=self.display_url,
+            urls,
+            display_url=shown,
             heartbeat=heartbeat,
             connection_attempts=connection_attempts,
             retry_delay=retry_delay,
@@ -83,7 +90,7 @@ class RabbitMQTransport(Transport):
             on_channel=self._on_channel,
             on_abandon=self._fail_pending,
         )
-        self._topology = Topology(self._io)
+        self._topology = Topology(self._io, quorum_group_size=quorum_group_size)
         self._subs: dict[str, Subscription] = {}
         self._sub_ids = itertools.count(1)
         self._pending: set[Future[None]] = set()
@@ -94,14 +101,20 @@ class RabbitMQTransport(Transport):
     @classmethod
     def from_config(cls, config: BrokerConfig) -> RabbitMQTransport:
         return cls(
-            config.connection_url(),
-            display_url=config.display_url(),
+            config.connection_urls(),
+            display_url=config.display_urls(),
             delivery_limit=config.delivery_limit,
             heartbeat=config.heartbeat,
             connection_attempts=config.connection_attempts,
             retry_delay=config.retry_delay,
             tls=config.tls,
+            quorum_group_size=config.quorum_initial_group_size(),
         )
+
+    @property
+    def broker_node(self) -> str | None:
+        """The node in use, or last tried (password masked): for logs and status."""
+        return self._io.node
 
     # == lifecycle ============================================================
     def connect(self) -> None:
