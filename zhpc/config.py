@@ -74,6 +74,9 @@ class BrokerConfig(_Section):
     #: ``x-quorum-initial-group-size`` of new quorum queues. None: the number of nodes
     #: listed, at most 3 (and the broker's own default with one node listed).
     quorum_group_size: int | None = Field(None, ge=1)
+    #: Seconds a publish the broker nacked is retried on a fresh channel before its commit
+    #: fails (a cluster that lost a node nacks for a while); 0: fail at the first nack.
+    nack_retry_budget: float = Field(30.0, ge=0)
     password_file: Path | None = None
     delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
     heartbeat: int = Field(60, ge=0)

@@ -72,8 +72,9 @@ class NackRetry:
         self._seq = 1
         self._unconfirmed: dict[int, _Retry] = {}
         self._waiting: collections.deque[_Retry] = collections.deque()
-        #: Publishes confirmed after a nack (for tests and benchmarks).
+        #: Publishes confirmed after a nack, and nacks taken (for tests and benchmarks).
         self.rescued = 0
+        self.nacks_seen = 0
 
     def connection_opened(self, conn: Any) -> None:
         self._conn = conn
@@ -91,6 +92,7 @@ class NackRetry:
 
     def nacked(self, batch: Batch, pub: Pub) -> bool:
         """Take a publish the work channel's broker refused; False if retrying is off."""
+        self.nacks_seen += 1
         if self.budget <= 0 or self._conn is None:
             return False
         log.info("the broker nacked a publish to %r; publishing it again on a fresh channel",
@@ -189,6 +191,7 @@ class NackRetry:
             return
         for retry in settled:
             retry.nacks += 1
+            self.nacks_seen += 1
         self._requeue(settled, "nacked again")
         self._reopen_later()
 

@@ -55,6 +55,8 @@ log = logging.getLogger(__package__)
 
 #: publish_many hands messages to the I/O thread in chunks of this many.
 _PUBLISH_CHUNK = 500
+#: basic.get attempts across lost connections before fetch gives up.
+_FETCH_ATTEMPTS = 5
 
 
 class RabbitMQTransport(Transport):
@@ -74,6 +76,7 @@ class RabbitMQTransport(Transport):
         retry_delay: float = 1.0,
         tls: TLSConfig | None = None,
         quorum_group_size: int | None = None,
+        nack_retry_budget: float = 30.0,
     ) -> None:
         super().__init__(delivery_limit=delivery_limit)
         urls = [url] if isinstance(url, str) else list(url)
@@ -89,6 +92,7 @@ class RabbitMQTransport(Transport):
             tls=tls,
             on_channel=self._on_channel,
             on_abandon=self._fail_pending,
+            nack_retry_budget=nack_retry_budget,
         )
         self._topology = Topology(self._io, quorum_group_size=quorum_group_size)
         self._subs: dict[str, Subscription] = {}
@@ -109,6 +113,7 @@ class RabbitMQTransport(Transport):
             retry_delay=config.retry_delay,
             tls=config.tls,
             quorum_group_size=config.quorum_initial_group_size(),
+            nack_retry_budget=config.nack_retry_budget,
         )
 
     @property
@@ -307,9 +312,22 @@ class RabbitMQTransport(Transport):
         return True
 
     def fetch(self, queue: str) -> Message | None:
-        self._ensure_queue(queue)
-        with self._fetch_lock:
-            got = self._io.wait(self._io.get(queue), 60)
+        """basic.get, again on the next connection if this one was lost meanwhile.
+
+        Safe to repeat: a message got on a lost connection is back in its queue. A
+        cluster that just lost the node leading ``queue`` closes the connection of a
+        basic.get (541 nodedown) until a new leader is elected.
+        """
+        for attempt in itertools.count(1):
+            self._ensure_queue(queue)
+            try:
+                with self._fetch_lock:
+                    got = self._io.wait(self._io.get(queue), 60)
+                break
+            except ConnectionLostError as exc:
+                if attempt >= _FETCH_ATTEMPTS or self._io.closing:
+                    raise
+                log.warning("fetching from %r interrupted (%s); fetching again", queue, exc)
         if got is None:
             return None
         generation, method, props, body = got
