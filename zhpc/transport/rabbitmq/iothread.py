@@ -331,7 +331,10 @@ class IOThread:
         """The I/O thread: connect (retrying), run the ioloop, reconnect after a loss."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self._attempts) | self._stop_when_closing,
-            wait=tenacity.wait_exponential(multiplier=self._retry_delay, max=30),
+            # With several nodes, a random part too: clients that lost the same node
+            # spread their attempts instead of retrying in step.
+            wait=tenacity.wait_exponential(multiplier=self._retry_delay, max=30)
+            + tenacity.wait_random(0, min(self._retry_delay, 1.0) if len(self._urls) > 1 else 0),
             retry=tenacity.retry_if_exception_type(_ConnectFailed),
             before_sleep=self._log_retry,
             sleep=self._stop.wait,
