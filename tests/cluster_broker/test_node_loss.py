@@ -1,6 +1,6 @@
 """A broker node lost mid-stream: three services and a sink over the 3-node cluster lose nothing.
 
-5,000 recipe instances go through ``double`` (3 ``zhpc service`` processes) into the
+5,000 recipe instances go through ``double`` (3 service processes) into the
 real ``jsonlines`` sink, over the cluster of scripts/setup-rabbitmq-cluster, with
 ``broker.url`` listing all three nodes. Three times in a row a node is SIGKILLed
 mid-stream and started again: the leader of the work queue, or the node the services
@@ -39,7 +39,7 @@ KILLS = 3
 #: Sink lines between a node's return and the next kill (so each kill is mid-stream).
 LINES_BETWEEN_KILLS = 200
 #: Simulated work per message in each of the three ``double`` services.
-WORK_S = 0.05
+WORK_S = 0.02
 DEADLINE = 400.0
 RUNNER = Path(__file__).resolve().parents[1] / "services" / "runner.py"
 
@@ -98,6 +98,9 @@ class Pipeline:
     def log(self, index: int) -> str:
         return self.logs[index].read_text(errors="replace")
 
+    def started(self) -> bool:
+        return all("consuming" in self.log(i) for i in range(len(self.procs)))
+
     def connected_node(self, index: int) -> str:
         """The node service ``index`` connected to last, from its log."""
         connected = [line for line in self.log(index).splitlines()
@@ -130,16 +133,21 @@ def _environ() -> dict[str, str]:
 
 def _run_with_kills(
     tmp_path: Path, queues: Callable[[str], str], cluster: ClusterNodes,
-    urls: list[str], choose_victim: Callable[[Pipeline, str], str],
+    urls: list[str], declare_urls: list[str], choose_victim: Callable[[Pipeline, str], str],
 ) -> list[str]:
+    """Kill a node three times while the stream flows; the publisher uses ``declare_urls``.
+
+    The messages go in four parts, the next one just before each kill, so that every
+    kill is mid-stream however fast or slow the machine is.
+    """
     work, sink = queues("cl-double"), queues("cl-sink")
     recipe = {
         "1": {"service": "double", "queue": work, "output": 2},
         "2": {"service": "jsonlines", "queue": sink,
               "parameters": {"output_filename": "cluster.jsonl"}},
     }
-    transport = RabbitMQTransport.from_config(
-        BrokerConfig(url=urls, connection_attempts=60, retry_delay=0.5))  # type: ignore[arg-type]
+    transport = RabbitMQTransport.from_config(BrokerConfig(
+        url=declare_urls, connection_attempts=60, retry_delay=0.5))  # type: ignore[arg-type]
     transport.connect()
     try:
         for name in (work, sink):
@@ -147,26 +155,29 @@ def _run_with_kills(
         outputs: list = []
         for n in range(MESSAGES):
             outputs += RecipeWrapper.from_recipe({**recipe, "start": [[1, {"value": n}]]}).start()
-        transport.publish_many(outputs)
+        part = len(outputs) // (KILLS + 1)
+        parts = [outputs[i * part:(i + 1) * part] for i in range(KILLS)] + [outputs[KILLS * part:]]
+        transport.publish_many(parts[0])
         pipeline = Pipeline(tmp_path, urls, work, sink)
         victims: list[str] = []
         deadline = time.monotonic() + DEADLINE
         try:
+            wait_until(pipeline.started, timeout=120, interval=0.1, what="the services to start")
             mark = 0
             while len(victims) < KILLS:
-                wait_until(lambda m=mark: pipeline.values() >= min(m + LINES_BETWEEN_KILLS,
-                                                                   MESSAGES - 1),
-                           timeout=max(1.0, deadline - time.monotonic()), interval=0.05,
-                           what=lambda: f"the stream to flow ({pipeline.values()} values)")
-                assert pipeline.values() < MESSAGES - 300, (
-                    f"the stream finished after {len(victims)} kill(s): too fast")
                 victim = choose_victim(pipeline, work)
+                if victims:
+                    transport.publish_many(parts[len(victims)])
+                wait_until(lambda m=mark: pipeline.values() >= m + LINES_BETWEEN_KILLS,
+                           timeout=max(1.0, deadline - time.monotonic()), interval=0.02,
+                           what=lambda: f"the stream to flow ({pipeline.values()} values)")
                 cluster.kill(victim)
                 victims.append(victim)
                 print(f"killed {victim} at {pipeline.values()} values", file=sys.stderr)
                 cluster.start(victim)
                 pipeline.assert_running()
                 mark = pipeline.values()
+            transport.publish_many(parts[-1])
             wait_until(lambda: pipeline.values() >= MESSAGES,
                        timeout=max(1.0, deadline - time.monotonic()), interval=0.2,
                        what=lambda: f"all values in the sink ({pipeline.values()})")
@@ -205,7 +216,7 @@ def test_work_queue_leader_killed_three_times(
     # The services connect to zc2 first: the leader (on zc1, which declared the queues)
     # is then, at least the first time, not the node they are connected to.
     urls = [node_url("zc2"), node_url("zc3"), node_url("zc1")]
-    victims = _run_with_kills(tmp_path, queues, cluster, urls, leader)
+    victims = _run_with_kills(tmp_path, queues, cluster, urls, CLUSTER_URLS, leader)
     assert len(victims) == KILLS
 
 
@@ -219,7 +230,9 @@ def test_node_the_services_use_killed_three_times(
         nodes = [pipeline.connected_node(i) for i in range(len(pipeline.procs))]
         return Counter(nodes).most_common(1)[0][0]
 
-    victims = _run_with_kills(tmp_path, queues, cluster, CLUSTER_URLS, connected)
+    # The queues are declared on (so led from) zc3, not where the services connect.
+    declare = [node_url("zc3"), node_url("zc1"), node_url("zc2")]
+    victims = _run_with_kills(tmp_path, queues, cluster, CLUSTER_URLS, declare, connected)
     assert victims[0] == "zc1"  # the first listed node, where every service connected
     assert len(set(victims)) > 1  # after each loss they moved on to another node
 
