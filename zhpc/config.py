@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -66,6 +67,16 @@ class BrokerConfig(_Section):
     installed transport serves (the ``zhpc.transports`` entry points)."""
 
     url: str = Field("", repr=False)
+    #: The nodes of a RabbitMQ cluster (``host:port``), tried in order on every (re)connect,
+    #: with ``url``'s scheme, user, password and vhost. Empty: ``url``'s host alone. A list
+    #: of URLs as ``url`` fills this in (see :func:`config_checks.split_broker_urls`).
+    hosts: list[str] = []
+    #: ``x-quorum-initial-group-size`` of new quorum queues. None: the number of nodes
+    #: listed, at most 3 (and the broker's own default with one node listed).
+    quorum_group_size: int | None = Field(None, ge=1)
+    #: Seconds a publish the broker nacked is retried on a fresh channel before its commit
+    #: fails (a cluster that lost a node nacks for a while); 0: fail at the first nack.
+    nack_retry_budget: float = Field(30.0, ge=0)
     password_file: Path | None = None
     delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
     heartbeat: int = Field(60, ge=0)
@@ -76,10 +87,43 @@ class BrokerConfig(_Section):
     #: derived from ``url`` (same host and credentials, port 15672); "": do not use it.
     management_url: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_list(cls, data: Any) -> Any:
+        """``url: [amqp://a:5672/, amqp://b:5672/]`` means ``url`` a, ``hosts`` [a, b]."""
+        if isinstance(data, dict) and isinstance(data.get("url"), list):
+            if data.get("hosts"):
+                raise ValueError("give the nodes either as a list in broker.url or in "
+                                 "broker.hosts, not both")
+            data = dict(data)
+            data["url"], data["hosts"] = config_checks.split_broker_urls(data["url"])
+        return data
+
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
         return config_checks.check_broker_url(url, plugins.names(plugins.TRANSPORTS))
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, hosts: list[str]) -> list[str]:
+        return [config_checks.check_host_port(host) for host in hosts]
+
+    def connection_urls(self) -> list[str]:
+        """One URL per node (password included; never log these), in the order to try."""
+        url = self.connection_url()
+        return [config_checks.with_host(url, host) for host in self.hosts] or [url]
+
+    def display_urls(self) -> list[str]:
+        """:meth:`connection_urls` with any password replaced by ``***``: safe to print."""
+        url = self.display_url()
+        return [config_checks.with_host(url, host) for host in self.hosts] or [url]
+
+    def quorum_initial_group_size(self) -> int | None:
+        """The replication factor to ask for, or None for the broker's default."""
+        if self.quorum_group_size is not None:
+            return self.quorum_group_size
+        return min(len(self.hosts), 3) if len(self.hosts) > 1 else None
 
     @field_validator("management_url")
     @classmethod

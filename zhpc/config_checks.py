@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "check_allowed_roots",
     "check_bounded_numbers",
     "check_broker_url",
     "check_existing_directory",
+    "check_host_port",
     "check_job_counts",
     "check_time_limit",
+    "split_broker_urls",
+    "with_host",
 ]
 
 #: The largest integer a broker header, an SQLite column or Slurm can hold.
@@ -63,6 +66,56 @@ def check_broker_url(url: str, schemes: list[str] | None = None) -> str:
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("the port must be a number from 1 to 65535")
     return url
+
+
+def split_broker_urls(urls: list[Any]) -> tuple[str, list[str]]:
+    """A list of node URLs as one URL (the first) and the ``host:port`` of every node.
+
+    The nodes of one cluster share scheme, user, password and vhost; a list that
+    does not is refused rather than half-used.
+    """
+    if not urls or not all(isinstance(url, str) and url for url in urls):
+        raise ValueError("broker.url as a list needs one or more URLs")
+    first = check_broker_url(urls[0])
+    common = _without_host(first)
+    hosts = []
+    for url in urls:
+        check_broker_url(url)
+        if _without_host(url) != common:
+            raise ValueError("the URLs in broker.url must differ only in host and port "
+                             "(same scheme, user, password and vhost)")
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+        host = parts.hostname or ""
+        hosts.append(f"[{host}]{port}" if ":" in host else f"{host}{port}")
+    return first, hosts
+
+
+def _without_host(url: str) -> tuple[str, str, str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.rpartition("@")[0], parts.path, parts.query
+
+
+def check_host_port(host: str) -> str:
+    """``host``, ``host:port`` or ``[v6]:port``, nothing else."""
+    if not host or any(c in host for c in "/@?#") or any(c.isspace() for c in host):
+        raise ValueError("each entry must be host or host:port")
+    try:
+        port = urlsplit(f"//{host}").port
+    except ValueError:
+        raise ValueError("each entry must be host or host:port with a port from 1 to 65535") \
+            from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host
+
+
+def with_host(url: str, host: str) -> str:
+    """``url`` pointing at ``host`` (``host:port``) instead, all else kept."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = f"{userinfo}@{host}" if userinfo else host
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def check_time_limit(value: str | None) -> str | None:

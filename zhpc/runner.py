@@ -431,6 +431,7 @@ class ServiceRunner:
             failed=self.failed,
             handed_back=self.handed_back,
             dead_lettered=self.dead_lettered,
+            broker=self.transport.broker_node,
         )
 
     def _heartbeat(self, force: bool = False) -> None:

@@ -4,7 +4,8 @@ Usage: runner.py URL SERVICE QUEUE [--prefetch N] [--drain-grace S] [--idle-time
 [--work S] [--param KEY=JSON ...]. SERVICE is an installed plug-in (``double``,
 ``jsonlines``), ``sleepy``, a test service that records which process handled
 which delivery, or ``poison``, which SIGKILLs itself on a poison payload.
-``--work`` adds that many seconds of simulated work per message.
+``--work`` adds that many seconds of simulated work per message. URL may be a JSON
+list of URLs (the nodes of a cluster).
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def main() -> int:
     if args.work:
         cls = with_work(cls, args.work)
     parameters = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
-    config = Config(broker=BrokerConfig(url=args.url, delivery_limit=args.delivery_limit))
+    url = json.loads(args.url) if args.url.startswith("[") else args.url  # a cluster's nodes
+    config = Config(broker=BrokerConfig(url=url, delivery_limit=args.delivery_limit,
+                                        connection_attempts=60, retry_delay=0.5))
     settings = ServiceConfig(queue=args.queue, prefetch=args.prefetch,
                              drain_grace=args.drain_grace, idle_timeout=args.idle_timeout,
                              parameters=parameters)

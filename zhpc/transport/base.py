@@ -101,6 +101,11 @@ class Transport(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def broker_node(self) -> str | None:
+        """Which node of a broker cluster this transport talks to (None: not a cluster's)."""
+        return None
+
     # -- topology --------------------------------------------------------------
     @abc.abstractmethod
     def declare_queue(self, name: str, *, delivery_limit: int | None = None) -> None:

@@ -37,8 +37,9 @@ from __future__ import annotations
 import collections
 import logging
 import queue
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from zhpc.errors import TransportError, UnroutableError
 from zhpc.logs import default_pika_level
 from zhpc.message import MESSAGE_ID_HEADER
 from zhpc.transport.base import Callback
+from zhpc.transport.rabbitmq.republish import DEFAULT_BUDGET_S, NackRetry
 from zhpc.transport.rabbitmq.wire import (
     ENCODE_ERRORS,
     PRECONDITION_FAILED,
@@ -133,6 +135,7 @@ class _InFlight:
     routing_key: str
     message_id: str | None
     returned: bool = False
+    pub: Pub | None = None  # kept to publish it again after a nack
 
 
 @dataclass(slots=True)
@@ -156,18 +159,26 @@ class IOThread:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
-        display_url: str,
+        display_url: str | Sequence[str],
         heartbeat: int,
         connection_attempts: int,
         retry_delay: float,
         tls: TLSConfig | None,
         on_channel: Callable[[int], None],
         on_abandon: Callable[[TransportError], None],
+        nack_retry_budget: float = DEFAULT_BUDGET_S,
     ) -> None:
-        self._url = url
-        self._display_url = display_url
+        # The nodes of a cluster, tried in order (see _node_order); one URL for one broker.
+        self._urls = [url] if isinstance(url, str) else list(url)
+        self._display_urls = (
+            [display_url] if isinstance(display_url, str) else list(display_url)
+        )
+        #: The node in use (or last tried), as its display URL: read by any thread.
+        self.node = self._display_urls[0]
+        self._display_url = self.node if len(self._urls) == 1 else ", ".join(self._display_urls)
+        self._lost_node: int | None = None
         self._heartbeat = heartbeat
         self._attempts = connection_attempts
         self._retry_delay = retry_delay
@@ -200,6 +211,12 @@ class IOThread:
         self._topo_current: _TopologyOp | None = None
         self._get_current: Future[Any] | None = None
         self._open_error: BaseException | None = None
+        self.nack_retry = NackRetry(
+            budget=nack_retry_budget,
+            call_later=lambda delay, fn: self._ioloop.call_later(delay, fn),  # type: ignore[union-attr]
+            on_confirmed=self._confirmed_after_nack,
+            on_failed=lambda batch, error: self._fail_batch(batch, error, settle_input=True),
+        )
 
     # == caller side: lifecycle ===============================================
     def start(self) -> None:
@@ -314,7 +331,10 @@ class IOThread:
         """The I/O thread: connect (retrying), run the ioloop, reconnect after a loss."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self._attempts) | self._stop_when_closing,
-            wait=tenacity.wait_exponential(multiplier=self._retry_delay, max=30),
+            # With several nodes, a random part too: clients that lost the same node
+            # spread their attempts instead of retrying in step.
+            wait=tenacity.wait_exponential(multiplier=self._retry_delay, max=30)
+            + tenacity.wait_random(0, min(self._retry_delay, 1.0) if len(self._urls) > 1 else 0),
             retry=tenacity.retry_if_exception_type(_ConnectFailed),
             before_sleep=self._log_retry,
             sleep=self._stop.wait,
@@ -333,11 +353,11 @@ class IOThread:
                 return
             except pika.exceptions.ProbableAuthenticationError:
                 self._give_up(
-                    f"RabbitMQ at {self._display_url} refused the user name or password"
+                    f"RabbitMQ at {self.node} refused the user name or password"
                 )
                 return
             except pika.exceptions.ProbableAccessDeniedError:
-                self._give_up(f"RabbitMQ at {self._display_url} denied access to the virtual host")
+                self._give_up(f"RabbitMQ at {self.node} denied access to the virtual host")
                 return
             except Exception as exc:  # never let the I/O thread die silently
                 log.exception("RabbitMQ I/O thread failed")
@@ -364,14 +384,49 @@ class IOThread:
         self.fatal = TransportError(text)
         self._fail_queued(self.fatal)
 
+    def _node_order(self) -> list[int]:
+        """Nodes in the order listed, except that the one just lost is tried last."""
+        order = list(range(len(self._urls)))
+        if self._lost_node is not None and len(order) > 1:
+            order.remove(self._lost_node)
+            order.append(self._lost_node)
+        return order
+
     def _run_connection(self) -> None:
-        """One connection's life; raises _ConnectFailed if it never opened."""
+        """One connection's life; raises _ConnectFailed if no node would open one.
+
+        Every attempt tries each node once. Before a reconnection it waits a
+        random moment first, so that the consumers of a lost node do not all
+        land on the survivor in the same instant.
+        """
         if self.closing:
             return
+        if self.connections and len(self._urls) > 1:
+            self._stop.wait(random.uniform(0.0, min(self._retry_delay, 1.0)))
+        errors = []
+        for index in self._node_order():
+            if self.closing:
+                return
+            try:
+                self._run_node(index)
+            except _ConnectFailed as exc:
+                errors.append(f"{self._display_urls[index]}: {exc}" if len(self._urls) > 1
+                              else str(exc))
+                if len(self._urls) > 1:
+                    log.info("cannot connect to RabbitMQ at %s: %s",
+                             self._display_urls[index], exc)
+                continue
+            self._lost_node = index if len(self._urls) > 1 else None
+            return
+        raise _ConnectFailed("; ".join(errors))
+
+    def _run_node(self, index: int) -> None:
+        """One connection to one node: returns once it was lost, raises if it never opened."""
         assert self._ioloop is not None
+        self.node = self._display_urls[index]
         self._open_error = None
         self._conn = pika.SelectConnection(
-            connection_parameters(self._url, self._heartbeat, self._tls),
+            connection_parameters(self._urls[index], self._heartbeat, self._tls),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
@@ -390,8 +445,9 @@ class IOThread:
             raise _ConnectFailed(describe(error))
 
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
-        log.info("connected to RabbitMQ at %s", self._display_url)
+        log.info("connected to RabbitMQ at %s", self.node)
         self.connections += 1  # what was declared on an earlier connection is declared again
+        self.nack_retry.connection_opened(connection)
         connection.channel(on_open_callback=self._on_topo_open)
         connection.channel(on_open_callback=self._on_work_open)
 
@@ -401,7 +457,9 @@ class IOThread:
         self._ioloop.stop()
 
     def _on_connection_closed(self, _conn: Any, reason: BaseException) -> None:
-        self._lose_channel(ConnectionLostError(f"connection to RabbitMQ lost: {describe(reason)}"))
+        lost = ConnectionLostError(f"connection to RabbitMQ lost: {describe(reason)}")
+        self._lose_channel(lost)
+        self.nack_retry.connection_lost(lost)
         self._work = None
         self._topo = None
         if self._topo_current is not None:
@@ -410,7 +468,7 @@ class IOThread:
         if not self.closing:
             log.warning(
                 "connection to RabbitMQ at %s lost (%s); reconnecting",
-                self._display_url,
+                self.node,
                 describe(reason),
             )
         assert self._ioloop is not None
@@ -556,7 +614,7 @@ class IOThread:
             self._next_seq += 1
             headers = pub.properties.headers or {}
             self._unconfirmed[seq] = _InFlight(
-                batch, pub.exchange, pub.routing_key, headers.get(MESSAGE_ID_HEADER)
+                batch, pub.exchange, pub.routing_key, headers.get(MESSAGE_ID_HEADER), pub=pub
             )
         if not batch.pubs:
             self._finish_batch(batch)
@@ -621,6 +679,8 @@ class IOThread:
             if batch.failed:
                 continue
             if not positive:
+                if inflight.pub is not None and self.nack_retry.nacked(batch, inflight.pub):
+                    continue  # counted down once confirmed on the spare channel
                 self._fail_batch(
                     batch,
                     TransportError("the broker refused a published message (nack)"),
@@ -630,6 +690,11 @@ class IOThread:
             batch.remaining -= 1
             if batch.remaining == 0:
                 self._finish_batch(batch)
+
+    def _confirmed_after_nack(self, batch: Batch) -> None:
+        batch.remaining -= 1
+        if batch.remaining == 0:
+            self._finish_batch(batch)
 
     def _finish_batch(self, batch: Batch) -> None:
         if batch.ack is not None:

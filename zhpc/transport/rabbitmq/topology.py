@@ -49,8 +49,10 @@ _DELAY_REDECLARE_S = 30.0
 class Topology:
     """What messages and consumers need declared, over the I/O thread's topology channel."""
 
-    def __init__(self, io: IOThread) -> None:
+    def __init__(self, io: IOThread, *, quorum_group_size: int | None = None) -> None:
         self._io = io
+        #: x-quorum-initial-group-size of the queues declared here (None: the broker's default)
+        self._group_size = quorum_group_size
         self._lock = threading.Lock()
         #: (kind, name) -> (connection it was declared on, monotonic time of the declare)
         self._declared: dict[tuple[str, str], tuple[int, float]] = {}
@@ -101,9 +103,15 @@ class Topology:
             self._remember(("queue", work), connection)
         self._remember(key, connection)
 
+    def _replicated(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        if self._group_size is None:
+            return arguments
+        return {**arguments, "x-quorum-initial-group-size": self._group_size}
+
     def _declare_or_adopt(self, name: str, arguments: dict[str, Any]) -> None:
         try:
-            self.call("queue_declare", queue=name, durable=True, arguments=arguments)
+            self.call("queue_declare", queue=name, durable=True,
+                      arguments=self._replicated(arguments))
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise TransportError(f"cannot declare queue {name!r}: {exc.reply_text}") from None
@@ -139,7 +147,7 @@ class Topology:
         if age is not None and age < _DELAY_REDECLARE_S:
             return name
         connection = self._io.connections
-        args = delay_queue_arguments(exchange, routing_key, delay_ms)
+        args = self._replicated(delay_queue_arguments(exchange, routing_key, delay_ms))
         self.call("queue_declare", queue=name, durable=True, arguments=args)
         self._remember(key, connection)
         return name

@@ -55,35 +55,46 @@ log = logging.getLogger(__package__)
 
 #: publish_many hands messages to the I/O thread in chunks of this many.
 _PUBLISH_CHUNK = 500
+#: basic.get attempts across lost connections before fetch gives up.
+_FETCH_ATTEMPTS = 5
 
 
 class RabbitMQTransport(Transport):
-    """A transport to one RabbitMQ broker (``amqp://`` or ``amqps://``)."""
+    """A transport to one RabbitMQ broker or cluster (``amqp://`` or ``amqps://``).
+
+    ``url`` may list a cluster's nodes: they are tried in order on every (re)connect.
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
-        display_url: str | None = None,
+        display_url: str | Sequence[str] | None = None,
         delivery_limit: int = 5,
         heartbeat: int = 60,
         connection_attempts: int = 10,
         retry_delay: float = 1.0,
         tls: TLSConfig | None = None,
+        quorum_group_size: int | None = None,
+        nack_retry_budget: float = 30.0,
     ) -> None:
         super().__init__(delivery_limit=delivery_limit)
-        self.display_url = display_url or mask(url)
+        urls = [url] if isinstance(url, str) else list(url)
+        shown = display_url or [mask(u) for u in urls]
+        shown = [shown] if isinstance(shown, str) else list(shown)
+        self.display_url = ", ".join(shown)
         self._io = IOThread(
-            url,
-            display_url=self.display_url,
+            urls,
+            display_url=shown,
             heartbeat=heartbeat,
             connection_attempts=connection_attempts,
             retry_delay=retry_delay,
             tls=tls,
             on_channel=self._on_channel,
             on_abandon=self._fail_pending,
+            nack_retry_budget=nack_retry_budget,
         )
-        self._topology = Topology(self._io)
+        self._topology = Topology(self._io, quorum_group_size=quorum_group_size)
         self._subs: dict[str, Subscription] = {}
         self._sub_ids = itertools.count(1)
         self._pending: set[Future[None]] = set()
@@ -94,14 +105,21 @@ class RabbitMQTransport(Transport):
     @classmethod
     def from_config(cls, config: BrokerConfig) -> RabbitMQTransport:
         return cls(
-            config.connection_url(),
-            display_url=config.display_url(),
+            config.connection_urls(),
+            display_url=config.display_urls(),
             delivery_limit=config.delivery_limit,
             heartbeat=config.heartbeat,
             connection_attempts=config.connection_attempts,
             retry_delay=config.retry_delay,
             tls=config.tls,
+            quorum_group_size=config.quorum_initial_group_size(),
+            nack_retry_budget=config.nack_retry_budget,
         )
+
+    @property
+    def broker_node(self) -> str | None:
+        """The node in use, or last tried (password masked): for logs and status."""
+        return self._io.node
 
     # == lifecycle ============================================================
     def connect(self) -> None:
@@ -294,9 +312,22 @@ class RabbitMQTransport(Transport):
         return True
 
     def fetch(self, queue: str) -> Message | None:
-        self._ensure_queue(queue)
-        with self._fetch_lock:
-            got = self._io.wait(self._io.get(queue), 60)
+        """basic.get, again on the next connection if this one was lost meanwhile.
+
+        Safe to repeat: a message got on a lost connection is back in its queue. A
+        cluster that just lost the node leading ``queue`` closes the connection of a
+        basic.get (541 nodedown) until a new leader is elected.
+        """
+        for attempt in itertools.count(1):
+            self._ensure_queue(queue)
+            try:
+                with self._fetch_lock:
+                    got = self._io.wait(self._io.get(queue), 60)
+                break
+            except ConnectionLostError as exc:
+                if attempt >= _FETCH_ATTEMPTS or self._io.closing:
+                    raise
+                log.warning("fetching from %r interrupted (%s); fetching again", queue, exc)
         if got is None:
             return None
         generation, method, props, body = got
