@@ -71,6 +71,28 @@ class ConnectionLostError(TransportError):
     """The channel or connection went away before the broker answered."""
 
 
+class BrokerRefused(TransportError):
+    """The broker answered a declare-like call by closing the topology channel."""
+
+    def __init__(self, reply_code: int, reply_text: str) -> None:
+        super().__init__(f"RabbitMQ refused: ({reply_code}) {reply_text}")
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+
+def as_transport_error(reason: BaseException) -> TransportError:
+    """pika's reason for a lost channel or connection as zhpc's error (never pika's own).
+
+    Callers catch TransportError only: a pika exception escaping to them would
+    crash a service (a heartbeat after a reconnect) or stop ``zhpc go`` spooling.
+    """
+    if isinstance(reason, TransportError):
+        return reason
+    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return BrokerRefused(reason.reply_code, reason.reply_text)
+    return ConnectionLostError(f"channel to RabbitMQ lost: {describe(reason)}")
+
+
 class _ConnectFailed(Exception):
     """One connection attempt failed; tenacity retries these."""
 
@@ -278,6 +300,8 @@ class IOThread:
             return future.result(timeout)
         except FutureTimeout:
             raise TransportError(f"the broker did not answer within {timeout} s") from None
+        except pika.exceptions.AMQPError as exc:  # never let pika's own errors reach a caller
+            raise as_transport_error(exc) from None
 
     def _submit(self, op: Callable[[], None], future: Future[Any] | None = None) -> None:
         """Queue ``op`` for the I/O thread; it runs once the work channel is ready.
@@ -486,7 +510,7 @@ class IOThread:
         self._topo = None
         current, self._topo_current = self._topo_current, None
         if current is not None:
-            fail(current.future, reason)
+            fail(current.future, as_transport_error(reason))
         conn = self._conn
         if conn is not None and conn.is_open and not self.closing:
             conn.channel(on_open_callback=self._on_topo_open)

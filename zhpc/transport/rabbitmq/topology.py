@@ -18,8 +18,6 @@ import threading
 import time
 from typing import Any
 
-import pika.exceptions
-
 from zhpc.errors import TransportError
 from zhpc.transport.accounting import (
     dlq_name,
@@ -29,7 +27,7 @@ from zhpc.transport.accounting import (
     retry_name,
 )
 from zhpc.transport.base import QueueDepth
-from zhpc.transport.rabbitmq.iothread import ConnectionLostError, IOThread
+from zhpc.transport.rabbitmq.iothread import BrokerRefused, ConnectionLostError, IOThread
 from zhpc.transport.rabbitmq.wire import (
     NOT_FOUND,
     PRECONDITION_FAILED,
@@ -104,7 +102,7 @@ class Topology:
     def _declare_or_adopt(self, name: str, arguments: dict[str, Any]) -> None:
         try:
             self.call("queue_declare", queue=name, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except BrokerRefused as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise TransportError(f"cannot declare queue {name!r}: {exc.reply_text}") from None
             if self._first_time(name):
@@ -121,7 +119,7 @@ class Topology:
                 self.call("exchange_declare", exchange=name, exchange_type="fanout", durable=True)
             else:
                 self.call("exchange_declare", exchange=name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except BrokerRefused as exc:
             if exc.reply_code == NOT_FOUND:
                 raise TransportError(f"exchange {name!r} does not exist") from None
             if exc.reply_code != PRECONDITION_FAILED:
@@ -147,7 +145,7 @@ class Topology:
     def queue_depth(self, name: str) -> QueueDepth:
         try:
             frame = self.call("queue_declare", queue=name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except BrokerRefused as exc:
             if exc.reply_code == NOT_FOUND:
                 return QueueDepth(ready=0, unacked=None, consumers=0)
             raise TransportError(f"cannot inspect queue {name!r}: {exc.reply_text}") from None

@@ -1,0 +1,131 @@
+"""Loss windows of the RabbitMQ transport found by review (issue 12, items 2, 3 and 5).
+
+All on the real broker. The connection of a transport under test is closed by the
+broker itself (``rabbitmqctl close_connection``), never by faking pika.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+
+import pika
+import pytest
+from testsupport import port_open, unavailable, wait_until
+
+from zhpc.errors import TransportError
+from zhpc.message import Outgoing
+from zhpc.transport.rabbitmq import RabbitMQTransport
+
+URL = os.environ.get("ZHPC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(180)]
+
+
+def _rabbitmqctl(*args: str) -> str:
+    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60,
+                          text=True)
+    return done.stdout
+
+
+def _own_connection_ports() -> set[int]:
+    """Local ports of this process's connections to the broker."""
+    out = subprocess.run(["ss", "-tnpH", "dst", "127.0.0.1:5672"], capture_output=True,
+                         text=True, check=True).stdout
+    ports = set()
+    for line in out.splitlines():
+        if f"pid={os.getpid()}," in line:
+            match = re.search(r"127\.0\.0\.1:(\d+)\s+127\.0\.0\.1:5672", line)
+            if match:
+                ports.add(int(match.group(1)))
+    return ports
+
+
+def _close_connection(port: int) -> None:
+    """The broker closes the connection from local ``port`` (found by its name)."""
+    for line in _rabbitmqctl("list_connections", "-q", "pid", "name").splitlines():
+        pid, _, name = line.partition("\t")
+        if name.strip() == f"127.0.0.1:{port} -> 127.0.0.1:5672":
+            _rabbitmqctl("close_connection", pid.strip(), "zhpc test")
+            return
+    raise AssertionError(f"no broker connection from port {port}")
+
+
+@pytest.fixture
+def broker() -> None:
+    if not port_open(5672, "127.0.0.1", timeout=1):
+        unavailable("no RabbitMQ broker listens on 127.0.0.1:5672")
+
+
+@pytest.fixture
+def cleanup() -> Iterator[Callable[[str, str], None]]:
+    """Register queues/exchanges to delete afterwards."""
+    made: list[tuple[str, str]] = []
+    yield lambda kind, name: made.append((kind, name))
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        for kind, name in made:
+            ch = conn.channel()
+            if kind == "queue":
+                ch.queue_delete(name)
+            else:
+                ch.exchange_delete(name)
+            ch.close()
+    finally:
+        conn.close()
+
+
+def test_a_lost_connection_surfaces_as_transport_error_from_every_call(broker, cleanup):
+    """Item 2: close the connection while declares are in flight; only TransportError escapes.
+
+    A heartbeat is a broadcast on a (declared) fanout exchange; a service declares its queues
+    (quorum queues: slow to declare). Every round here declares new ones, so a topology call
+    is nearly always in flight when the broker closes the connection.
+    """
+    before = _own_connection_ports()
+    t = RabbitMQTransport(URL, connection_attempts=5, retry_delay=0.1)
+    t.connect()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    calls = 0
+    topics: list[str] = []
+
+    def heartbeats() -> None:
+        nonlocal calls
+        while not stop.is_set():
+            topic = f"test.topic.{uuid.uuid4().hex[:10]}"
+            topics.append(topic)
+            try:
+                t.declare_queue(topic)
+                t.publish(Outgoing.json(topic, {"n": calls}, kind="topic"))
+            except BaseException as exc:  # what a service's heartbeat would see
+                errors.append(exc)
+            calls += 1
+
+    worker = threading.Thread(target=heartbeats, daemon=True)
+    try:
+        (port,) = _own_connection_ports() - before
+        worker.start()
+        for _kill in range(2):
+            wait_until(lambda: calls > 3, 60)
+            _close_connection(port)
+            old = {port}
+            wait_until(lambda: _own_connection_ports() - before - old, 60,  # noqa: B023
+                       what="a new connection")
+            (port,) = _own_connection_ports() - before
+        stop.set()
+        worker.join(120)
+    finally:
+        stop.set()
+        t.close()
+        for topic in topics:
+            cleanup("exchange", topic)
+            for queue in (topic, f"retry.{topic}", f"dlq.{topic}"):
+                cleanup("queue", queue)
+    assert not worker.is_alive()
+    foreign = [e for e in errors if not isinstance(e, TransportError)]
+    assert not foreign, f"pika's own errors escaped: {foreign[:3]!r}"
