@@ -6,10 +6,13 @@ broker itself (``rabbitmqctl close_connection``), never by faking pika.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -129,3 +132,55 @@ def test_a_lost_connection_surfaces_as_transport_error_from_every_call(broker, c
     assert not worker.is_alive()
     foreign = [e for e in errors if not isinstance(e, TransportError)]
     assert not foreign, f"pika's own errors escaped: {foreign[:3]!r}"
+
+
+@contextlib.contextmanager
+def _disk_alarm() -> Iterator[None]:
+    """A real disk alarm on the (shared) broker, for as short a time as possible.
+
+    Every publisher on the broker is blocked meanwhile: keep the body short.
+    """
+    previous = int(_rabbitmqctl("eval", "rabbit_disk_monitor:get_disk_free_limit().").strip())
+    try:
+        _rabbitmqctl("set_disk_free_limit", str(10**18))
+        wait_until(lambda: "disk" in _rabbitmqctl("eval", "rabbit_alarm:get_alarms()."), 30,
+                   interval=0.2, what="the disk alarm")
+        yield
+    finally:
+        _rabbitmqctl("set_disk_free_limit", str(previous))
+
+
+def test_zhpc_go_spools_instead_of_hanging_on_a_blocked_broker(broker, cleanup, tmp_path):
+    """Item 3: under a memory/disk alarm RabbitMQ blocks publishers; ``zhpc go`` must spool."""
+    import yaml
+
+    queue = f"test.go.blocked.{uuid.uuid4().hex[:10]}"
+    for name in (queue, f"retry.{queue}", f"dlq.{queue}"):
+        cleanup("queue", name)
+    home = tmp_path / "home"
+    home.mkdir()
+    config = home / "zhpc.yaml"
+    config.write_text(yaml.safe_dump({
+        "broker": {"url": URL, "connection_attempts": 2, "retry_delay": 0.1,
+                   "confirm_timeout": 5},
+        "services": {"dispatcher": {"queue": queue}},
+    }))
+    env = {**os.environ, "ZHPC_HOME": str(home)}
+    env.pop("ZHPC_CONFIG", None)
+    argv = [sys.executable, "-m", "zhpc", "--config", str(config), "go", "demo",
+            "-s", "output_filename=out.jsonl"]
+    # Declared before the alarm, so the only thing left to block is the publish.
+    with RabbitMQTransport(URL) as t:
+        t.declare_queue(queue)
+    with _disk_alarm():
+        started = time.monotonic()
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=40,
+                                  cwd=tmp_path)
+        except subprocess.TimeoutExpired:
+            pytest.fail("zhpc go hung on a blocked broker")
+        took = time.monotonic() - started
+    assert done.returncode == 3, done.stderr  # EXIT_SPOOLED
+    assert "saved in the spool" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert len(list((home / "spool").glob("*.json"))) == 1
+    assert took < 35

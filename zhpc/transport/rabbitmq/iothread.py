@@ -187,6 +187,7 @@ class IOThread:
         tls: TLSConfig | None,
         on_channel: Callable[[int], None],
         on_abandon: Callable[[TransportError], None],
+        blocked_timeout: float | None = None,
     ) -> None:
         self._url = url
         self._display_url = display_url
@@ -196,6 +197,9 @@ class IOThread:
         self._tls = tls
         self._on_channel = on_channel
         self._on_abandon = on_abandon
+        self._blocked_timeout = blocked_timeout
+        #: Why RabbitMQ blocks this connection's publishes now (an alarm), or "".
+        self.blocked = ""
         # written on the I/O thread, read by the polling thread
         self.deliveries: queue.SimpleQueue[RawDelivery] = queue.SimpleQueue()
         # shared: written under the GIL as whole attributes, or guarded by their lock
@@ -250,7 +254,7 @@ class IOThread:
         self._ready.clear()
         assert self._ioloop is not None
         self._ioloop.add_callback_threadsafe(self._io_close)
-        thread.join(15)
+        thread.join(2 if self.blocked else 15)  # a blocked broker does not read our close
         if thread.is_alive():
             log.warning("RabbitMQ I/O thread did not stop within 15 s")
         self._thread = None
@@ -395,7 +399,7 @@ class IOThread:
         assert self._ioloop is not None
         self._open_error = None
         self._conn = pika.SelectConnection(
-            connection_parameters(self._url, self._heartbeat, self._tls),
+            connection_parameters(self._url, self._heartbeat, self._tls, self._blocked_timeout),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
@@ -416,8 +420,19 @@ class IOThread:
     def _on_connection_open(self, connection: pika.SelectConnection) -> None:
         log.info("connected to RabbitMQ at %s", self._display_url)
         self.connections += 1  # what was declared on an earlier connection is declared again
+        self.blocked = ""
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_topo_open)
         connection.channel(on_open_callback=self._on_work_open)
+
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        self.blocked = getattr(frame.method, "reason", "") or "blocked"
+        log.warning("RabbitMQ at %s blocks publishing: %s", self._display_url, self.blocked)
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        self.blocked = ""
+        log.info("RabbitMQ at %s accepts publishes again", self._display_url)
 
     def _on_connection_open_error(self, _conn: Any, error: BaseException) -> None:
         self._open_error = error

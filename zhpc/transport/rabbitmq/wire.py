@@ -156,10 +156,16 @@ def delay_queue_arguments(exchange: str, routing_key: str, delay_ms: int) -> dic
 
 
 # -- connecting -----------------------------------------------------------------------------------
-def connection_parameters(url: str, heartbeat: int, tls: TLSConfig | None) -> pika.URLParameters:
-    """pika's parameters for one connection attempt (zhpc retries by itself)."""
+def connection_parameters(
+    url: str, heartbeat: int, tls: TLSConfig | None, blocked_timeout: float | None = None
+) -> pika.URLParameters:
+    """pika's parameters for one connection attempt (zhpc retries by itself).
+
+    ``blocked_timeout``: pika drops a connection RabbitMQ blocks (alarm) that long.
+    """
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
+    params.blocked_connection_timeout = blocked_timeout
     params.connection_attempts = 1
     params.client_properties = {"connection_name": "zhpc"}
     if urlsplit(url).scheme == "amqps":
