@@ -184,3 +184,49 @@ def test_zhpc_go_spools_instead_of_hanging_on_a_blocked_broker(broker, cleanup, 
     assert "saved in the spool" in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert len(list((home / "spool").glob("*.json"))) == 1
     assert took < 35
+
+
+def _queue_info(name: str) -> dict | None:
+    """The management API's view of a queue (its arguments), None if there is none."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:15672/api/queues/%2F/{urllib.parse.quote(name, safe='')}",
+        headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def test_a_delayed_message_survives_an_unroutable_target(broker, cleanup):
+    """Item 5: the holding queue cannot expire with the message inside.
+
+    On main it had ``x-expires`` (2 x delay + 60 s): unused that long (no publish to the
+    same target and delay), RabbitMQ deleted it with the undeliverable message.
+    """
+    from zhpc.transport.rabbitmq.wire import delay_queue_name
+
+    queue = f"test.delay.unroutable.{uuid.uuid4().hex[:10]}"
+    holding = delay_queue_name("", queue, 1000)
+    for name in (queue, f"retry.{queue}", f"dlq.{queue}", holding):
+        cleanup("queue", name)
+    with RabbitMQTransport(URL) as t:
+        t.declare_queue(queue)
+        t.publish(Outgoing.json(queue, {"late": True}, delay=1.0))
+        info = _queue_info(holding)
+        assert info is not None and info["durable"]
+        assert "x-expires" not in info["arguments"], info["arguments"]
+        t.delete_queue(queue)  # the target is unroutable when the delay ends
+        # At-least-once dead-lettering keeps it (and resends it minutes later, when
+        # RabbitMQ's dead-letter worker retries): it must stay, not expire with its queue.
+        wait_until(lambda: (_queue_info(holding) or {}).get("messages") == 1, 30,
+                   what="the message waiting in the holding queue")

@@ -40,9 +40,6 @@ from zhpc.transport.rabbitmq.wire import (
 
 log = logging.getLogger(__package__)
 
-#: Holding queues are re-declared (resetting ``x-expires``) when older than this.
-_DELAY_REDECLARE_S = 30.0
-
 
 class Topology:
     """What messages and consumers need declared, over the I/O thread's topology channel."""
@@ -133,8 +130,7 @@ class Topology:
         """A holding queue whose messages dead-letter to the target after ``delay_ms``."""
         name = delay_queue_name(exchange, routing_key, delay_ms)
         key = ("delay", name)
-        age = self._age(key)
-        if age is not None and age < _DELAY_REDECLARE_S:
+        if self._age(key) is not None:
             return name
         connection = self._io.connections
         args = delay_queue_arguments(exchange, routing_key, delay_ms)
