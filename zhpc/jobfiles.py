@@ -55,6 +55,12 @@ def write_recipewrapper(path: Path, body: dict[str, Any], message_id: str | None
     write_atomic(path, json.dumps({**body, MESSAGE_ID_HEADER: message_id}))
 
 
+def job_message_id(message_id: str) -> str:
+    """The id the job's outputs derive from: not the input's own, which the submitter's
+    outputs (``job_submitted``) derive from, so that no two messages share an id."""
+    return f"{message_id}/job"
+
+
 def read_recipewrapper(path: Path) -> RecipeWrapper:
     """The recipe step a recipe-wrapper file describes; ZhpcError if it cannot be one."""
     from zhpc.message import MESSAGE_ID_HEADER
@@ -71,7 +77,8 @@ def read_recipewrapper(path: Path) -> RecipeWrapper:
     message_id = body.get(MESSAGE_ID_HEADER)
     try:
         return RecipeWrapper.from_body(
-            body, message_id=str(message_id) if message_id else None, decoded=True
+            body, message_id=job_message_id(str(message_id)) if message_id else None,
+            decoded=True,
         )
     except RecipeError as exc:
         raise ZhpcError(f"recipe wrapper {path}: {exc}") from None

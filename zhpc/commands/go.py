@@ -173,7 +173,7 @@ def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
         return True, ""
     except TransportError as exc:
         Spool().save(message.destination, request.to_body(), dict(message.headers),
-                     label=request.guid or "")
+                     label=request.guid or "", message_id=message.message_id)
         return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     finally:
         # Once the publish is confirmed the request is the broker's: a failing close
@@ -205,7 +205,9 @@ def pickup(config: Config) -> int:
 
             def send(item: SpooledMessage) -> None:
                 nonlocal sent
-                transport.publish(Outgoing.json(item.queue, item.message, headers=item.headers))
+                same_id = {"message_id": item.message_id} if item.message_id else {}
+                transport.publish(Outgoing.json(item.queue, item.message, headers=item.headers,
+                                                **same_id))
                 sent += 1
                 guid = item.message.get("parameters", {}).get("guid") if isinstance(
                     item.message, dict) else None
