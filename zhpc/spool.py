@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zhpc.atomic import fsync_directory, write_atomic
+from zhpc.atomic import fsync_directory, write_atomic, write_new
 from zhpc.config import zhpc_home
 from zhpc.errors import ZhpcError
 from zhpc.message import Outgoing
@@ -193,17 +193,36 @@ def save_results(
     """
     data = json.dumps({**fields, "outputs": [_outgoing_to_json(out) for out in outputs]})
     candidates = [
-        recipewrapper.with_name(recipewrapper.stem + RESULTS_SUFFIX),
-        zhpc_home() / WRAP_RESULTS_DIR / f"{name}{RESULTS_SUFFIX}",
+        (recipewrapper.parent, recipewrapper.stem),
+        (zhpc_home() / WRAP_RESULTS_DIR, name),
     ]
-    for path in candidates:
+    for directory, stem in candidates:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)
-            return path
+            directory.mkdir(parents=True, exist_ok=True)
+            return _write_unsent(directory, stem, data)
         except OSError as exc:
-            log.warning("cannot write results to %s: %s", path, exc)
+            log.warning("cannot write results to %s: %s", directory / (stem + RESULTS_SUFFIX),
+                        exc)
     return None
+
+
+#: How many unsent results files of one recipe-wrapper file may wait side by side.
+_MAX_UNSENT = 1000
+
+
+def _write_unsent(directory: Path, stem: str, data: str) -> Path:
+    """Write ``<stem>.results.json``, or ``<stem>.<n>.results.json`` if an earlier run's
+    unsent results are there: they must be kept until they are sent (never replaced)."""
+    for number in range(1, _MAX_UNSENT + 1):
+        path = directory / (stem + (f".{number}" if number > 1 else "") + RESULTS_SUFFIX)
+        try:
+            write_new(path, data)
+            return path
+        except FileExistsError:
+            if path.is_file() and not path.is_symlink():
+                continue  # an earlier run's results, still unsent
+            raise
+    raise OSError(f"{_MAX_UNSENT} unsent results files are waiting already")
 
 
 def load_results(path: Path) -> list[Outgoing]:
