@@ -12,7 +12,10 @@ Redelivery (the service died after ``sbatch`` but before the ack) must not
 submit twice: the job's name and directory derive from the message id, and
 before submitting the service looks for the job id it recorded in that
 directory, then for a job of that name in the cluster's listing (one
-``squeue`` call, cached briefly by the backend).
+``squeue`` call, cached briefly by the backend). A submit that timed out may
+have submitted too: the service looks for the job by its name before giving
+up, and if it is not listed, the message is retried (never the error route:
+the job may still report success).
 
 Step format::
 
@@ -31,11 +34,13 @@ Step format::
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 from zhpc.cluster import Cluster, JobSpec, get_cluster
-from zhpc.errors import ClusterError, Rejected
+from zhpc.cluster.runner import CommandTimeout, TransientCommandError
+from zhpc.errors import ClusterError, OutcomeUnknown, Rejected
 from zhpc.jobfiles import cluster_section, write_recipewrapper, zhpc_command
 from zhpc.message import MESSAGE_ID_HEADER
 from zhpc.recipe import RecipeWrapper
@@ -45,6 +50,9 @@ from zhpc.service import Service
 JOB_PREFIX = "zhpc-wrap-"
 RECIPEWRAPPER_FILE = "recipewrapper.json"
 JOB_ID_FILE = "job_id"
+#: After a submit timed out: how long to look for the job (it may be listed late), how often.
+LOOKUP_SECONDS = 10.0
+LOOKUP_INTERVAL = 1.0
 
 
 def job_key(message_id: str) -> str:
@@ -76,7 +84,7 @@ class ClusterSubmission(Service):
             jobdir.mkdir(parents=True, exist_ok=True)
             body = rw.body(rw.recipe_pointer or 0, payload, add_path_step=False)
             write_recipewrapper(rwfile, body, message_id)
-            job_id = self.cluster.submit(spec)
+            job_id = self._submit(spec)
             (jobdir / JOB_ID_FILE).write_text(job_id + "\n", encoding="utf-8")
             self.log.info("submitted job %s (%s) for recipe %s", job_id, name, rw.recipe_id)
         else:
@@ -89,6 +97,43 @@ class ClusterSubmission(Service):
             "recipewrapper": str(rwfile),
             "resubmission": resubmission,
         })
+
+    def _submit(self, spec: JobSpec) -> str:
+        """Submit; after an answer that leaves it open (a time-out), look for the job first.
+
+        Never the error route then: the job may exist, and report success later.
+        """
+        try:
+            return self.cluster.submit(spec)
+        except (CommandTimeout, TransientCommandError) as exc:
+            self.log.warning("%s; looking for job %s before giving up", exc, spec.name)
+            job_id = self._look_up(spec.name)
+            if job_id is None:
+                raise OutcomeUnknown(
+                    f"{exc}, and no job named {spec.name} is listed: retried later, "
+                    "when it looks again before submitting"
+                ) from None
+            self.log.info("job %s (%s) was submitted after all", job_id, spec.name)
+            return job_id
+
+    def _look_up(self, name: str) -> str | None:
+        """The id of the job named ``name``, looked for up to LOOKUP_SECONDS (it may show late)."""
+        deadline = time.monotonic() + LOOKUP_SECONDS
+        while True:
+            try:
+                job_id = self._listed(name)
+            except ClusterError as exc:
+                self.log.warning("looking for job %s: %s", name, exc)
+                job_id = None
+            if job_id is not None or time.monotonic() >= deadline:
+                return job_id
+            time.sleep(LOOKUP_INTERVAL)
+
+    def _listed(self, name: str) -> str | None:
+        for info in self.cluster.jobs(name):
+            if info.name == name:
+                return info.array_job_id or info.job_id
+        return None
 
     def _message_id(self) -> str:
         message = self.current_message
@@ -107,10 +152,7 @@ class ClusterSubmission(Service):
             recorded = ""
         if recorded:
             return recorded
-        for info in self.cluster.jobs(name):
-            if info.name == name:
-                return info.array_job_id or info.job_id
-        return None
+        return self._listed(name)
 
     def _spec(self, section: dict[str, Any], name: str, jobdir: Path, rwfile: Path,
               message_id: str) -> JobSpec:

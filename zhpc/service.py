@@ -14,7 +14,7 @@ import traceback
 from typing import Any, ClassVar
 
 from zhpc.config import Config, ServiceConfig
-from zhpc.errors import RecipeError, Rejected
+from zhpc.errors import OutcomeUnknown, RecipeError, Rejected
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
 
@@ -83,6 +83,9 @@ class Service:
                 raise Rejected(str(exc)) from None
             try:
                 self.process(rw, rw.payload)
+            except OutcomeUnknown:
+                outputs.clear()  # retried (never the error route): the retry looks first
+                raise
             except Exception as exc:
                 outputs.clear()  # nothing half-done leaves this step
                 if not rw.send_error(self.error_details(exc, rw, message)):
