@@ -17,6 +17,12 @@ have submitted too: the service looks for the job by its name before giving
 up, and if it is not listed, the message is retried (never the error route:
 the job may still report success).
 
+A job killed before ``zhpc wrap`` could report (node failure, out of memory,
+``scancel`` while pending) would stall the recipe: between messages the
+service's job watch (:mod:`zhpc.jobwatch`) sends the step's ``failure`` and
+``done`` with the scheduler's end state and reason, or the results such a job
+saved but could not send.
+
 Step format::
 
     cluster:
@@ -42,9 +48,11 @@ from zhpc.cluster import Cluster, JobSpec, get_cluster
 from zhpc.cluster.runner import CommandTimeout, TransientCommandError
 from zhpc.errors import ClusterError, OutcomeUnknown, Rejected
 from zhpc.jobfiles import cluster_section, write_recipewrapper, zhpc_command
+from zhpc.jobwatch import JobWatch
 from zhpc.message import MESSAGE_ID_HEADER
 from zhpc.recipe import RecipeWrapper
 from zhpc.service import Service
+from zhpc.transport import Transport
 
 #: Wrap jobs are named ``zhpc-wrap-<hash of the message id>``.
 JOB_PREFIX = "zhpc-wrap-"
@@ -53,6 +61,8 @@ JOB_ID_FILE = "job_id"
 #: After a submit timed out: how long to look for the job (it may be listed late), how often.
 LOOKUP_SECONDS = 10.0
 LOOKUP_INTERVAL = 1.0
+#: Seconds between two looks of the job watch for jobs that ended without a report.
+WATCH_INTERVAL = 30.0
 
 
 def job_key(message_id: str) -> str:
@@ -67,6 +77,13 @@ class ClusterSubmission(Service):
 
     def setup(self) -> None:
         self.cluster: Cluster = get_cluster(self.config.cluster)
+        self.watch = JobWatch(self.cluster, self.config.cluster.job_workdir(), JOB_PREFIX,
+                              recipewrapper_file=RECIPEWRAPPER_FILE, job_id_file=JOB_ID_FILE,
+                              interval=WATCH_INTERVAL)
+
+    def tick(self, transport: Transport) -> None:
+        """Between messages: report for jobs that ended without a report (NODE_FAIL, OOM...)."""
+        self.watch.tick(transport)
 
     def teardown(self) -> None:
         self.cluster.close()

@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from zhpc.config import Config, ServiceConfig
 from zhpc.errors import OutcomeUnknown, RecipeError, Rejected
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,10 @@ class Service:
     def process(self, rw: RecipeWrapper, payload: Any) -> None:
         """Handle one message; send results with ``rw.send``/``rw.send_to``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement process()")
+
+    def tick(self, transport: Transport) -> None:
+        """Called by the runner between messages (at least every 0.5 s): periodic work of
+        the service's own, such as the cluster submission's job watch. Default: nothing."""
 
     def publish(self, message: Outgoing) -> None:
         """Send a message outside the recipe, atomically with the current input's ack."""
