@@ -111,6 +111,9 @@ BUSY_TIMEOUT = 30.0
 #: consumers holding nothing are looked at every PID_CHECK_IDLE seconds.
 PID_CHECK_INTERVAL = 1.0
 PID_CHECK_IDLE = 10.0
+#: Milliseconds poll waits for the write lock to lease new messages before it looks
+#: again after the holder's commit (instead of queueing for up to BUSY_TIMEOUT).
+LEASE_LOCK_WAIT_MS = 20
 #: Seconds between two warnings that the file stayed locked (or unwritable) during poll.
 _BUSY_WARNING_INTERVAL = 10.0
 DEFAULT_LEASE_TIMEOUT = 120.0
@@ -395,14 +398,14 @@ class EmbeddedTransport(Transport):
     def _tx(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction: taken at once (BEGIN IMMEDIATE), rolled back on any error.
 
-        ``wait=False``: raise _Locked at once if another connection holds the write lock.
+        ``wait=False``: raise _Locked if the write lock stays taken LEASE_LOCK_WAIT_MS.
         """
         db = self._read()
         try:
             if wait:
                 db.execute("BEGIN IMMEDIATE")
             else:
-                db.execute("PRAGMA busy_timeout=0")
+                db.execute(f"PRAGMA busy_timeout={LEASE_LOCK_WAIT_MS}")
                 try:
                     db.execute("BEGIN IMMEDIATE")
                 finally:
