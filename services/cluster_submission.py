@@ -58,6 +58,8 @@ from zhpc.transport import Transport
 JOB_PREFIX = "zhpc-wrap-"
 RECIPEWRAPPER_FILE = "recipewrapper.json"
 JOB_ID_FILE = "job_id"
+#: In a job directory the job watch looks after (see zhpc.jobwatch).
+WATCH_FILE = "watched"
 #: After a submit timed out: how long to look for the job (it may be listed late), how often.
 LOOKUP_SECONDS = 10.0
 LOOKUP_INTERVAL = 1.0
@@ -79,6 +81,7 @@ class ClusterSubmission(Service):
         self.cluster: Cluster = get_cluster(self.config.cluster)
         self.watch = JobWatch(self.cluster, self.config.cluster.job_workdir(), JOB_PREFIX,
                               recipewrapper_file=RECIPEWRAPPER_FILE, job_id_file=JOB_ID_FILE,
+                              watch_file=WATCH_FILE,
                               interval=WATCH_INTERVAL)
 
     def tick(self, transport: Transport) -> None:
@@ -103,6 +106,7 @@ class ClusterSubmission(Service):
             write_recipewrapper(rwfile, body, message_id)
             job_id = self._submit(spec)
             (jobdir / JOB_ID_FILE).write_text(job_id + "\n", encoding="utf-8")
+            (jobdir / WATCH_FILE).touch()  # the job watch reports if the job cannot
             self.log.info("submitted job %s (%s) for recipe %s", job_id, name, rw.recipe_id)
         else:
             self.log.warning("message %s was submitted before as job %s: not submitting again",

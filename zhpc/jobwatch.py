@@ -50,6 +50,7 @@ class JobWatch:
         *,
         recipewrapper_file: str,
         job_id_file: str,
+        watch_file: str,
         interval: float = 30.0,
         unlisted_after: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -59,6 +60,9 @@ class JobWatch:
         self.prefix = prefix
         self.recipewrapper_file = recipewrapper_file
         self.job_id_file = job_id_file
+        #: Only directories with this file are watched: those of jobs submitted by a
+        #: zhpc whose wrap writes the marker (older job directories are left alone).
+        self.watch_file = watch_file
         self.interval = interval
         #: A job the scheduler no longer lists is taken as ended once its id is this old
         #: (Slurm forgets finished jobs after MinJobAge, 300 s by default).
@@ -101,6 +105,7 @@ class JobWatch:
         return [
             d for d in dirs
             if (d / self.job_id_file).is_file() and (d / self.recipewrapper_file).is_file()
+            and (d / self.watch_file).exists()
             and not reported_marker(d / self.recipewrapper_file).exists()
         ]
 
@@ -121,7 +126,10 @@ class JobWatch:
                 return False
             job_id = handle.read().strip()
             saved = sorted(jobdir.glob(rwfile.stem + "*" + RESULTS_SUFFIX))
-            if saved:
+            resent = list(jobdir.glob(rwfile.stem + "*" + RESULTS_SUFFIX + ".sent"))
+            if resent and not saved:  # sent with ``zhpc wrap --resend``
+                log.info("job %s (%s): its saved results were sent", job_id, jobdir.name)
+            elif saved:
                 for path in saved:
                     transport.publish_many(load_results(path))
                     results_sent(path)
