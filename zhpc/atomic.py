@@ -40,6 +40,27 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o666) -> None:
     fsync_directory(path.parent)
 
 
+def write_new(path: Path, data: str | bytes, *, mode: int = 0o666) -> None:
+    """Like :func:`write_atomic`, but never over an existing file: FileExistsError then.
+
+    For files that hold something not yet sent elsewhere (a wrap run's results):
+    a second writer must not replace the first one's.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)  # atomic, and fails if ``path`` exists
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    fsync_directory(path.parent)
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or removal in ``directory`` durable (best effort where it cannot be opened)."""
     try:

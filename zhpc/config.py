@@ -82,6 +82,10 @@ class BrokerConfig(_Section):
     heartbeat: int = Field(60, ge=0)
     connection_attempts: int = Field(10, ge=1)
     retry_delay: float = Field(1.0, ge=0)
+    #: Seconds a publish waits for the broker's confirm, and RabbitMQ may block the
+    #: connection (memory or disk alarm) before it is dropped: then the caller fails
+    #: (``zhpc go`` spools) instead of hanging.
+    confirm_timeout: float = Field(60.0, gt=0, le=86400)
     tls: TLSConfig = TLSConfig()
     #: RabbitMQ's management HTTP API (``zhpc scale`` reads unacked counts there). None:
     #: derived from ``url`` (same host and credentials, port 15672); "": do not use it.

@@ -47,3 +47,11 @@ class StagingError(ZhpcError):
 
 class Rejected(ZhpcError):
     """A message that can never be processed: dead-letter it now instead of retrying."""
+
+
+class OutcomeUnknown(ZhpcError):
+    """An action may or may not have happened (e.g. a submit that timed out).
+
+    Never an error route (the action may yet succeed, and report success): the
+    message is retried, and the retry looks first whether it happened.
+    """

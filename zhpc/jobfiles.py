@@ -13,7 +13,9 @@ message and recipe modules are imported only where a file is read or written.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,8 @@ from zhpc.errors import RecipeError, Rejected, ZhpcError
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import Config
     from zhpc.recipe import RecipeWrapper
+
+log = logging.getLogger(__name__)
 
 #: The keys a step's ``cluster`` section may have.
 CLUSTER_KEYS = frozenset({
@@ -55,6 +59,29 @@ def write_recipewrapper(path: Path, body: dict[str, Any], message_id: str | None
     write_atomic(path, json.dumps({**body, MESSAGE_ID_HEADER: message_id}))
 
 
+def job_message_id(message_id: str) -> str:
+    """The id the job's outputs derive from: not the input's own, which the submitter's
+    outputs (``job_submitted``) derive from, so that no two messages share an id."""
+    return f"{message_id}/job"
+
+
+#: Written next to the recipe-wrapper file once the job's results are confirmed sent.
+REPORTED_SUFFIX = ".reported"
+
+
+def reported_marker(recipewrapper: Path) -> Path:
+    """The file saying the step's results were sent (by the job, or by the job watch)."""
+    return recipewrapper.with_name(recipewrapper.stem + REPORTED_SUFFIX)
+
+
+def mark_reported(recipewrapper: Path) -> None:
+    """Record that the step's results are sent: the job watch leaves the job alone."""
+    try:
+        write_atomic(reported_marker(recipewrapper), f"{time.time():.3f}\n")
+    except OSError as exc:  # the watch then sends a duplicate failure: never a loss
+        log.warning("cannot write %s: %s", reported_marker(recipewrapper), exc)
+
+
 def read_recipewrapper(path: Path) -> RecipeWrapper:
     """The recipe step a recipe-wrapper file describes; ZhpcError if it cannot be one."""
     from zhpc.message import MESSAGE_ID_HEADER
@@ -71,7 +98,8 @@ def read_recipewrapper(path: Path) -> RecipeWrapper:
     message_id = body.get(MESSAGE_ID_HEADER)
     try:
         return RecipeWrapper.from_body(
-            body, message_id=str(message_id) if message_id else None, decoded=True
+            body, message_id=job_message_id(str(message_id)) if message_id else None,
+            decoded=True,
         )
     except RecipeError as exc:
         raise ZhpcError(f"recipe wrapper {path}: {exc}") from None

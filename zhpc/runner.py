@@ -195,6 +195,7 @@ class ServiceRunner:
                 delivered = self.transport.poll(self._lane_timeout())
                 self._read_lane(idle=delivered == 0)
                 self._heartbeat()
+                self._tick()
             return self._shutdown()
         except BaseException:
             if self._set_up:  # e.g. the broker went away for good: still close files
@@ -433,6 +434,12 @@ class ServiceRunner:
             dead_lettered=self.dead_lettered,
             broker=self.transport.broker_node,
         )
+
+    def _tick(self) -> None:
+        try:
+            self.service.tick(self.transport)
+        except Exception as exc:  # the service's periodic work must not stop its messages
+            log.error("%s: periodic work failed: %s", self.service.name, exc, exc_info=True)
 
     def _heartbeat(self, force: bool = False) -> None:
         now = self.clock()

@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from zhpc.config import Config, ServiceConfig
-from zhpc.errors import RecipeError, Rejected
+from zhpc.errors import OutcomeUnknown, RecipeError, Rejected
 from zhpc.message import Message, Outgoing
 from zhpc.recipe import RecipeWrapper
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,10 @@ class Service:
         """Handle one message; send results with ``rw.send``/``rw.send_to``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement process()")
 
+    def tick(self, transport: Transport) -> None:
+        """Called by the runner between messages (at least every 0.5 s): periodic work of
+        the service's own, such as the cluster submission's job watch. Default: nothing."""
+
     def publish(self, message: Outgoing) -> None:
         """Send a message outside the recipe, atomically with the current input's ack."""
         if self._outputs is None:
@@ -83,6 +90,9 @@ class Service:
                 raise Rejected(str(exc)) from None
             try:
                 self.process(rw, rw.payload)
+            except OutcomeUnknown:
+                outputs.clear()  # retried (never the error route): the retry looks first
+                raise
             except Exception as exc:
                 outputs.clear()  # nothing half-done leaves this step
                 if not rw.send_error(self.error_details(exc, rw, message)):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zhpc.atomic import fsync_directory, write_atomic
+from zhpc.atomic import fsync_directory, write_atomic, write_new
 from zhpc.config import zhpc_home
 from zhpc.errors import ZhpcError
 from zhpc.message import Outgoing
@@ -61,6 +61,9 @@ class SpooledMessage:
     queue: str
     headers: dict[str, Any]
     message: Any
+    #: The id the first attempt was published with (it may have got through): sent again
+    #: under the same id, so that duplicates can be recognised. None in older files.
+    message_id: str | None = None
 
 
 class Spool:
@@ -69,7 +72,8 @@ class Spool:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory or default_spool()
 
-    def save(self, queue: str, message: Any, headers: dict[str, Any], *, label: str = "") -> Path:
+    def save(self, queue: str, message: Any, headers: dict[str, Any], *, label: str = "",
+             message_id: str | None = None) -> Path:
         """Write one message atomically and return its file."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -79,7 +83,10 @@ class Spool:
         safe = "".join(c for c in label if c.isalnum() or c in "-_")[:64]
         name = f"{time.time_ns():020d}-{safe or uuid.uuid4().hex}{SUFFIX}"
         final = self.directory / name
-        data = json.dumps({"queue": queue, "headers": headers, "message": message}, indent=2)
+        record = {"queue": queue, "headers": headers, "message": message}
+        if message_id is not None:
+            record["message_id"] = message_id
+        data = json.dumps(record, indent=2)
         try:
             write_atomic(final, data + "\n", mode=0o600)
         except OSError as exc:
@@ -164,9 +171,12 @@ def _parse(path: Path, text: str) -> SpooledMessage:
         raise ValueError("not a spooled message (no 'message' key)")
     headers = data.get("headers") or {}
     queue = data.get("queue") or "processing_recipe"
+    message_id = data.get("message_id")
     if not isinstance(headers, dict) or not isinstance(queue, str):
         raise ValueError("'headers' must be an object and 'queue' a string")
-    return SpooledMessage(path, queue, headers, data["message"])
+    if message_id is not None and not (isinstance(message_id, str) and message_id):
+        raise ValueError("'message_id' must be a non-empty string")
+    return SpooledMessage(path, queue, headers, data["message"], message_id)
 
 
 # -- the results of a zhpc wrap run --------------------------------------------------------
@@ -183,17 +193,36 @@ def save_results(
     """
     data = json.dumps({**fields, "outputs": [_outgoing_to_json(out) for out in outputs]})
     candidates = [
-        recipewrapper.with_name(recipewrapper.stem + RESULTS_SUFFIX),
-        zhpc_home() / WRAP_RESULTS_DIR / f"{name}{RESULTS_SUFFIX}",
+        (recipewrapper.parent, recipewrapper.stem),
+        (zhpc_home() / WRAP_RESULTS_DIR, name),
     ]
-    for path in candidates:
+    for directory, stem in candidates:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data)
-            return path
+            directory.mkdir(parents=True, exist_ok=True)
+            return _write_unsent(directory, stem, data)
         except OSError as exc:
-            log.warning("cannot write results to %s: %s", path, exc)
+            log.warning("cannot write results to %s: %s", directory / (stem + RESULTS_SUFFIX),
+                        exc)
     return None
+
+
+#: How many unsent results files of one recipe-wrapper file may wait side by side.
+_MAX_UNSENT = 1000
+
+
+def _write_unsent(directory: Path, stem: str, data: str) -> Path:
+    """Write ``<stem>.results.json``, or ``<stem>.<n>.results.json`` if an earlier run's
+    unsent results are there: they must be kept until they are sent (never replaced)."""
+    for number in range(1, _MAX_UNSENT + 1):
+        path = directory / (stem + (f".{number}" if number > 1 else "") + RESULTS_SUFFIX)
+        try:
+            write_new(path, data)
+            return path
+        except FileExistsError:
+            if path.is_file() and not path.is_symlink():
+                continue  # an earlier run's results, still unsent
+            raise
+    raise OSError(f"{_MAX_UNSENT} unsent results files are waiting already")
 
 
 def load_results(path: Path) -> list[Outgoing]:

@@ -386,6 +386,10 @@ class WrapRun:
         if spool is not None:
             with contextlib.suppress(OSError):
                 spool.unlink()
+        from zhpc.jobfiles import mark_reported
+
+        assert self.recipewrapper is not None
+        mark_reported(self.recipewrapper)
         self.reporter.status(self.status())
         return code
 

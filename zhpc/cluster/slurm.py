@@ -373,9 +373,11 @@ class SlurmCluster(Cluster):
             spec = replace(spec, account=self.account)
         argv = sbatch_argv(spec, site_args=self.extra_sbatch_args)
         # A timed-out sbatch may still have submitted: never retry it blindly.
-        result = self._run(argv, batch_script(spec), idempotent=False)
+        try:
+            result = self._run(argv, batch_script(spec), idempotent=False)
+        finally:
+            self._cache = None  # a timed-out submit may have submitted: look afresh
         job_id = parse_sbatch_output(result.stdout)
-        self._cache = None
         log.info("submitted Slurm job %s (%s)", job_id, spec.name)
         return job_id
 

@@ -28,6 +28,8 @@ EXIT_SPOOLED = 3
 #: Connection attempts before a request is spooled: it is safe in the spool, so
 #: an interactive command should not wait minutes for a broker that is down.
 GO_CONNECTION_ATTEMPTS = 3
+#: Seconds ``zhpc go`` waits for a confirm (a blocked broker) before it spools instead.
+GO_CONFIRM_TIMEOUT = 15.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -149,7 +151,9 @@ def _quick_transport(config: Config) -> Any:
     from zhpc.transport import get_transport
 
     attempts = min(config.broker.connection_attempts, GO_CONNECTION_ATTEMPTS)
-    return get_transport(config.broker.model_copy(update={"connection_attempts": attempts}))
+    confirm = min(config.broker.confirm_timeout, GO_CONFIRM_TIMEOUT)
+    return get_transport(config.broker.model_copy(
+        update={"connection_attempts": attempts, "confirm_timeout": confirm}))
 
 
 def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
@@ -169,7 +173,7 @@ def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
         return True, ""
     except TransportError as exc:
         Spool().save(message.destination, request.to_body(), dict(message.headers),
-                     label=request.guid or "")
+                     label=request.guid or "", message_id=message.message_id)
         return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     finally:
         # Once the publish is confirmed the request is the broker's: a failing close
@@ -201,7 +205,9 @@ def pickup(config: Config) -> int:
 
             def send(item: SpooledMessage) -> None:
                 nonlocal sent
-                transport.publish(Outgoing.json(item.queue, item.message, headers=item.headers))
+                same_id = {"message_id": item.message_id} if item.message_id else {}
+                transport.publish(Outgoing.json(item.queue, item.message, headers=item.headers,
+                                                **same_id))
                 sent += 1
                 guid = item.message.get("parameters", {}).get("guid") if isinstance(
                     item.message, dict) else None

@@ -107,6 +107,15 @@ MAX_IDLE_WAIT = 0.05
 #: Messages leased per transaction at most (bounded by each subscription's prefetch).
 MAX_BATCH = 500
 BUSY_TIMEOUT = 30.0
+#: Seconds between two /proc looks at another consumer's pid (one holding leases);
+#: consumers holding nothing are looked at every PID_CHECK_IDLE seconds.
+PID_CHECK_INTERVAL = 1.0
+PID_CHECK_IDLE = 10.0
+#: Milliseconds poll waits for the write lock to lease new messages before it looks
+#: again after the holder's commit (instead of queueing for up to BUSY_TIMEOUT).
+LEASE_LOCK_WAIT_MS = 20
+#: Seconds between two warnings that the file stayed locked (or unwritable) during poll.
+_BUSY_WARNING_INTERVAL = 10.0
 DEFAULT_LEASE_TIMEOUT = 120.0
 
 _SCHEMA = """
@@ -202,6 +211,10 @@ class _Subscription:
         return self.prefetch - self.unsettled - len(self.buffer)
 
 
+class _Locked(Exception):
+    """Another connection holds the write lock (only from ``_tx(wait=False)``)."""
+
+
 @dataclass(eq=False, slots=True)
 class _Lease:
     """The transport's handle on one delivery: identifies the lease, not just the row."""
@@ -237,6 +250,9 @@ class EmbeddedTransport(Transport):
         self._pending_declared: set[str] = set()
         self._failed_commits: list[BaseException] = []
         self._last_reclaim = 0.0
+        self._pid_checked: dict[int, float] = {}
+        self._stranded: list[_Lease] = []
+        self._busy_warned = 0.0
         self._data_version = -1
         self._dirty = True
         self._evicted = threading.Event()
@@ -379,11 +395,25 @@ class EmbeddedTransport(Transport):
 
     # -- transactions ------------------------------------------------------------------------
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: taken at once (BEGIN IMMEDIATE), rolled back on any error."""
+    def _tx(self, *, wait: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: taken at once (BEGIN IMMEDIATE), rolled back on any error.
+
+        ``wait=False``: raise _Locked if the write lock stays taken LEASE_LOCK_WAIT_MS.
+        """
         db = self._read()
         try:
-            db.execute("BEGIN IMMEDIATE")
+            if wait:
+                db.execute("BEGIN IMMEDIATE")
+            else:
+                db.execute(f"PRAGMA busy_timeout={LEASE_LOCK_WAIT_MS}")
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                finally:
+                    db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        except sqlite3.OperationalError as exc:
+            if not wait and "locked" in str(exc):
+                raise _Locked from None
+            raise TransportError(f"embedded broker {self.path}: {exc}") from None
         except sqlite3.Error as exc:
             raise TransportError(f"embedded broker {self.path}: {exc}") from None
         self._pending_declared.clear()
@@ -596,9 +626,15 @@ class EmbeddedTransport(Transport):
         wait = 0.001
         while True:
             with self._lock:
-                self._check_registered()
-                self._maybe_reclaim()
-                self._fill()
+                try:
+                    self._return_stranded()
+                    self._check_registered()
+                    self._maybe_reclaim()
+                    self._fill()
+                except (TransportError, sqlite3.Error) as exc:
+                    # The write lock busy past the timeout, or the disk full: a service
+                    # must not die of it; what is buffered is still delivered.
+                    self._warn_busy(exc)
                 count = self._dispatch()
             delivered += count
             now = time.monotonic()
@@ -610,6 +646,32 @@ class EmbeddedTransport(Transport):
             self._wait_for_change(min(deadline, now + wait))
             wait = min(wait * 2, MAX_IDLE_WAIT)
 
+    def _warn_busy(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._busy_warned >= _BUSY_WARNING_INTERVAL:
+            self._busy_warned = now
+            log.warning("embedded broker %s: %s; trying again", self.path, exc)
+
+    def _return_stranded(self) -> None:
+        """Return the deliveries whose nack failed (file locked or full) now that we can.
+
+        Without this a failed nack would hold its lease (and the subscription's
+        credit) until the process exits.
+        """
+        leases = [lease for lease in self._stranded if not lease.settled]
+        if not leases:
+            self._stranded.clear()
+            return
+        with self._tx() as db:
+            for lease in leases:
+                if self._own(db, lease):
+                    self._return_rows(db, [lease.row])
+        for lease in leases:
+            lease.settled = True
+            lease.subscription.unsettled -= 1
+        self._stranded.clear()
+        log.info("embedded broker: returned %d message(s) whose return had failed", len(leases))
+
     def _wait_for_change(self, until: float) -> None:
         """Sleep until ``until`` or until another connection commits (PRAGMA data_version)."""
         step = 0.001
@@ -617,7 +679,10 @@ class EmbeddedTransport(Transport):
             with self._lock:
                 if self._db is None:
                     return
-                version = self._db.execute("PRAGMA data_version").fetchone()[0]
+                try:
+                    version = self._db.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    return  # poll looks again (and reports what is wrong)
                 changed = version != self._data_version or self._dirty
                 self._data_version, self._dirty = version, False
             now = time.monotonic()
@@ -643,11 +708,17 @@ class EmbeddedTransport(Transport):
         if not wanted:
             return False
         got = False
-        with self._tx() as db:
-            for sub in wanted:
-                leased = self._lease(db, sub, now)
-                sub.buffer.extend(leased)
-                got |= bool(leased)
+        try:
+            with self._tx(wait=False) as db:
+                for sub in wanted:
+                    leased = self._lease(db, sub, now)
+                    sub.buffer.extend(leased)
+                    got |= bool(leased)
+        except _Locked:
+            # Another process holds the write lock (most likely leasing the same new
+            # message): look again after its commit instead of queueing behind it, so
+            # one new message does not take every consumer process through the lock.
+            return False
         return got
 
     def _lease(
@@ -705,7 +776,8 @@ class EmbeddedTransport(Transport):
                 except Exception:
                     log.exception("callback for %s failed; returning the message", sub.queue)
                     if not message.handle.settled:
-                        self.nack(message, requeue=True)
+                        with suppress(TransportError):  # stranded: poll returns it later
+                            self.nack(message, requeue=True)
         return count
 
     # -- settling ----------------------------------------------------------------------------
@@ -775,6 +847,14 @@ class EmbeddedTransport(Transport):
             )
 
     def nack(self, message: Message, *, requeue: bool = True) -> None:
+        try:
+            self._nack(message, requeue=requeue)
+        except TransportError:
+            if requeue and isinstance(message.handle, _Lease) and not message.handle.settled:
+                self._stranded.append(message.handle)  # poll returns it once it can
+            raise
+
+    def _nack(self, message: Message, *, requeue: bool) -> None:
         with self._settling(message) as (db, lease):
             if lease is None:
                 return
@@ -905,25 +985,52 @@ class EmbeddedTransport(Transport):
             return self._reclaim()
 
     def _reclaim(self) -> int:
+        """Find dead consumers (cheaply, outside any transaction), then return their messages.
+
+        A pid is looked up in /proc only for consumers of this host, at most every
+        PID_CHECK_INTERVAL s for one holding leases (whose messages wait on it) and
+        every PID_CHECK_IDLE s for the others. Death by a stale heartbeat is decided
+        again inside the reclaiming transaction, so a consumer that came back
+        meanwhile (it was stopped) keeps its messages.
+        """
         db = self._read()
         host = socket.gethostname()
-        now = time.time()
-        dead = []
+        now, clock = time.time(), time.monotonic()
+        holding = {r[0] for r in db.execute(
+            "SELECT DISTINCT consumer FROM messages WHERE consumer IS NOT NULL")}
+        gone: list[int] = []
+        stale: list[int] = []
+        seen = set()
         for cid, chost, pid, pid_start, heartbeat, timeout in db.execute(
             "SELECT id, host, pid, pid_start, heartbeat, lease_timeout FROM consumers"
         ).fetchall():
+            seen.add(cid)
             if cid == self._consumer:
                 continue
-            if chost == host and pid_start != "?":
+            if chost == host and pid_start != "?" and self._pid_check_due(cid, cid in holding,
+                                                                         clock):
                 start = procinfo.identity(pid)
                 if start is None or (start != "?" and start != pid_start):
-                    dead.append(cid)
+                    gone.append(cid)
                     continue
             if timeout is not None and heartbeat < now - timeout:
-                dead.append(cid)
-        if not dead:
+                stale.append(cid)
+        for cid in set(self._pid_checked) - seen:
+            del self._pid_checked[cid]
+        if not gone and not stale:
             return 0
+        dead = []
         with self._tx() as db:
+            for cid in gone:  # a dead pid stays dead: only check that nobody reclaimed it
+                if db.execute("SELECT 1 FROM consumers WHERE id=?", (cid,)).fetchone():
+                    dead.append(cid)
+            now = time.time()
+            for cid in stale:
+                row = db.execute(
+                    "SELECT heartbeat, lease_timeout FROM consumers WHERE id=?", (cid,)
+                ).fetchone()
+                if row is not None and row[1] is not None and row[0] < now - row[1]:
+                    dead.append(cid)
             for cid in dead:
                 rows = db.execute("SELECT id FROM messages WHERE consumer=?", (cid,)).fetchall()
                 if rows:
@@ -935,6 +1042,14 @@ class EmbeddedTransport(Transport):
                 self._return_rows(db, [r[0] for r in rows])
                 self._forget_consumer(db, cid)
         return len(dead)
+
+    def _pid_check_due(self, cid: int, holding: bool, clock: float) -> bool:
+        last = self._pid_checked.get(cid)
+        interval = PID_CHECK_INTERVAL if holding else PID_CHECK_IDLE
+        if last is not None and clock - last < interval:
+            return False
+        self._pid_checked[cid] = clock
+        return True
 
     def _forget_consumer(self, db: sqlite3.Connection, cid: int | None) -> None:
         db.execute(

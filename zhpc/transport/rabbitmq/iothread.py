@@ -73,6 +73,28 @@ class ConnectionLostError(TransportError):
     """The channel or connection went away before the broker answered."""
 
 
+class BrokerRefused(TransportError):
+    """The broker answered a declare-like call by closing the topology channel."""
+
+    def __init__(self, reply_code: int, reply_text: str) -> None:
+        super().__init__(f"RabbitMQ refused: ({reply_code}) {reply_text}")
+        self.reply_code = reply_code
+        self.reply_text = reply_text
+
+
+def as_transport_error(reason: BaseException) -> TransportError:
+    """pika's reason for a lost channel or connection as zhpc's error (never pika's own).
+
+    Callers catch TransportError only: a pika exception escaping to them would
+    crash a service (a heartbeat after a reconnect) or stop ``zhpc go`` spooling.
+    """
+    if isinstance(reason, TransportError):
+        return reason
+    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return BrokerRefused(reason.reply_code, reason.reply_text)
+    return ConnectionLostError(f"channel to RabbitMQ lost: {describe(reason)}")
+
+
 class _ConnectFailed(Exception):
     """One connection attempt failed; tenacity retries these."""
 
@@ -169,6 +191,7 @@ class IOThread:
         on_channel: Callable[[int], None],
         on_abandon: Callable[[TransportError], None],
         nack_retry_budget: float = DEFAULT_BUDGET_S,
+        blocked_timeout: float | None = None,
     ) -> None:
         # The nodes of a cluster, tried in order (see _node_order); one URL for one broker.
         self._urls = [url] if isinstance(url, str) else list(url)
@@ -185,6 +208,9 @@ class IOThread:
         self._tls = tls
         self._on_channel = on_channel
         self._on_abandon = on_abandon
+        self._blocked_timeout = blocked_timeout
+        #: Why RabbitMQ blocks this connection's publishes now (an alarm), or "".
+        self.blocked = ""
         # written on the I/O thread, read by the polling thread
         self.deliveries: queue.SimpleQueue[RawDelivery] = queue.SimpleQueue()
         # shared: written under the GIL as whole attributes, or guarded by their lock
@@ -245,7 +271,7 @@ class IOThread:
         self._ready.clear()
         assert self._ioloop is not None
         self._ioloop.add_callback_threadsafe(self._io_close)
-        thread.join(15)
+        thread.join(2 if self.blocked else 15)  # a blocked broker does not read our close
         if thread.is_alive():
             log.warning("RabbitMQ I/O thread did not stop within 15 s")
         self._thread = None
@@ -295,6 +321,8 @@ class IOThread:
             return future.result(timeout)
         except FutureTimeout:
             raise TransportError(f"the broker did not answer within {timeout} s") from None
+        except pika.exceptions.AMQPError as exc:  # never let pika's own errors reach a caller
+            raise as_transport_error(exc) from None
 
     def _submit(self, op: Callable[[], None], future: Future[Any] | None = None) -> None:
         """Queue ``op`` for the I/O thread; it runs once the work channel is ready.
@@ -426,7 +454,8 @@ class IOThread:
         self.node = self._display_urls[index]
         self._open_error = None
         self._conn = pika.SelectConnection(
-            connection_parameters(self._urls[index], self._heartbeat, self._tls),
+            connection_parameters(self._urls[index], self._heartbeat, self._tls,
+                                  self._blocked_timeout),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
@@ -448,8 +477,19 @@ class IOThread:
         log.info("connected to RabbitMQ at %s", self.node)
         self.connections += 1  # what was declared on an earlier connection is declared again
         self.nack_retry.connection_opened(connection)
+        self.blocked = ""
+        connection.add_on_connection_blocked_callback(self._on_blocked)
+        connection.add_on_connection_unblocked_callback(self._on_unblocked)
         connection.channel(on_open_callback=self._on_topo_open)
         connection.channel(on_open_callback=self._on_work_open)
+
+    def _on_blocked(self, _conn: Any, frame: Any) -> None:
+        self.blocked = getattr(frame.method, "reason", "") or "blocked"
+        log.warning("RabbitMQ at %s blocks publishing: %s", self._display_url, self.blocked)
+
+    def _on_unblocked(self, _conn: Any, _frame: Any) -> None:
+        self.blocked = ""
+        log.info("RabbitMQ at %s accepts publishes again", self._display_url)
 
     def _on_connection_open_error(self, _conn: Any, error: BaseException) -> None:
         self._open_error = error
@@ -544,7 +584,7 @@ class IOThread:
         self._topo = None
         current, self._topo_current = self._topo_current, None
         if current is not None:
-            fail(current.future, reason)
+            fail(current.future, as_transport_error(reason))
         conn = self._conn
         if conn is not None and conn.is_open and not self.closing:
             conn.channel(on_open_callback=self._on_topo_open)

@@ -18,8 +18,6 @@ import threading
 import time
 from typing import Any
 
-import pika.exceptions
-
 from zhpc.errors import TransportError
 from zhpc.transport.accounting import (
     dlq_name,
@@ -29,7 +27,7 @@ from zhpc.transport.accounting import (
     retry_name,
 )
 from zhpc.transport.base import QueueDepth
-from zhpc.transport.rabbitmq.iothread import ConnectionLostError, IOThread
+from zhpc.transport.rabbitmq.iothread import BrokerRefused, ConnectionLostError, IOThread
 from zhpc.transport.rabbitmq.wire import (
     NOT_FOUND,
     PRECONDITION_FAILED,
@@ -41,9 +39,6 @@ from zhpc.transport.rabbitmq.wire import (
 )
 
 log = logging.getLogger(__package__)
-
-#: Holding queues are re-declared (resetting ``x-expires``) when older than this.
-_DELAY_REDECLARE_S = 30.0
 
 
 class Topology:
@@ -112,7 +107,7 @@ class Topology:
         try:
             self.call("queue_declare", queue=name, durable=True,
                       arguments=self._replicated(arguments))
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except BrokerRefused as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise TransportError(f"cannot declare queue {name!r}: {exc.reply_text}") from None
             if self._first_time(name):
@@ -129,7 +124,7 @@ class Topology:
                 self.call("exchange_declare", exchange=name, exchange_type="fanout", durable=True)
             else:
                 self.call("exchange_declare", exchange=name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except BrokerRefused as exc:
             if exc.reply_code == NOT_FOUND:
                 raise TransportError(f"exchange {name!r} does not exist") from None
             if exc.reply_code != PRECONDITION_FAILED:
@@ -143,8 +138,7 @@ class Topology:
         """A holding queue whose messages dead-letter to the target after ``delay_ms``."""
         name = delay_queue_name(exchange, routing_key, delay_ms)
         key = ("delay", name)
-        age = self._age(key)
-        if age is not None and age < _DELAY_REDECLARE_S:
+        if self._age(key) is not None:
             return name
         connection = self._io.connections
         args = self._replicated(delay_queue_arguments(exchange, routing_key, delay_ms))
@@ -155,7 +149,7 @@ class Topology:
     def queue_depth(self, name: str) -> QueueDepth:
         try:
             frame = self.call("queue_declare", queue=name, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
+        except BrokerRefused as exc:
             if exc.reply_code == NOT_FOUND:
                 return QueueDepth(ready=0, unacked=None, consumers=0)
             raise TransportError(f"cannot inspect queue {name!r}: {exc.reply_text}") from None

@@ -77,12 +77,14 @@ class RabbitMQTransport(Transport):
         tls: TLSConfig | None = None,
         quorum_group_size: int | None = None,
         nack_retry_budget: float = 30.0,
+        confirm_timeout: float = 60.0,
     ) -> None:
         super().__init__(delivery_limit=delivery_limit)
         urls = [url] if isinstance(url, str) else list(url)
         shown = display_url or [mask(u) for u in urls]
         shown = [shown] if isinstance(shown, str) else list(shown)
         self.display_url = ", ".join(shown)
+        self.confirm_timeout = confirm_timeout
         self._io = IOThread(
             urls,
             display_url=shown,
@@ -93,6 +95,7 @@ class RabbitMQTransport(Transport):
             on_channel=self._on_channel,
             on_abandon=self._fail_pending,
             nack_retry_budget=nack_retry_budget,
+            blocked_timeout=confirm_timeout,
         )
         self._topology = Topology(self._io, quorum_group_size=quorum_group_size)
         self._subs: dict[str, Subscription] = {}
@@ -114,6 +117,7 @@ class RabbitMQTransport(Transport):
             tls=config.tls,
             quorum_group_size=config.quorum_initial_group_size(),
             nack_retry_budget=config.nack_retry_budget,
+            confirm_timeout=config.confirm_timeout,
         )
 
     @property
@@ -159,6 +163,8 @@ class RabbitMQTransport(Transport):
         Chunks go to the I/O thread as soon as they are built, so the wire work
         overlaps with building the rest.
         """
+        self._refuse_if_blocked()
+        deadline = time.monotonic() + self.confirm_timeout
         chunks: list[tuple[list[Pub], Future[None]]] = []
         for start in range(0, len(messages), _PUBLISH_CHUNK):
             pubs = [self._to_pub(m) for m in messages[start : start + _PUBLISH_CHUNK]]
@@ -167,7 +173,7 @@ class RabbitMQTransport(Transport):
             failed: list[tuple[list[Pub], Future[None]]] = []
             for pubs, future in chunks:
                 try:
-                    self._io.wait(future)
+                    self._wait_confirmed(future, deadline)
                 except ConnectionLostError as exc:
                     if attempt >= 3 or self._io.closing:
                         raise
@@ -176,6 +182,33 @@ class RabbitMQTransport(Transport):
             if not failed:
                 return
             chunks = [(pubs, self._send(pubs)) for pubs, _future in failed]
+
+    def _refuse_if_blocked(self) -> None:
+        if self._io.blocked:
+            raise TransportError(
+                f"RabbitMQ at {self.display_url} blocks publishing ({self._io.blocked})"
+            )
+
+    def _wait_confirmed(self, future: Future[None], deadline: float) -> None:
+        """Wait for ``future`` until ``deadline``; fail early once the broker blocks us.
+
+        A publish not confirmed may still arrive (a duplicate later), never a loss.
+        """
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return self._io.wait(future, max(0.0, min(remaining, 0.2)))
+            except ConnectionLostError:
+                raise
+            except TransportError:
+                if future.done():
+                    raise
+                self._refuse_if_blocked()
+                if remaining <= 0.2:
+                    raise TransportError(
+                        f"RabbitMQ at {self.display_url} did not confirm a publish within "
+                        f"{self.confirm_timeout:g} s"
+                    ) from None
 
     def _send(self, pubs: list[Pub]) -> Future[None]:
         future: Future[None] = Future()
@@ -403,7 +436,7 @@ class RabbitMQTransport(Transport):
         future: Future[None] = Future()
         pub = Pub("", queue_name, message.body, props, True)
         self._io.send(Batch([pub], future, ack=delivery))
-        self._io.wait(future)
+        self._wait_confirmed(future, time.monotonic() + self.confirm_timeout)
 
     @staticmethod
     def _delivery(message: Message) -> Delivery:

@@ -25,8 +25,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Prefix of the holding queues that implement delays (TTL + dead-letter to the target).
 DELAY_QUEUE_PREFIX = "zhpc.delay"
-#: How long a holding queue outlives its last declaration beyond twice its TTL.
-_DELAY_EXPIRY_MARGIN_MS = 60_000
 NOT_FOUND = 404
 PRECONDITION_FAILED = 406
 #: What pika raises while marshalling a publish that it cannot encode (nothing written).
@@ -138,16 +136,25 @@ def work_queue_arguments(target: str, delivery_limit: int) -> dict[str, Any]:
 
 
 def delay_queue_name(exchange: str, routing_key: str, delay_ms: int) -> str:
-    """The holding queue for messages to ``exchange``/``routing_key`` delayed by ``delay_ms``."""
-    return f"{DELAY_QUEUE_PREFIX}.{delay_ms}.{exchange or '-'}.{routing_key}"
+    """The holding queue for messages to ``exchange``/``routing_key`` delayed by ``delay_ms``.
+
+    ``<ms>ms``: holding queues of zhpc before 2026-12 had ``x-expires`` and the plain
+    number; a new name avoids redeclaring those with other arguments.
+    """
+    return f"{DELAY_QUEUE_PREFIX}.{delay_ms}ms.{exchange or '-'}.{routing_key}"
 
 
 def delay_queue_arguments(exchange: str, routing_key: str, delay_ms: int) -> dict[str, Any]:
-    """A holding queue whose messages dead-letter to the target after ``delay_ms``."""
+    """A holding queue whose messages dead-letter to the target after ``delay_ms``.
+
+    Durable and without ``x-expires``: RabbitMQ deletes an expiring queue with the
+    messages still inside (one whose target was unroutable when its TTL ran out,
+    which at-least-once dead-lettering keeps retrying). So holding queues stay,
+    one per target and delay, empty between uses.
+    """
     return {
         "x-queue-type": "quorum",
         "x-message-ttl": delay_ms,
-        "x-expires": 2 * delay_ms + _DELAY_EXPIRY_MARGIN_MS,
         "x-dead-letter-exchange": exchange,
         "x-dead-letter-routing-key": routing_key,
         "x-dead-letter-strategy": "at-least-once",
@@ -156,10 +163,16 @@ def delay_queue_arguments(exchange: str, routing_key: str, delay_ms: int) -> dic
 
 
 # -- connecting -----------------------------------------------------------------------------------
-def connection_parameters(url: str, heartbeat: int, tls: TLSConfig | None) -> pika.URLParameters:
-    """pika's parameters for one connection attempt (zhpc retries by itself)."""
+def connection_parameters(
+    url: str, heartbeat: int, tls: TLSConfig | None, blocked_timeout: float | None = None
+) -> pika.URLParameters:
+    """pika's parameters for one connection attempt (zhpc retries by itself).
+
+    ``blocked_timeout``: pika drops a connection RabbitMQ blocks (alarm) that long.
+    """
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
+    params.blocked_connection_timeout = blocked_timeout
     params.connection_attempts = 1
     params.client_properties = {"connection_name": "zhpc"}
     if urlsplit(url).scheme == "amqps":
