@@ -15,7 +15,7 @@ from zhpc.config import BrokerConfig
 from zhpc.errors import InvalidHeaders, TransportError, UnroutableError
 from zhpc.message import Outgoing
 from zhpc.transport import death_record, dlq_name, get_transport
-from zhpc.transport.embedded import EmbeddedTransport
+from zhpc.transport.embedded import PID_CHECK_IDLE, EmbeddedTransport
 
 
 @pytest.fixture
@@ -162,7 +162,9 @@ def test_killed_subscriber_loses_its_consumer_and_broadcast_queue(
 
     worker.kill()
     listener.kill()
-    wait_until(lambda: transport.queue_depth("work").consumers == 0, what="consumer gone")
+    # A consumer holding nothing is looked up in /proc only every PID_CHECK_IDLE seconds.
+    wait_until(lambda: transport.queue_depth("work").consumers == 0,
+               timeout=PID_CHECK_IDLE * 3, what="consumer gone")
     assert rows(path, "SELECT name FROM queues WHERE topic='news'") == []
     assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
 
