@@ -298,11 +298,13 @@ class WrapRun:
             step = rw.recipe_step or {}
             cluster = step.get("cluster") if isinstance(step.get("cluster"), dict) else {}
             names = {"payload": rw.payload}
-            command = substitute(command, names, "command")
+            # A second stage: braces the Dispatcher inserted from values stay literal.
+            command = substitute(command, names, where="command", strict=False)
             if not all(isinstance(arg, str) for arg in command):
                 raise ZhpcError("every command argument must be a string after substitution")
-            parameters = substitute(rw.parameters, names, "step parameters")
-            cluster = substitute(cluster, names, "cluster section")
+            parameters = substitute(rw.parameters, names, where="step parameters",
+                                    strict=False)
+            cluster = substitute(cluster, names, where="cluster section", strict=False)
             roots = list(self.config().staging.allowed_roots)
         wrapper = self._make_wrapper(command, parameters, roots)
         self._wrapper = wrapper
