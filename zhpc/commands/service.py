@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from zhpc.commands.argtypes import positive_seconds
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,9 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--list", action="store_true", help="list installed services and exit")
     parser.add_argument("--queue", help="consume this queue instead of the service's own")
     parser.add_argument("--prefetch", type=int, help="messages held at once (default: config)")
-    parser.add_argument("--max-runtime", type=float, metavar="SECONDS",
+    parser.add_argument("--max-runtime", type=positive_seconds, metavar="SECONDS",
                         help="drain after this many seconds")
-    parser.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+    parser.add_argument("--idle-timeout", type=positive_seconds, metavar="SECONDS",
                         help="drain after this long without a message")
     parser.set_defaults(handler=_run)
 

@@ -183,7 +183,8 @@ class Recipe:
         Values are inserted literally (braces in a value are not templates); the
         names no parameter filled are listed in :attr:`unfilled`. A string longer
         than ``max_chars`` after substitution (default
-        :data:`~zhpc.recipe.parameters.MAX_SUBSTITUTED_CHARS`) is an error. On a malformed template the recipe is left unchanged and a
+        :data:`~zhpc.recipe.parameters.MAX_SUBSTITUTED_CHARS`) is an error. On a
+        malformed template the recipe is left unchanged and a
         :class:`~zhpc.errors.RecipeError` names the node and key.
         """
         unfilled: list[str] = []
