@@ -128,6 +128,8 @@ CASES = {
     # item 19: FIFOs, idle timeout, duplicate keys
     "19-go-fifo": Case(["go", "-f", "pipe.json", "--dry-run"], fifo="pipe.json",
                        expect="not a regular file"),
+    "14-prefetch-huge": Case(["service", "-s", "dispatcher", "--prefetch", "99999999999999"],
+                             expect="--prefetch"),
     "19-idle-timeout-nan": Case(["service", "-s", "dispatcher", "--idle-timeout", "nan"],
                                 expect="--idle-timeout"),
     "19-idle-timeout-negative": Case(["service", "-s", "dispatcher", "--idle-timeout", "-1"],

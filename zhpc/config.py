@@ -196,7 +196,7 @@ class StagingConfig(_Section):
 
 class ServiceConfig(_Section):
     queue: str | None = None
-    prefetch: int = Field(100, ge=1)
+    prefetch: int = Field(100, ge=1, le=65535)  # AMQP prefetch-count is 16 bits
     max_runtime: float | None = Field(None, gt=0)
     idle_timeout: float | None = Field(None, gt=0)
     heartbeat_interval: float = Field(30.0, gt=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from zhpc.commands.argtypes import positive_seconds
+from zhpc.commands.argtypes import bounded_count, positive_seconds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-s", "--service", metavar="NAME", help="the service to run")
     parser.add_argument("--list", action="store_true", help="list installed services and exit")
     parser.add_argument("--queue", help="consume this queue instead of the service's own")
-    parser.add_argument("--prefetch", type=int, help="messages held at once (default: config)")
+    parser.add_argument("--prefetch", type=bounded_count(65535), metavar="N",
+                        help="messages held at once, 1-65535 (default: config)")
     parser.add_argument("--max-runtime", type=positive_seconds, metavar="SECONDS",
                         help="drain after this many seconds")
     parser.add_argument("--idle-timeout", type=positive_seconds, metavar="SECONDS",

@@ -60,13 +60,14 @@ def _read_regular(path: Path, where: str) -> bytes:
         raise RecipeError(f"{where}: is a directory, not a recipe file") from None
     except OSError as exc:
         raise RecipeError(f"{where}: cannot read: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(fd).st_mode
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
         if stat.S_ISDIR(mode):
             raise RecipeError(f"{where}: is a directory, not a recipe file")
-        if not stat.S_ISREG(mode):
-            raise RecipeError(f"{where}: not a regular file (a pipe or device is never read)")
-        os.set_blocking(fd, True)
+        raise RecipeError(f"{where}: not a regular file (a pipe or device is never read)")
+    os.set_blocking(fd, True)
+    with os.fdopen(fd, "rb") as handle:
         try:
             return handle.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
