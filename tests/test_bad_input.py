@@ -327,7 +327,6 @@ def test_jsonlines_never_creates_a_file_named_by_an_unfilled_template(
                            "parameters": {"output_filename": "{output_filename}"}},
                      "start": [[1, {"value": 42}]]})
     rw = RecipeWrapper.from_recipe(recipe)  # workflows' way: unknown names stay as written
-    assert rw.recipe.unfilled == []  # no parameters were applied at all
     for out in rw.start():
         transport.publish(out)
     roots = tmp_path / "out"

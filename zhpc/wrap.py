@@ -146,12 +146,16 @@ class _Heartbeat(threading.Thread):
 
 
 def substitute(value: Any, names: dict[str, Any], what: str) -> Any:
-    """``{name}`` templates in every string of ``value``, each string on its own."""
+    """``{name}`` templates in every string of ``value``, each string on its own.
+
+    A second stage after the Dispatcher's: text that is no template here (braces
+    the Dispatcher inserted from a parameter value, ``out{1}.jsonl``) stays literal.
+    """
     from zhpc.errors import RecipeError
     from zhpc.recipe import substitute as substitute_parameters
 
     try:
-        return substitute_parameters(value, names)
+        return substitute_parameters(value, names, strict=False)
     except RecipeError as exc:
         raise ZhpcError(f"{what}: {exc}") from None
 
@@ -298,13 +302,11 @@ class WrapRun:
             step = rw.recipe_step or {}
             cluster = step.get("cluster") if isinstance(step.get("cluster"), dict) else {}
             names = {"payload": rw.payload}
-            # A second stage: braces the Dispatcher inserted from values stay literal.
-            command = substitute(command, names, where="command", strict=False)
+            command = substitute(command, names, "command")
             if not all(isinstance(arg, str) for arg in command):
                 raise ZhpcError("every command argument must be a string after substitution")
-            parameters = substitute(rw.parameters, names, where="step parameters",
-                                    strict=False)
-            cluster = substitute(cluster, names, where="cluster section", strict=False)
+            parameters = substitute(rw.parameters, names, "step parameters")
+            cluster = substitute(cluster, names, "cluster section")
             roots = list(self.config().staging.allowed_roots)
         wrapper = self._make_wrapper(command, parameters, roots)
         self._wrapper = wrapper
