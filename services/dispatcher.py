@@ -118,6 +118,10 @@ class Dispatcher(Service):
 
         Raises Rejected for a request that can never be started (see module doc).
         """
+        limits = self.config.limits
+        if len(message.body) > limits.max_message_bytes:
+            raise Rejected(f"request is {len(message.body)} bytes; at most "
+                           f"{limits.max_message_bytes} are allowed (limits.max_message_bytes)")
         if message.malformed:
             raise Rejected(f"request is not JSON: {message.malformed}")
         try:
@@ -127,11 +131,14 @@ class Dispatcher(Service):
                 request.parameters["guid"] = str(uuid.uuid5(GUID_NAMESPACE, seed))
             started: list[Outgoing] = []
             rw = prepare(request, self.recipes.get, lookups=self.lookups,
-                         message_id=message.message_id, emit=started.append)
+                         message_id=message.message_id, emit=started.append, limits=limits)
             rw.start()
         except RecipeError as exc:
             raise Rejected(str(exc)) from None
         outputs.extend(started)
+        if rw.recipe.unfilled:
+            self.log.warning("recipe %s still has unfilled templates: %s", rw.recipe_id,
+                             ", ".join(rw.recipe.unfilled[:10]))
         sender = _text(message.headers.get(USER_HEADER)), _text(message.headers.get(HOST_HEADER))
         self.log.info("dispatched recipe %s (%s) with %d start message(s)%s", rw.recipe_id,
                       request.describe(), len(started),

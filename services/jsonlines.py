@@ -14,15 +14,19 @@ line is written and fsynced.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
+from zhpc import strictjson
 from zhpc.config import zhpc_home
 from zhpc.errors import Rejected
 from zhpc.recipe import RecipeWrapper
 from zhpc.service import Service
+
+#: A ``{name}`` template python-workflows leaves in a recipe when no parameter fills it.
+_UNFILLED = re.compile(r"\{[A-Za-z_$][^{}]*\}")
 
 
 class JSONLines(Service):
@@ -43,6 +47,10 @@ class JSONLines(Service):
             raise Rejected("parameter output_filename must be a non-empty string")
         if "\0" in filename:
             raise Rejected("parameter output_filename contains a NUL byte")
+        unfilled = _UNFILLED.search(filename)
+        if unfilled:
+            raise Rejected(f"output_filename {filename[:200]!r} holds the unfilled template "
+                           f"{unfilled.group()[:60]}: the request did not set it")
         path = Path(filename).expanduser()
         if not path.is_absolute():
             path = self.roots[0] / path
@@ -60,7 +68,10 @@ class JSONLines(Service):
             "recipe_id": rw.recipe_id,
             "payload": payload,
         }
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        try:
+            line = strictjson.dumps(record, separators=(",", ":")) + "\n"
+        except ValueError as exc:  # never write NaN/Infinity: other readers refuse them
+            raise Rejected(f"payload cannot be written as JSON: {exc}") from None
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as handle:
             handle.write(line)

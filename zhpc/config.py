@@ -244,7 +244,7 @@ class StagingConfig(_Section):
 
 class ServiceConfig(_Section):
     queue: str | None = None
-    prefetch: int = Field(100, ge=1)
+    prefetch: int = Field(100, ge=1, le=65535)  # AMQP prefetch-count is 16 bits
     max_runtime: float | None = Field(None, gt=0)
     idle_timeout: float | None = Field(None, gt=0)
     heartbeat_interval: float = Field(30.0, gt=0)
@@ -346,6 +346,23 @@ class LoggingConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+class LimitsConfig(_Section):
+    """Bounds on what one request may make the Dispatcher build (docs/recipes.md).
+
+    A request over a bound is dead-lettered with the reason (``zhpc go`` refuses it),
+    so a 200-byte request cannot make the Dispatcher build gigabytes.
+    """
+
+    #: Longest string a parameter substitution may produce, and the widest format field.
+    max_substituted_chars: int = Field(1_000_000, ge=1, le=2**31)
+    #: Most ``start`` entries (start messages) one recipe may have.
+    max_start_messages: int = Field(1000, ge=1, le=1_000_000)
+    #: Largest single message body a request or a start message may have, in bytes.
+    max_message_bytes: int = Field(16 * 2**20, ge=1024, le=2**31)
+    #: Largest total of all start messages of one request, in bytes.
+    max_dispatch_bytes: int = Field(64 * 2**20, ge=1024, le=2**34)
+
+
 class Config(_Section):
     broker: BrokerConfig = BrokerConfig()
     cluster: ClusterConfig = ClusterConfig()
@@ -355,6 +372,7 @@ class Config(_Section):
     scaler: dict[str, ScalerConfig] = {}
     logging: LoggingConfig = LoggingConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    limits: LimitsConfig = LimitsConfig()
     #: Named partial configurations, overlaid by ``-e NAME``; not part of the result.
     environments: dict[str, dict[str, Any]] = {}
 

@@ -14,11 +14,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from zhpc import strictjson
 from zhpc.errors import RecipeError, Rejected
 from zhpc.message import Outgoing
 from zhpc.recipe import Recipe, RecipeWrapper, find_recipe, load_recipe_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from zhpc.config import LimitsConfig
 
 #: The queue Zocalo's ``zocalo.go`` sends requests to.
 DISPATCHER_QUEUE = "processing_recipe"
@@ -170,14 +174,20 @@ def prepare(
     lookups: list[tuple[str, Lookup]] | None = None,
     message_id: str | None = None,
     emit: Callable[[Outgoing], None] | None = None,
+    limits: LimitsConfig | None = None,
 ) -> RecipeWrapper:
     """The recipe instance a request asks for, ready for ``start()``.
 
     Shared by the Dispatcher and ``zhpc go`` (which calls it without lookups to
     report a bad request before it is sent). Raises RecipeError (or Rejected
     from a lookup) naming the problem. ``request.parameters["guid"]`` must be
-    set; it becomes the recipe id.
+    set; it becomes the recipe id. ``limits`` (default: the configuration's
+    defaults) bound what the start messages may add up to, before any is built.
     """
+    if limits is None:
+        from zhpc.config import LimitsConfig
+
+        limits = LimitsConfig()
     guid = request.guid
     if not guid:
         raise RecipeError("request has no guid")
@@ -189,7 +199,37 @@ def prepare(
         merged = merged.merge(custom)
     for name in request.recipes:
         merged = merged.merge(recipes(name))
-    merged.apply_parameters(parameters)
+    merged.apply_parameters(parameters, max_chars=limits.max_substituted_chars)
     merged.validate()
+    check_fan_out(merged, limits)
     wrapper_id = message_id or guid
     return RecipeWrapper(merged, environment={"ID": guid}, emit=emit, message_id=wrapper_id)
+
+
+def check_fan_out(recipe: Recipe, limits: LimitsConfig) -> None:
+    """Refuse a recipe whose start messages would exceed ``limits``, before building any.
+
+    Every start message carries the whole recipe, so the total grows with the
+    number of start entries times the recipe's size.
+    """
+    starts = recipe.start
+    if len(starts) > limits.max_start_messages:
+        raise RecipeError(f"recipe has {len(starts)} start entries; at most "
+                          f"{limits.max_start_messages} are allowed (limits.max_start_messages)")
+    recipe_bytes = len(recipe.to_json().encode("utf-8"))
+    total = 0
+    for index, entry in enumerate(starts):
+        try:
+            payload = len(strictjson.dumps(entry[1] if isinstance(entry, list) else entry))
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"start[{index}]: payload cannot be sent as JSON: {exc}") from None
+        size = recipe_bytes + payload
+        if size > limits.max_message_bytes:
+            raise RecipeError(f"start[{index}]: the start message would be about {size} bytes; "
+                              f"at most {limits.max_message_bytes} are allowed "
+                              "(limits.max_message_bytes)")
+        total += size
+        if total > limits.max_dispatch_bytes:
+            raise RecipeError(f"the start messages would be more than {total} bytes in all; "
+                              f"at most {limits.max_dispatch_bytes} are allowed "
+                              "(limits.max_dispatch_bytes)")

@@ -12,7 +12,6 @@ message and recipe modules are imported only where a file is read or written.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -54,9 +53,10 @@ def write_recipewrapper(path: Path, body: dict[str, Any], message_id: str | None
     The input message's zhpc id goes in the file under the header's name, so
     that the outputs the job sends carry ids derived from it.
     """
+    from zhpc import strictjson
     from zhpc.message import MESSAGE_ID_HEADER
 
-    write_atomic(path, json.dumps({**body, MESSAGE_ID_HEADER: message_id}))
+    write_atomic(path, strictjson.dumps({**body, MESSAGE_ID_HEADER: message_id}))
 
 
 def job_message_id(message_id: str) -> str:
@@ -84,15 +84,18 @@ def mark_reported(recipewrapper: Path) -> None:
 
 def read_recipewrapper(path: Path) -> RecipeWrapper:
     """The recipe step a recipe-wrapper file describes; ZhpcError if it cannot be one."""
+    from zhpc import strictjson
     from zhpc.message import MESSAGE_ID_HEADER
     from zhpc.recipe import RecipeWrapper
 
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
+        body = strictjson.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ZhpcError(f"recipe wrapper {path}: cannot read: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, NonFiniteNumber
         raise ZhpcError(f"recipe wrapper {path}: not JSON: {exc}") from None
+    except RecursionError:
+        raise ZhpcError(f"recipe wrapper {path}: nested too deeply") from None
     if not isinstance(body, dict):
         raise ZhpcError(f"recipe wrapper {path}: must hold a JSON object")
     message_id = body.get(MESSAGE_ID_HEADER)

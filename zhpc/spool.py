@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -83,10 +84,12 @@ class Spool:
         safe = "".join(c for c in label if c.isalnum() or c in "-_")[:64]
         name = f"{time.time_ns():020d}-{safe or uuid.uuid4().hex}{SUFFIX}"
         final = self.directory / name
+        from zhpc import strictjson
+
         record = {"queue": queue, "headers": headers, "message": message}
         if message_id is not None:
             record["message_id"] = message_id
-        data = json.dumps(record, indent=2)
+        data = strictjson.dumps(record, indent=2)
         try:
             write_atomic(final, data + "\n", mode=0o600)
         except OSError as exc:
@@ -97,8 +100,10 @@ class Spool:
     def files(self) -> list[Path]:
         """Spooled files, oldest first (names start with the time they were saved)."""
         try:
+            # Only regular files: a directory or a FIFO named *.json would block every pickup.
             return sorted(p for p in self.directory.iterdir()
-                          if p.name.endswith(SUFFIX) and not p.name.startswith("."))
+                          if p.name.endswith(SUFFIX) and not p.name.startswith(".")
+                          and _regular(p))
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -162,11 +167,22 @@ class Spool:
             yield handle
 
 
-def _parse(path: Path, text: str) -> SpooledMessage:
+def _regular(path: Path) -> bool:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _parse(path: Path, text: str) -> SpooledMessage:
+    from zhpc import strictjson
+
+    try:
+        data = strictjson.loads(text)
+    except ValueError as exc:  # JSONDecodeError, NonFiniteNumber
         raise ValueError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
     if not isinstance(data, dict) or "message" not in data:
         raise ValueError("not a spooled message (no 'message' key)")
     headers = data.get("headers") or {}

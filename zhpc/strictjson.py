@@ -15,7 +15,11 @@ from typing import Any
 
 
 class NonFiniteNumber(ValueError):
-    """A JSON document holds NaN, Infinity, or a number too large for a float."""
+    """A JSON document holds NaN, Infinity, or a number too large to carry."""
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same key twice (json keeps the last one silently)."""
 
 
 def _constant(name: str) -> Any:
@@ -29,9 +33,35 @@ def _float(text: str) -> float:
     return value
 
 
-def loads(text: str | bytes, **kwargs: Any) -> Any:
-    """``json.loads`` refusing non-finite numbers (raises NonFiniteNumber, a ValueError)."""
-    return json.loads(text, parse_constant=_constant, parse_float=_float, **kwargs)
+#: Longest integer accepted, in digits: far beyond any real value, and below
+#: Python's own limit (4300), which would otherwise fail with an unhelpful message.
+MAX_INT_DIGITS = 1000
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise NonFiniteNumber(f"an integer with {digits} digits is too large "
+                              f"(at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DuplicateKey(f"key {key[:60]!r} appears twice in one object")
+        result[key] = value
+    return result
+
+
+def loads(text: str | bytes, *, unique_keys: bool = False, **kwargs: Any) -> Any:
+    """``json.loads`` refusing non-finite numbers and huge integers (NonFiniteNumber,
+    a ValueError); with ``unique_keys``, also an object with a key twice (DuplicateKey)."""
+    if unique_keys:
+        kwargs.setdefault("object_pairs_hook", _no_duplicates)
+    return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,
+                      **kwargs)
 
 
 def dumps(value: Any, **kwargs: Any) -> str:

@@ -146,12 +146,16 @@ class _Heartbeat(threading.Thread):
 
 
 def substitute(value: Any, names: dict[str, Any], what: str) -> Any:
-    """``{name}`` templates in every string of ``value``, each string on its own."""
+    """``{name}`` templates in every string of ``value``, each string on its own.
+
+    A second stage after the Dispatcher's: text that is no template here (braces
+    the Dispatcher inserted from a parameter value, ``out{1}.jsonl``) stays literal.
+    """
     from zhpc.errors import RecipeError
     from zhpc.recipe import substitute as substitute_parameters
 
     try:
-        return substitute_parameters(value, names)
+        return substitute_parameters(value, names, strict=False)
     except RecipeError as exc:
         raise ZhpcError(f"{what}: {exc}") from None
 

@@ -37,7 +37,9 @@ DEFAULT_NAME_PREFIX = "zhpc"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _SIGNAL_SPEC = re.compile(r"(?:[BR]{1,2}:)?(?:SIG)?[A-Z0-9]+(?:@\d+)?\Z")
 _SIGNAL_NAMES = frozenset(_signal.Signals.__members__)
-_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?\Z")
+# ASCII digits only (\d also takes other scripts' digits, which Slurm does not), and
+# a bounded number of them (a 5000-digit field is no time limit, and int() would fail).
+_TIME = re.compile(r"(?:([0-9]{1,6})-)?([0-9]{1,8})(?::([0-9]{1,8}))?(?::([0-9]{1,8}))?\Z")
 
 
 class JobState(enum.Enum):
@@ -237,7 +239,8 @@ def time_limit_seconds(limit: str | float) -> float:
         return float(limit)
     match = _TIME.match(limit.strip())
     if not match:
-        raise ClusterError(f"bad time limit {limit!r}: use HH:MM:SS, MM, or D-HH:MM:SS")
+        raise ClusterError(f"bad time limit {limit[:40]!r}: use HH:MM:SS, MM, or D-HH:MM:SS "
+                           "(ASCII digits)")
     days, a, b, c = match.groups()
     nums = [int(x) for x in (a, b, c) if x is not None]
     if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also run the recipe in this JSON or YAML file")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the request and print it instead of sending it")
+    parser.add_argument("--allow-unfilled", action="store_true",
+                        help="send even if templates such as {name} are left unfilled "
+                        "(a site lookup in the Dispatcher may fill them)")
     parser.add_argument("--pickup", action="store_true",
                         help="send the requests saved in the spool, oldest first")
     parser.set_defaults(handler=_run)
@@ -74,16 +78,19 @@ def _go(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.environment)
     if args.pickup:
-        if args.recipes or args.parameters or args.file or args.dry_run:
+        if args.recipes or args.parameters or args.file or args.dry_run or args.allow_unfilled:
             raise ZhpcError("--pickup takes no recipes or other options")
         return pickup(config)
     request = build_request(args.recipes, args.parameters, args.file)
-    validate(request, config)
+    unfilled = validate(request, config)
+    if unfilled and not args.allow_unfilled:
+        raise ZhpcError(f"templates left unfilled: {', '.join(unfilled)}; set them with "
+                        "-s NAME=VALUE, or pass --allow-unfilled")
     if args.dry_run:
         from zhpc.dispatch import request_headers
 
         print(json.dumps({"queue": dispatcher_queue(config), "headers": request_headers(),
-                          "message": request.to_body()}, indent=2))
+                          "message": request.to_body(), "unfilled": unfilled}, indent=2))
         return 0
     sent, where = send_request(request, config)
     print(request.guid)
@@ -133,12 +140,29 @@ def build_request(
         {"recipes": list(recipes), "parameters": parameters, "custom_recipe": custom})
 
 
-def validate(request: DispatchRequest, config: Config) -> None:
-    """Do what the Dispatcher will do (without lookups), so errors show before sending."""
-    from zhpc.dispatch import RecipeCache, prepare
+#: Names filled after go: by the Dispatcher's built-in lookup, and ``payload`` by zhpc wrap.
+_FILLED_LATER = ("dispatch_time", "dispatch_host", "payload")
 
-    rw = prepare(request, RecipeCache(config.recipes.directory).get, emit=lambda _out: None)
+
+def validate(request: DispatchRequest, config: Config) -> list[str]:
+    """Do what the Dispatcher will do (without lookups), so errors show before sending.
+
+    Returns the templates still unfilled after substitution (``{name}`` each),
+    leaving out those filled later (:data:`_FILLED_LATER`).
+    """
+    from zhpc.dispatch import RecipeCache, prepare, request_message
+    from zhpc.errors import ZhpcError
+
+    limits = config.limits
+    size = len(request_message(request, dispatcher_queue(config)).body)
+    if size > limits.max_message_bytes:
+        raise ZhpcError(f"the request is {size} bytes; at most {limits.max_message_bytes} "
+                        "are allowed (limits.max_message_bytes)")
+    rw = prepare(request, RecipeCache(config.recipes.directory).get, emit=lambda _out: None,
+                 limits=limits)
     rw.start()
+    return [text for text in rw.recipe.unfilled
+            if re.split(r"[\[!:.]", text[1:], maxsplit=1)[0] not in _FILLED_LATER]
 
 
 def dispatcher_queue(config: Config) -> str:

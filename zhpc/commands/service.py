@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from zhpc.commands.argtypes import bounded_count, positive_seconds
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,10 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-s", "--service", metavar="NAME", help="the service to run")
     parser.add_argument("--list", action="store_true", help="list installed services and exit")
     parser.add_argument("--queue", help="consume this queue instead of the service's own")
-    parser.add_argument("--prefetch", type=int, help="messages held at once (default: config)")
-    parser.add_argument("--max-runtime", type=float, metavar="SECONDS",
+    parser.add_argument("--prefetch", type=bounded_count(65535), metavar="N",
+                        help="messages held at once, 1-65535 (default: config)")
+    parser.add_argument("--max-runtime", type=positive_seconds, metavar="SECONDS",
                         help="drain after this many seconds")
-    parser.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+    parser.add_argument("--idle-timeout", type=positive_seconds, metavar="SECONDS",
                         help="drain after this long without a message")
     parser.set_defaults(handler=_run)
 

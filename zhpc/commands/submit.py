@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from typing import Any
+
+from zhpc.commands.argtypes import bounded_count
+
+#: Most tasks in one array: Slurm's own MaxArraySize is usually far lower (default 1001).
+MAX_COUNT = 10_000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "drain before the time limit. Prints the job id (--dry-run: the batch script).",
     )
     parser.add_argument("-s", "--service", metavar="NAME", help="the service to run")
-    parser.add_argument("--count", "-n", type=int, default=1, metavar="N",
-                        help="number of array tasks (default: 1)")
+    parser.add_argument("--count", "-n", type=bounded_count(MAX_COUNT), default=1, metavar="N",
+                        help=f"number of array tasks, 1 to {MAX_COUNT} (default: 1)")
     parser.add_argument("--time", metavar="HH:MM:SS",
                         help="wall-clock limit per task (default: scaler/cluster config)")
     parser.add_argument("--partition", metavar="P", help="Slurm partition")
@@ -51,10 +57,13 @@ def _run(args: argparse.Namespace) -> int:
     from zhpc.cluster import get_cluster
 
     if args.dry_run:
-        from zhpc.cluster.slurm import sbatch_argv
+        if config.cluster.backend == "local":
+            print(_local_plan(spec, config))
+        else:
+            from zhpc.cluster.slurm import sbatch_argv
 
-        print(f"# {config.cluster.backend} backend: "
-              + shlex.join(sbatch_argv(spec, site_args=config.cluster.extra_sbatch_args)))
+            print(f"# {config.cluster.backend} backend: "
+                  + shlex.join(sbatch_argv(spec, site_args=config.cluster.extra_sbatch_args)))
         print(spec.script, end="")
         return 0
     config.cluster.job_workdir().mkdir(parents=True, exist_ok=True)
@@ -62,3 +71,18 @@ def _run(args: argparse.Namespace) -> int:
         job_id = cluster.submit(spec)
     print(job_id)
     return 0
+
+
+def _local_plan(spec: Any, config: Any) -> str:
+    """What the local backend does with ``spec`` (it runs no sbatch), as comment lines."""
+    signal = spec.signal_parts()
+    lines = [
+        f"# local backend (no sbatch): {spec.array or 1} detached local process(es) run the "
+        "script below",
+        f"#   job directories: {config.cluster.job_workdir() / 'local'}/<job id>_<task>",
+        f"#   working directory: {spec.workdir}; output: {spec.output}",
+        f"#   time limit: {spec.time_limit} ({spec.time_limit_seconds:.0f} s), then killed",
+    ]
+    if signal:
+        lines.append(f"#   SIG{signal[0]} to the script {signal[1]:.0f} s before the limit")
+    return "\n".join(lines)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from zhpc.commands.argtypes import positive_seconds
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--wrap", metavar="NAME", help="wrapper plug-in to run (see --list)")
     parser.add_argument("--recipewrapper", metavar="FILE", help="recipe step to report to")
     parser.add_argument("--workdir", metavar="DIR", help="run here (default: current directory)")
-    parser.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--heartbeat", type=positive_seconds, default=30.0, metavar="SECONDS",
                         help="seconds between status broadcasts (default: 30)")
     parser.add_argument("--list", action="store_true", help="list installed wrappers and exit")
     parser.add_argument("--resend", metavar="RESULTS",

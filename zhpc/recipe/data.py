@@ -6,6 +6,7 @@ The bottom of :mod:`zhpc.recipe`; every other module there builds on these.
 from __future__ import annotations
 
 import decimal
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -45,6 +46,8 @@ def plain(value: Any, where: str) -> Any:
             raise RecipeError(f"{where}: more than {MAX_ITEMS} values")
         if depth > MAX_DEPTH:
             raise RecipeError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"{where}: {value!r} is not a number JSON allows")
         if value is None or isinstance(value, str | bool | int | float):
             return value
         if isinstance(value, list | tuple):

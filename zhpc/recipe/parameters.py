@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _string  # the field-name splitter str.format itself uses
 import copy
+import re
 import string
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -19,22 +20,40 @@ from zhpc.recipe.data import is_node_number, plain, short
 __all__ = ["substitute"]
 
 
-def substitute(value: Any, parameters: Mapping[str, Any], *, where: str = "value") -> Any:
+#: Longest string a substitution may produce, and the widest format field
+#: (``{p:>100000000}`` would otherwise build 100 MB from a 20-byte template).
+MAX_SUBSTITUTED_CHARS = 1_000_000
+
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
+def substitute(value: Any, parameters: Mapping[str, Any], *, where: str = "value",
+               strict: bool = True, max_chars: int | None = None) -> Any:
     """A copy of ``value`` with the templates in its strings filled in from ``parameters``.
 
     Each string is formatted on its own, so a value can never spill into its
-    neighbours (a command argument stays one argument, whatever a payload holds).
+    neighbours (a command argument stays one argument, whatever a payload holds),
+    and values are inserted literally: braces in a value are never templates.
     Names missing from ``parameters`` are left as written, so values can be filled
     in stages. ``value`` itself is not modified. A malformed template, or a result
     JSON cannot carry, raises :class:`~zhpc.errors.RecipeError` naming the place
-    below ``where`` (``value[0]: ...``, ``value.key: ...``).
+    below ``where`` (``value[0]: ...``, ``value.key: ...``). ``strict=False`` is for
+    a later stage: text that is not a valid template there (braces an earlier stage
+    inserted from a value, such as ``out{1}.jsonl``) is kept exactly as it is.
     """
-    return _substituted(plain(value, where), parameters, where, f"{where} after substitution")
+    return _substituted(plain(value, where), parameters, where, f"{where} after substitution",
+                        strict=strict, max_chars=max_chars)
 
 
-def substitute_recipe(data: dict[Any, Any], parameters: Mapping[str, Any]) -> dict[Any, Any]:
-    """:func:`substitute` for a whole recipe: errors name the node (``node 2: ...``)."""
-    return _substituted(data, parameters, None, "recipe after substitution")
+def substitute_recipe(data: dict[Any, Any], parameters: Mapping[str, Any], *,
+                      unfilled: list[str] | None = None,
+                      max_chars: int | None = None) -> dict[Any, Any]:
+    """:func:`substitute` for a whole recipe: errors name the node (``node 2: ...``).
+
+    The templates no parameter filled are appended to ``unfilled`` (``{name}`` each).
+    """
+    return _substituted(data, parameters, None, "recipe after substitution",
+                        unfilled=unfilled, max_chars=max_chars)
 
 
 def template_problems(data: Any) -> list[str]:
@@ -45,18 +64,28 @@ def template_problems(data: Any) -> list[str]:
 
 
 def _substituted(value: Any, parameters: Mapping[str, Any], root: str | None,
-                 result_where: str) -> Any:
+                 result_where: str, *, strict: bool = True, unfilled: list[str] | None = None,
+                 max_chars: int | None = None) -> Any:
     if not isinstance(parameters, Mapping):
         raise RecipeError(f"parameters must be a mapping, not {type(parameters).__name__}")
+    substitution = _Substitution(parameters, root=root, strict=strict,
+                                 max_chars=max_chars or MAX_SUBSTITUTED_CHARS)
     try:
-        result = _Substitution(parameters, root=root).apply(value, ())
+        result = substitution.apply(value, ())
     except RecursionError:
         raise RecipeError("parameters are nested too deeply") from None
+    if unfilled is not None:
+        unfilled.extend(dict.fromkeys(substitution.unfilled))
     return plain(result, result_where)
 
 
 class _Malformed(Exception):
     """A template that cannot be applied; the caller adds where it is."""
+
+
+class _TooLarge(_Malformed):
+    """A substitution that would build a string beyond the limit: refused even when
+    not strict, and before the string is built."""
 
 
 class _Unknown:
@@ -138,16 +167,25 @@ class _Substitution:
     """
 
     def __init__(self, parameters: Mapping[str, Any], problems: list[str] | None = None,
-                 root: str | None = None):
+                 root: str | None = None, *, strict: bool = True,
+                 max_chars: int = MAX_SUBSTITUTED_CHARS):
         self.parameters = parameters
         self.problems = problems
         self.root = root  # None: paths start at a recipe node ("node 2: ...")
+        self.strict = strict
+        self.max_chars = max_chars
+        #: Templates left because no parameter had their name, as written.
+        self.unfilled: list[str] = []
 
     def apply(self, item: Any, path: tuple[Any, ...]) -> Any:
         if isinstance(item, str):
             try:
                 return self.string(item)
+            except _TooLarge as exc:
+                return self._fail(path, short(item), str(exc))
             except _Malformed as exc:
+                if not self.strict:
+                    return item  # not a template at this stage: literal text
                 return self._fail(path, item, str(exc))
         if isinstance(item, dict):
             out = {}
@@ -236,10 +274,12 @@ class _Substitution:
             name, keys = _parse_field(field)
             _check_conversion(conversion)
             spec_text, spec_unknown = self._format(spec or "", depth - 1)
+            self._check_spec(spec_text)
             if name in self.parameters:
                 value, field_unknown = self.parameters[name], False
             else:
                 value, field_unknown = _Unknown(name), True
+                self.unfilled.append(_verbatim(field, spec, conversion))
             try:
                 for key in keys:
                     value = self._index(value, key, missing_raises=False)
@@ -253,7 +293,20 @@ class _Substitution:
                 # Only an unknown name stands in the way: keep the field as written.
                 out.append(_verbatim(field, spec, conversion))
             unknown = unknown or field_unknown or spec_unknown
+            self._check_size(sum(map(len, out)))
         return "".join(out), unknown
+
+    def _check_spec(self, spec: str) -> None:
+        """Refuse a width or precision that alone makes a string beyond the limit."""
+        for run in _DIGIT_RUN.findall(spec):
+            if len(run) > 9 or int(run) > self.max_chars:
+                raise _TooLarge(f"format width or precision {run[:12]} is larger than "
+                                f"{self.max_chars} characters")
+
+    def _check_size(self, length: int) -> None:
+        if length > self.max_chars:
+            raise _TooLarge(f"substitution makes a string of more than {self.max_chars} "
+                            "characters")
 
 
 def _verbatim(field: str, spec: str | None, conversion: str | None) -> str:

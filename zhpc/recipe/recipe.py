@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
+from zhpc import strictjson
 from zhpc.errors import RecipeError
 from zhpc.recipe.data import DIGITS, is_node_number, json_default, plain
 from zhpc.recipe.links import parse_links
@@ -35,6 +37,11 @@ class Recipe:
                  _decoded: bool = False):
         self.source = source
         self._duplicates: list[int] = []
+        #: ``{name}`` templates left after :meth:`apply_parameters` (no such parameter).
+        self.unfilled: list[str] = []
+        #: Set by :meth:`apply_parameters`: braces in the text now come from values,
+        #: which are inserted literally, so they are no longer checked as templates.
+        self.substituted = False
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -75,11 +82,13 @@ class Recipe:
         try:
             if isinstance(text, bytes):
                 text = text.decode("utf-8")
-            data = json.loads(text)
+            data = strictjson.loads(text, unique_keys=True)
         except UnicodeDecodeError as exc:
             raise RecipeError(f"{where}: not UTF-8: {exc.reason} at byte {exc.start}") from None
         except json.JSONDecodeError as exc:
             raise RecipeError(f"{where}: not valid JSON: {exc}") from None
+        except (strictjson.NonFiniteNumber, strictjson.DuplicateKey) as exc:
+            raise RecipeError(f"{where}: {exc}") from None
         except RecursionError:
             raise RecipeError(f"{where}: nested too deeply") from None
         return cls(data, source=source)
@@ -99,7 +108,9 @@ class Recipe:
         return cls(data, source=source)
 
     def copy(self) -> Recipe:
-        return Recipe(self.data, source=self.source)
+        twin = Recipe(self.data, source=self.source)
+        twin.unfilled, twin.substituted = list(self.unfilled), self.substituted
+        return twin
 
     # access -----------------------------------------------------------------
 
@@ -134,7 +145,11 @@ class Recipe:
         return copy.deepcopy(self.data)
 
     def to_json(self, indent: int | None = None) -> str:
-        return json.dumps(self.data, indent=indent, default=json_default)
+        try:
+            return strictjson.dumps(self.data, indent=indent, default=json_default)
+        except ValueError as exc:
+            raise RecipeError(f"{self.source or 'recipe'}: cannot be written as JSON: "
+                              f"{exc}") from None
 
     # links ------------------------------------------------------------------
 
@@ -151,7 +166,7 @@ class Recipe:
 
     def problems(self) -> list[str]:
         """Everything wrong with the recipe, one line each, naming node and key."""
-        return recipe_problems(self.data, self._duplicates)
+        return recipe_problems(self.data, self._duplicates, templates=not self.substituted)
 
     def validate(self) -> None:
         """Raise :class:`RecipeInvalid` listing every problem, if there are any."""
@@ -161,13 +176,22 @@ class Recipe:
 
     # transformation ---------------------------------------------------------
 
-    def apply_parameters(self, parameters: Mapping[str, Any]) -> None:
+    def apply_parameters(self, parameters: Mapping[str, Any], *,
+                         max_chars: int | None = None) -> None:
         """Substitute ``{name}`` and ``{$REPLACE:name}`` in place, like python-workflows.
 
-        On a malformed template the recipe is left unchanged and a
+        Values are inserted literally (braces in a value are not templates); the
+        names no parameter filled are listed in :attr:`unfilled`. A string longer
+        than ``max_chars`` after substitution (default
+        :data:`~zhpc.recipe.parameters.MAX_SUBSTITUTED_CHARS`) is an error. On a
+        malformed template the recipe is left unchanged and a
         :class:`~zhpc.errors.RecipeError` names the node and key.
         """
-        self.data = substitute_recipe(self.data, parameters)
+        unfilled: list[str] = []
+        self.data = substitute_recipe(self.data, parameters, unfilled=unfilled,
+                                      max_chars=max_chars)
+        self.unfilled = sorted(set(self.unfilled) | set(unfilled))
+        self.substituted = True
 
     def merge(self, other: Recipe | Mapping[Any, Any] | str | None) -> Recipe:
         """A new recipe running both, other's nodes renumbered after ours (as workflows).
@@ -219,7 +243,43 @@ def _yaml_loader() -> type:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """SafeLoader that keeps dates as strings: recipes must survive JSON."""
+        """SafeLoader that keeps dates as strings (recipes must survive JSON) and refuses
+        what JSON cannot carry or a reader would get wrong: ``.inf``/``.nan``, huge
+        integers, a key twice in one mapping."""
+
+        def construct_yaml_float(self, node: Any) -> float:
+            value = super().construct_yaml_float(node)
+            if not math.isfinite(value):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{str(node.value)[:40]} is not a number JSON allows",
+                    node.start_mark)
+            return value
+
+        def construct_yaml_int(self, node: Any) -> int:
+            digits = len(str(node.value).lstrip("+-"))
+            if digits > strictjson.MAX_INT_DIGITS:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"an integer with {digits} digits is too large "
+                    f"(at most {strictjson.MAX_INT_DIGITS})", node.start_mark)
+            return super().construct_yaml_int(node)
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # '<<' merges may be overridden: that is what they are for
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, list | dict):
+                    continue  # SafeLoader reports unhashable keys itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {str(key)[:60]!r} appears twice in one mapping",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_yaml_float)
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
 
     Loader.yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]

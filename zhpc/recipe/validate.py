@@ -30,9 +30,11 @@ class RecipeInvalid(RecipeError):
         super().__init__(f"{prefix}invalid recipe: {shown}")
 
 
-def recipe_problems(data: dict[Any, Any], duplicates: list[int]) -> list[str]:
+def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
+                    templates: bool = True) -> list[str]:
     """Everything wrong with normalised recipe ``data``; ``duplicates`` are node numbers
-    the source defined more than once (normalising merged them)."""
+    the source defined more than once (normalising merged them). ``templates=False``
+    after substitution: braces then come from parameter values, inserted literally."""
     if not data:
         return ["recipe is empty"]
     problems = [f"node {n}: defined more than once" for n in duplicates]
@@ -86,7 +88,8 @@ def recipe_problems(data: dict[Any, Any], duplicates: list[int]) -> list[str]:
         if number not in reached:
             problems.append(f"node {number}: unreachable from start or error")
     # templates that can never be applied
-    problems.extend(template_problems(data))
+    if templates:
+        problems.extend(template_problems(data))
     return problems
 
 

@@ -6,11 +6,11 @@ service decides when.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from zhpc import strictjson
 from zhpc.errors import RecipeError
 from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message, Outgoing
 from zhpc.recipe.data import DIGITS, is_node_number, json_default, short
@@ -296,8 +296,8 @@ class RecipeWrapper:
         if delay is None:
             delay = node.get("transport-delay")
         try:
-            body = json.dumps(self.body(destination, payload, add_path_step),
-                              default=json_default).encode("utf-8")
+            body = strictjson.dumps(self.body(destination, payload, add_path_step),
+                                    default=json_default).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"message for node {destination} cannot be encoded: {exc}") from None
         except RecursionError:
