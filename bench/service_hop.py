@@ -8,6 +8,9 @@ step 2: a plain queue) over real RabbitMQ, in the same run for:
   (a crash between the two loses the message);
 * ``workflows_tx``: the same service with one transaction per message (ack + send
   committed together; workflows' safe mode, as its Dispatcher does).
+* ``zhpc_events`` (with ``--only``): ``zhpc`` with step events on (``zhpc.events``,
+  a listening queue bound to it, as when a recorder runs); ``events_cost`` is
+  its throughput loss against ``zhpc`` (the target: below 0.10).
 
 The workflows service runs under workflows' ``Frontend`` in its own process,
 which is what ``zocalo.service`` does after reading the site configuration
@@ -45,7 +48,7 @@ PREFETCH = 100
 
 
 # == the services (run as children of this script) ==========================
-def child_zhpc(queue: str) -> int:
+def child_zhpc(queue: str, events: bool = False) -> int:
     from typing import Any as _Any
 
     from zhpc.config import BrokerConfig, Config, ServiceConfig
@@ -60,7 +63,13 @@ def child_zhpc(queue: str) -> int:
     config = Config(broker=BrokerConfig(url=AMQP_URL))
     settings = ServiceConfig(queue=queue, prefetch=PREFETCH)
     with get_transport(config.broker) as transport:
-        return ServiceRunner(Double("double", settings, config), transport).run()
+        emitter = None
+        if events:
+            from zhpc.events import emitter_for
+
+            emitter = emitter_for(config, "double")
+        return ServiceRunner(Double("double", settings, config), transport,
+                             events=emitter).run()
 
 
 def child_workflows(queue: str, transactional: bool) -> int:
@@ -194,6 +203,16 @@ class Client:
         self.channel.cancel()
         return results
 
+    def listen_to_events(self) -> str:
+        """A queue bound to ``zhpc.events`` (as a recorder's), so events are really routed."""
+        from zhpc.events import EVENTS_TOPIC
+
+        self.channel.exchange_declare(EVENTS_TOPIC, exchange_type="fanout", durable=True)
+        name = f"bench.hop.events.{uuid.uuid4().hex[:8]}"
+        self.channel.queue_declare(name, auto_delete=True, arguments={"x-max-length": 100000})
+        self.channel.queue_bind(name, EVENTS_TOPIC)
+        return name
+
     def queues(self) -> tuple[str, str]:
         tag = uuid.uuid4().hex[:8]
         inq, outq = f"bench.hop.{tag}.in", f"bench.hop.{tag}.out"
@@ -266,18 +285,21 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         kind, queue = args.child
-        if kind == "zhpc":
-            return child_zhpc(queue)
+        if kind in ("zhpc", "zhpc_events"):
+            return child_zhpc(queue, events=kind == "zhpc_events")
         return child_workflows(queue, transactional=kind == "workflows_tx")
 
     import workflows
 
     client = Client()
     results: dict[str, Any] = {}
+    listener = client.listen_to_events() if "zhpc_events" in args.only else None
     try:
         for kind in args.only.split(","):
             results[kind] = measure(client, kind, args.messages, args.samples)
     finally:
+        if listener:
+            client.channel.queue_delete(listener)
         client.close()
     line: dict[str, Any] = {
         "benchmark": "service_hop",
@@ -288,6 +310,9 @@ def main() -> int:
         "workflows": workflows.__version__,
         **results,
     }
+    if "zhpc" in results and "zhpc_events" in results:
+        line["events_cost"] = round(
+            1 - results["zhpc_events"]["msgs_per_s"] / results["zhpc"]["msgs_per_s"], 3)
     wf = [results[k] for k in ("workflows_plain", "workflows_tx") if k in results]
     if "zhpc" in results and wf:
         zhpc = results["zhpc"]

@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scale",
     "wrap",
     "dlq",
+    "trace",
     "config",
 )
 

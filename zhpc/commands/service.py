@@ -64,6 +64,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         # A service that consumes several queues (Schlockmeister) brings its own runner.
         runner = getattr(cls, "runner_class", None) or ServiceRunner
+        if runner is ServiceRunner:
+            from zhpc.events import emitter_for
+            from zhpc.jobenv import JobEnvironment
+
+            job = JobEnvironment.from_environ()
+            events = emitter_for(config, args.service, job)
+            return runner(service, transport, queue=args.queue, job=job, events=events).run()
         return runner(service, transport, queue=args.queue).run()
     finally:
         transport.close()
