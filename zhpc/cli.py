@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "wrap",
     "dlq",
     "trace",
+    "status",
     "config",
 )
 
