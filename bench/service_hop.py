@@ -10,7 +10,8 @@ step 2: a plain queue) over real RabbitMQ, in the same run for:
   committed together; workflows' safe mode, as its Dispatcher does).
 * ``zhpc_events`` (with ``--only``): ``zhpc`` with step events on (``zhpc.events``,
   a listening queue bound to it, as when a recorder runs); ``events_cost`` is
-  its throughput loss against ``zhpc`` (the target: below 0.10).
+  its throughput loss against ``zhpc`` (the target: below 0.10), ``events_cpu_cost``
+  the extra CPU per message (``cpu_ms_per_msg``: steadier on a shared machine).
 
 The workflows service runs under workflows' ``Frontend`` in its own process,
 which is what ``zocalo.service`` does after reading the site configuration
@@ -131,6 +132,18 @@ def _rss_mb(pid: int, field: str) -> float:
         except OSError:
             pass
     return round(total / 1024, 1)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants so far."""
+    ticks = 0
+    for proc in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Client:
@@ -256,6 +269,7 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
         result["startup_s"] = round(client.wait_consuming(inq, proc), 3)
         time.sleep(1.0)  # let start-up allocations settle before reading RSS
         result["idle_rss_mb"] = _rss_mb(proc.pid, "VmRSS")
+        startup_cpu = _cpu_s(proc.pid)
         result["processes"] = len(_descendants(proc.pid))
         lat = sorted(client.latencies(inq, outq, samples))
         result["p50_ms"] = round(statistics.median(lat), 3)
@@ -270,6 +284,8 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
     try:
         result["msgs_per_s"] = round(client.drain_rate(outq, messages), 1)
         result["peak_rss_mb"] = _rss_mb(proc.pid, "VmHWM")
+        # CPU per message: steadier than the rate on a shared machine (start-up subtracted).
+        result["cpu_ms_per_msg"] = round((_cpu_s(proc.pid) - startup_cpu) * 1000 / messages, 4)
     finally:
         stop(proc)
         client.delete(inq, outq)
@@ -313,6 +329,8 @@ def main() -> int:
     if "zhpc" in results and "zhpc_events" in results:
         line["events_cost"] = round(
             1 - results["zhpc_events"]["msgs_per_s"] / results["zhpc"]["msgs_per_s"], 3)
+        line["events_cpu_cost"] = round(results["zhpc_events"]["cpu_ms_per_msg"]
+                                        / results["zhpc"]["cpu_ms_per_msg"] - 1, 3)
     wf = [results[k] for k in ("workflows_plain", "workflows_tx") if k in results]
     if "zhpc" in results and wf:
         zhpc = results["zhpc"]

@@ -319,6 +319,15 @@ class EventsConfig(_Section):
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     format: Literal["text", "json"] = "text"
+    #: Also send log records to Graylog: ``udp://host:port`` (GELF, needs graypy).
+    gelf: str = ""
+
+    @field_validator("gelf")
+    @classmethod
+    def _gelf_url(cls, url: str) -> str:
+        if url and (urlsplit(url).scheme not in ("udp", "tcp") or not urlsplit(url).hostname):
+            raise ValueError("must be udp://host:port or tcp://host:port")
+        return url
 
 
 class Config(_Section):
@@ -473,7 +482,7 @@ def load_config(
     config = parse_config(data, source=source, environment=environment)
     from zhpc.logs import apply_config
 
-    apply_config(config.logging.level, config.logging.format)
+    apply_config(config.logging.level, config.logging.format, config.logging.gelf)
     if config.broker.password_file is not None:
         config.broker.password()  # fail early on a world-readable password file
     return config

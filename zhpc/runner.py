@@ -49,6 +49,7 @@ from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
 from zhpc import events as step_events
+from zhpc import logfields
 from zhpc.errors import Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
@@ -255,7 +256,8 @@ class ServiceRunner:
         outputs: list[Outgoing] = []
         received_at = self.clock()
         self._received = (message, received_at)
-        self._event(step_events.RECEIVED, message)
+        ref = self._event(step_events.RECEIVED, message)
+        logfields.set_message(ref.recipe_id, ref.step)  # log records of this message carry them
         self._set_status(STATUS_PROCESSING)
         try:
             self._deadline_passed = False
@@ -290,6 +292,7 @@ class ServiceRunner:
                 future.add_done_callback(functools.partial(
                     self._committed, message=message, received=received_at))
         self._received = None
+        logfields.clear_message()
         self._set_status(STATUS_IDLE)
         self._last_activity = self.clock()
 
@@ -442,11 +445,12 @@ class ServiceRunner:
         return code
 
     # -- step events ----------------------------------------------------------------
-    def _event(self, kind: str, message: Message, **fields: Any) -> None:
+    def _event(self, kind: str, message: Message, **fields: Any) -> step_events.StepRef:
         ref = step_events.StepRef.of(message, plan=kind == step_events.RECEIVED)
         self.events.emit(kind, ref,
                          message_id=message.message_id, delivery=message.delivery_count,
                          **fields)
+        return ref
 
     def _in_hand(self, message: Message) -> float | None:
         """Seconds since ``message`` was received, if it is the one being processed."""

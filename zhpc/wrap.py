@@ -294,10 +294,15 @@ class WrapRun:
     # -- step events ----------------------------------------------------------------
     def _start_events(self) -> None:
         """``job-started`` on ``zhpc.events``, sent on the run's one broker connection."""
-        from zhpc import events
+        from zhpc import events, logfields
 
         rw = self.rw
-        if rw is None or not self.config().events.enabled:
+        if rw is None:
+            return
+        logfields.set_process_fields(service=f"wrap:{self.wrapper_name or 'command'}",
+                                     slurm_job_id=self.job.slurm_job_id)
+        logfields.set_message(rw.recipe_id, rw.recipe_pointer)
+        if not self.config().events.enabled:
             return
         source = events.source_fields(f"wrap:{self.wrapper_name or 'command'}", self.job)
         self._events = events.EventEmitter(self.reporter.transport, source,

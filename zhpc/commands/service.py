@@ -64,13 +64,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         # A service that consumes several queues (Schlockmeister) brings its own runner.
         runner = getattr(cls, "runner_class", None) or ServiceRunner
-        if runner is ServiceRunner:
-            from zhpc.events import emitter_for
-            from zhpc.jobenv import JobEnvironment
+        from zhpc.events import emitter_for
+        from zhpc.jobenv import JobEnvironment
+        from zhpc.logfields import set_process_fields
 
-            job = JobEnvironment.from_environ()
+        job = JobEnvironment.from_environ()
+        set_process_fields(service=args.service, slurm_job_id=job.slurm_job_id)
+        if runner is ServiceRunner:
             events = emitter_for(config, args.service, job)
             return runner(service, transport, queue=args.queue, job=job, events=events).run()
-        return runner(service, transport, queue=args.queue).run()
+        return runner(service, transport, queue=args.queue, job=job).run()
     finally:
         transport.close()
