@@ -80,7 +80,9 @@ class Recorder(Service):
         if not isinstance(body, dict) or body.get("format") != EVENTS_FORMAT:
             log.warning("recorder: ignoring a broadcast that is not %s", EVENTS_FORMAT)
             return 0
-        stored = self.store.add(body.get("events") or [])
+        source = body.get("source")
+        stored = self.store.add(body.get("events") or [],
+                                source if isinstance(source, dict) else None)
         self.recorded += stored
         if time.monotonic() >= self._next_expiry:
             self._expire()

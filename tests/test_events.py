@@ -59,12 +59,13 @@ def test_the_store_keeps_events_per_recipe_and_expires_old_ones(store: EventStor
     now = time.time()
     stored = store.add([
         event("received", now - 1, step=1, service="a", plan={"1": "a", "2": "b"}),
-        event("done", now, step=1, duration=0.5, message_id="m1"),
         event("received", now - 40 * 86400, recipe_id="old", step=1),
         {"event": "no time"},  # malformed: skipped
         event("received", now, recipe_id="other", step="not a number"),
     ])
-    assert stored == 4
+    assert store.add([{"event": "done", "time": now, "step": 1, "duration": 0.5,
+                       "message_id": "m1", "recipe_id": "r1"}], {"pid": 11, "host": "n1"}) == 1
+    assert stored == 3
     events = store.for_recipe("r1")
     assert [e["event"] for e in events] == ["received", "done"]
     assert events[0]["plan"] == {"1": "a", "2": "b"} and events[0]["pid"] == 11
@@ -146,7 +147,7 @@ def test_events_are_broadcast_in_batches_on_zhpc_events(tmp_path: Path) -> None:
     assert body["format"] == EVENTS_FORMAT
     events = body["events"]
     assert [e["message_id"] for e in events] == ["m0", "m1", "m2"]
-    assert events[0]["service"] == "svc" and events[0]["pid"] == os.getpid()
+    assert body["source"]["service"] == "svc" and body["source"]["pid"] == os.getpid()
     assert events[0]["recipe_id"] == "r1" and events[2]["step"] == 2
 
 

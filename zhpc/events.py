@@ -9,9 +9,11 @@ where it ran (service, host, pid, Slurm job id and array task) and durations.
 Events must never delay or lose a message, so :meth:`EventEmitter.emit` only
 appends to a bounded in-memory buffer; a daemon thread with *its own* broker
 connection publishes the buffer in batches (one broadcast per batch) on the
-fanout topic ``zhpc.events``. When the buffer is full, or the broker cannot be
-reached, events are dropped and counted (``dropped``): losing an event is
-acceptable, slowing the message path is not.
+fanout topic ``zhpc.events``; what is the same for every event of a process
+(service, host, pid, job) is sent once per batch as ``source``. When the
+buffer is full, or the broker cannot be reached, events are dropped and
+counted (``dropped``): losing an event is acceptable, slowing the message
+path is not.
 """
 
 from __future__ import annotations
@@ -146,10 +148,10 @@ class EventEmitter:
         if len(self._buffer) >= self.capacity:
             self.dropped += 1
             return
-        event = {"event": kind, "time": time.time(), **self.source}
+        event = {"event": kind, "time": time.time()}
         if ref is not None:
             event["recipe_id"], event["step"], event["queue"] = ref.recipe_id, ref.step, ref.queue
-            if ref.plan:
+            if ref.plan and kind in (RECEIVED, JOB_STARTED):
                 event["plan"] = ref.plan
         event.update(fields)
         self._buffer.append(event)
@@ -192,8 +194,8 @@ class EventEmitter:
             return False
         try:
             transport.publish(Outgoing.json(
-                EVENTS_TOPIC, {"format": EVENTS_FORMAT, "events": events}, kind="topic",
-                persistent=False, expiration=3600))
+                EVENTS_TOPIC, {"format": EVENTS_FORMAT, "source": self.source, "events": events},
+                kind="topic", persistent=False, expiration=3600))
         except (ZhpcError, OSError) as exc:
             self.dropped += len(events)
             log.warning("events: %d dropped, broker unavailable: %s", len(events), exc)

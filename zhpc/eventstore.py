@@ -73,9 +73,10 @@ class EventStore:
         self.close()
 
     # -- writing ------------------------------------------------------------------------
-    def add(self, events: Iterable[dict[str, Any]]) -> int:
-        """Store events (one transaction); returns how many were stored."""
-        rows = [_row(event) for event in events if isinstance(event, dict)]
+    def add(self, events: Iterable[dict[str, Any]], source: dict[str, Any] | None = None) -> int:
+        """Store events (one transaction), each completed by ``source`` (the sender's fields);
+        returns how many were stored."""
+        rows = [_row({**(source or {}), **event}) for event in events if isinstance(event, dict)]
         rows = [row for row in rows if row is not None]
         if rows:
             def work(run: Any) -> None:

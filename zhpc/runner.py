@@ -290,7 +290,7 @@ class ServiceRunner:
                 with self._lock:
                     self._pending.add(future)
                 future.add_done_callback(functools.partial(
-                    self._committed, message=message, received=received_at))
+                    self._committed, message=message, received=received_at, ref=ref))
         self._received = None
         logfields.clear_message()
         self._set_status(STATUS_IDLE)
@@ -304,15 +304,16 @@ class ServiceRunner:
         return expected is not None and self.clock() + expected > self._end
 
     def _committed(self, future: Future[None], message: Message | None = None,
-                   received: float | None = None) -> None:
+                   received: float | None = None,
+                   ref: step_events.StepRef | None = None) -> None:
         """Count a settled commit (runs on whichever thread completed the future)."""
         exc = future.exception()
         if message is not None:
             took = None if received is None else round(self.clock() - received, 6)
             if exc is None:
-                self._event(step_events.DONE, message, duration=took)
+                self._event(step_events.DONE, message, ref, duration=took)
             else:
-                self._event(step_events.FAILED, message, duration=took, returned=True,
+                self._event(step_events.FAILED, message, ref, duration=took, returned=True,
                             exception=type(exc).__name__, error=step_events.excerpt(exc))
         with self._lock:
             self._pending.discard(future)
@@ -445,8 +446,10 @@ class ServiceRunner:
         return code
 
     # -- step events ----------------------------------------------------------------
-    def _event(self, kind: str, message: Message, **fields: Any) -> step_events.StepRef:
-        ref = step_events.StepRef.of(message, plan=kind == step_events.RECEIVED)
+    def _event(self, kind: str, message: Message, ref: step_events.StepRef | None = None,
+               **fields: Any) -> step_events.StepRef:
+        if ref is None:
+            ref = step_events.StepRef.of(message, plan=kind == step_events.RECEIVED)
         self.events.emit(kind, ref,
                          message_id=message.message_id, delivery=message.delivery_count,
                          **fields)

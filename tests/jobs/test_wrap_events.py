@@ -30,7 +30,7 @@ def test_a_wrapped_job_reports_its_start_and_its_exit_code(tmp_path: Path) -> No
 
         def events() -> list[dict] | None:
             broker.poll(0.2)
-            found = [e for m in got for e in m.json()["events"]]
+            found = [{**m.json()["source"], **e} for m in got for e in m.json()["events"]]
             return found if len(found) >= 2 else None
 
         started, ended = wait_until(events, timeout=30, what="the job's events")
