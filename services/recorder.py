@@ -17,7 +17,7 @@ import time
 from typing import Any, ClassVar
 
 from zhpc.errors import ZhpcError
-from zhpc.events import EVENTS_FORMAT, EVENTS_TOPIC
+from zhpc.events import EVENTS_TOPIC, decode_batch
 from zhpc.eventstore import EventStore, open_event_store
 from zhpc.message import Message
 from zhpc.recipe import RecipeWrapper
@@ -73,16 +73,11 @@ class Recorder(Service):
     def record(self, message: Message) -> int:
         """Store the events of one broadcast; a malformed one is skipped with a warning."""
         try:
-            body = message.json()
+            events = decode_batch(message.json())
         except ValueError as exc:
-            log.warning("recorder: ignoring a broadcast that is not JSON: %s", exc)
+            log.warning("recorder: ignoring a broadcast: %s", exc)
             return 0
-        if not isinstance(body, dict) or body.get("format") != EVENTS_FORMAT:
-            log.warning("recorder: ignoring a broadcast that is not %s", EVENTS_FORMAT)
-            return 0
-        source = body.get("source")
-        stored = self.store.add(body.get("events") or [],
-                                source if isinstance(source, dict) else None)
+        stored = self.store.add(events)
         self.recorded += stored
         if time.monotonic() >= self._next_expiry:
             self._expire()

@@ -26,6 +26,7 @@ from zhpc.events import (
     EventEmitter,
     NoEvents,
     StepRef,
+    decode_batch,
     emitter_for,
 )
 from zhpc.eventstore import EventStore, open_event_store
@@ -138,16 +139,20 @@ def test_events_are_broadcast_in_batches_on_zhpc_events(tmp_path: Path) -> None:
     emitter = emitter_for(Config(broker=broker), "svc")
     try:
         for number in range(3):
-            emitter.emit("received", StepRef("r1", number, "q"), message_id=f"m{number}")
+            emitter.emit("received", StepRef("r1", number, "q"), message_id=f"m{number}",
+                         attempt="x")
         wait_until(lambda: listener.poll(0.1) or got, timeout=30, what="an event broadcast")
     finally:
         emitter.close()
         listener.close()
     body = got[0].json()
     assert body["format"] == EVENTS_FORMAT
-    events = body["events"]
+    events = decode_batch(body)
     assert [e["message_id"] for e in events] == ["m0", "m1", "m2"]
-    assert body["source"]["service"] == "svc" and body["source"]["pid"] == os.getpid()
+    assert events[0]["service"] == "svc" and events[0]["pid"] == os.getpid()
+    assert events[1]["attempt"] == "x"  # a field without a column of its own
+    with pytest.raises(ValueError, match="not a zhpc-events"):
+        decode_batch({"events": []})
     assert events[0]["recipe_id"] == "r1" and events[2]["step"] == 2
 
 

@@ -26,8 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.jobenv import JobEnvironment
@@ -44,6 +43,9 @@ RECEIVED, DONE, FAILED, HANDED_BACK, DEAD_LETTERED = (
     "received", "done", "failed", "handed-back", "dead-lettered")
 JOB_STARTED, JOB_ENDED = "job-started", "job-ended"
 KINDS = (RECEIVED, DONE, FAILED, HANDED_BACK, DEAD_LETTERED, JOB_STARTED, JOB_ENDED)
+#: The fields of each event row in a broadcast (``more``: a dict of the others, or null).
+ROW_COLUMNS = ("event", "time", "recipe_id", "step", "queue", "message_id", "duration",
+               "delivery", "more")
 #: Kinds that end one run of a step (a ``received`` or ``job-started`` begins it).
 FINAL_KINDS = frozenset({DONE, FAILED, HANDED_BACK, DEAD_LETTERED, JOB_ENDED})
 
@@ -53,14 +55,17 @@ ERROR_EXCERPT = 500
 PLAN_LIMIT = 64
 
 
-@dataclass(frozen=True, slots=True)
-class StepRef:
-    """Which recipe step a message is: read once from its body, never raising."""
+class StepRef(NamedTuple):
+    """Which recipe step a message is: read once from its body, never raising.
+
+    A NamedTuple: built for every message, and cheaper to build than a dataclass.
+    """
 
     recipe_id: str | None = None
     step: int | None = None
     queue: str | None = None
-    #: The recipe's steps (number -> queue or service), so a trace can show the waiting ones.
+    #: The recipe's steps (number -> queue or service), so a trace can show the waiting ones;
+    #: only read for a message at the start of its recipe.
     plan: dict[str, str] | None = None
 
     @classmethod
@@ -74,7 +79,9 @@ class StepRef:
             recipe = body.get("recipe") or {}
             node = recipe.get(str(pointer)) or {}
             queue = node.get("queue") if isinstance(node, dict) else None
-            steps = _plan(recipe) if plan else None
+            # The plan goes with the recipe's first steps only (no recipe-path yet): one
+            # event per recipe is enough for a trace, and building it is not free.
+            steps = _plan(recipe) if plan and not body.get("recipe-path") else None
         except Exception:  # not a recipe message: the event still says what happened
             return cls(None, None, message.queue)
         return cls(None if recipe_id is None else str(recipe_id), step,
@@ -148,13 +155,8 @@ class EventEmitter:
         if len(self._buffer) >= self.capacity:
             self.dropped += 1
             return
-        event = {"event": kind, "time": time.time()}
-        if ref is not None:
-            event["recipe_id"], event["step"], event["queue"] = ref.recipe_id, ref.step, ref.queue
-            if ref.plan and kind in (RECEIVED, JOB_STARTED):
-                event["plan"] = ref.plan
-        event.update(fields)
-        self._buffer.append(event)
+        # Only a tuple here; the publishing thread turns it into a row.
+        self._buffer.append((kind, time.time(), ref, fields))
         if len(self._buffer) >= self.batch:
             self._wake.set()
 
@@ -185,16 +187,25 @@ class EventEmitter:
         from zhpc.errors import ZhpcError
         from zhpc.message import Outgoing
 
-        events = []
+        events: list[list[Any]] = []
+        received: dict[Any, list[Any]] = {}  # message id -> its received row in this batch
         while self._buffer and len(events) < self.batch:
-            events.append(self._buffer.popleft())
+            kind, at, ref, fields = self._buffer.popleft()
+            if kind == DONE and (row := received.pop(fields.get("message_id"), None)):
+                _merge_done(row, at, fields)  # one row instead of two: half the encoding
+                continue
+            row = _row(kind, at, ref, fields)
+            if kind == RECEIVED and row[5] is not None:
+                received[row[5]] = row
+            events.append(row)
         transport = self._ready_transport()
         if transport is None:
             self.dropped += len(events)
             return False
         try:
             transport.publish(Outgoing.json(
-                EVENTS_TOPIC, {"format": EVENTS_FORMAT, "source": self.source, "events": events},
+                EVENTS_TOPIC, {"format": EVENTS_FORMAT, "source": self.source,
+                               "columns": ROW_COLUMNS, "rows": events},
                 kind="topic", persistent=False, expiration=3600))
         except (ZhpcError, OSError) as exc:
             self.dropped += len(events)
@@ -227,6 +238,47 @@ class EventEmitter:
                 transport.close()
 
 
+def _row(kind: str, at: float, ref: StepRef | None, fields: dict[str, Any]) -> list[Any]:
+    """One event as a row of :data:`ROW_COLUMNS` (``fields`` is the emit call's own dict)."""
+    message_id = fields.pop("message_id", None)
+    duration = fields.pop("duration", None)
+    delivery = fields.pop("delivery", None)
+    recipe_id = step = queue = None
+    if ref is not None:
+        recipe_id, step, queue = ref.recipe_id, ref.step, ref.queue
+        if ref.plan and kind in (RECEIVED, JOB_STARTED):
+            fields["plan"] = ref.plan
+    return [kind, at, recipe_id, step, queue, message_id, duration, delivery, fields or None]
+
+
+def _merge_done(row: list[Any], at: float, fields: dict[str, Any]) -> None:
+    """Turn a ``received`` row into the ``done`` of the same run (``started``: when received)."""
+    more = row[8] or {}
+    more["started"] = row[1]
+    row[0], row[1], row[6], row[8] = DONE, at, fields.get("duration"), more
+
+
+def decode_batch(body: Any) -> list[dict[str, Any]]:
+    """The events of one ``zhpc.events`` broadcast as dicts (with the sender's fields);
+    ValueError if it is not a batch of this format."""
+    if not isinstance(body, dict) or body.get("format") != EVENTS_FORMAT:
+        raise ValueError(f"not a {EVENTS_FORMAT} broadcast")
+    columns, rows = body.get("columns"), body.get("rows")
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        raise ValueError("a batch without columns and rows")
+    source = body.get("source") if isinstance(body.get("source"), dict) else {}
+    events = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(columns):
+            continue
+        event = {**source, **dict(zip(columns, row, strict=True))}
+        more = event.pop("more", None)
+        if isinstance(more, dict):
+            event.update({k: v for k, v in more.items() if k not in event or event[k] is None})
+        events.append(event)
+    return events
+
+
 class NoEvents:
     """The emitter when events are switched off (``events: {enabled: false}``)."""
 
@@ -239,7 +291,22 @@ class NoEvents:
         pass
 
 
-Emitter = EventEmitter | NoEvents
+class Tee:
+    """Several event sinks as one (the emitter and the Prometheus metrics)."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+
+    def emit(self, kind: str, ref: StepRef | None = None, **fields: Any) -> None:
+        for sink in self.sinks:
+            sink.emit(kind, ref, **fields)
+
+    def close(self, timeout: float = 2.0) -> None:
+        for sink in self.sinks:
+            sink.close(timeout)
+
+
+Emitter = EventEmitter | NoEvents | Tee
 
 
 def emitter_for(config: Any, service: str, job: JobEnvironment | None = None) -> Emitter:

@@ -450,9 +450,9 @@ class ServiceRunner:
                **fields: Any) -> step_events.StepRef:
         if ref is None:
             ref = step_events.StepRef.of(message, plan=kind == step_events.RECEIVED)
-        self.events.emit(kind, ref,
-                         message_id=message.message_id, delivery=message.delivery_count,
-                         **fields)
+        if kind != step_events.DONE:
+            fields["delivery"] = message.delivery_count
+        self.events.emit(kind, ref, message_id=message.message_id, **fields)
         return ref
 
     def _in_hand(self, message: Message) -> float | None:

@@ -50,9 +50,9 @@ def build_trace(recipe_id: str, events: Iterable[dict[str, Any]],
                     and previous["outcome"] == "failed"
                     and previous["message_id"] == event.get("message_id")):
                 run = previous  # failed for the last time: the same run ends in the DLQ
-            if run is None:
+            if run is None:  # a final event without its start, or with it (``started``)
                 run = _new_run(event)
-                run["started"] = None
+                run["started"] = event.get("started")
                 runs.append(run)
             last_run[who] = run
             _finish(run, event, dlq_id)

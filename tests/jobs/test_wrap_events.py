@@ -10,7 +10,7 @@ from jobs_support import write_config
 from test_wrap import Q, recipewrapper, run_wrap
 from testsupport import wait_until
 
-from zhpc.events import EVENTS_TOPIC
+from zhpc.events import EVENTS_TOPIC, decode_batch
 from zhpc.message import Message
 from zhpc.transport.embedded import EmbeddedTransport
 
@@ -30,7 +30,7 @@ def test_a_wrapped_job_reports_its_start_and_its_exit_code(tmp_path: Path) -> No
 
         def events() -> list[dict] | None:
             broker.poll(0.2)
-            found = [{**m.json()["source"], **e} for m in got for e in m.json()["events"]]
+            found = [e for m in got for e in decode_batch(m.json())]
             return found if len(found) >= 2 else None
 
         started, ended = wait_until(events, timeout=30, what="the job's events")
