@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dlq",
     "trace",
     "status",
+    "shutdown",
     "config",
 )
 

@@ -49,7 +49,7 @@ from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
 from zhpc import events as step_events
-from zhpc import logfields
+from zhpc import logfields, shutdown
 from zhpc.errors import Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
@@ -193,6 +193,7 @@ class ServiceRunner:
             self.service.setup()
             self._set_up = True
             self._subscription = self._subscribe()
+            self.transport.subscribe_broadcast(shutdown.SHUTDOWN_TOPIC, self._on_shutdown)
             self._set_status(STATUS_IDLE)
             log.info("%s: consuming %s", self.service.name, self.queue)
             while not self._should_stop():
@@ -216,6 +217,17 @@ class ServiceRunner:
         return self.transport.subscribe(
             self.queue, self._on_message, prefetch=self.service.settings.prefetch
         )
+
+    def _on_shutdown(self, message: Message) -> None:
+        """A ``zhpc shutdown`` broadcast: drain as after SIGTERM if it names this service."""
+        try:
+            body = message.json()
+        except ValueError:
+            return
+        if shutdown.applies(body, self.service.name):
+            log.warning("%s: shutdown requested by %s", self.service.name, body.get("sender"))
+            self.drain.request("zhpc shutdown")
+            self._on_drain_signal(signal.SIGTERM)  # the same drain grace as a signal
 
     def _should_stop(self) -> bool:
         if self.drain.requested:
