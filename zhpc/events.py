@@ -129,7 +129,7 @@ class EventEmitter:
         *,
         capacity: int = 10_000,
         interval: float = 0.2,
-        batch: int = 500,
+        batch: int = 200,
         retry_after: float = 5.0,
         close_transport: bool = True,
     ) -> None:

@@ -131,3 +131,53 @@ def test_trace_shows_a_failure_then_the_success_with_hosts_and_pids(
     assert code == 0
     assert "ValueError: value 5 rejected the first time" in out
     assert f"pid {doubler.pid}" in out and "waiting" in out
+
+
+class AlwaysFails(Service):
+    def process(self, rw: RecipeWrapper, payload: Any) -> None:
+        raise RuntimeError("the detector file is unreadable")
+
+
+def test_a_dead_lettered_step_links_to_its_quarantine_entry(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from quarantine_support import run_schlockmeister
+
+    from zhpc.events import EVENTS_TOPIC, decode_batch
+    from zhpc.eventstore import open_event_store
+
+    broker = Broker("embedded", f"sqlite://{tmp_path / 'broker.sqlite'}", delivery_limit=1)
+    queue = broker.queue("doomed")
+    path = tmp_path / "zhpc.yaml"
+    path.write_text(yaml.safe_dump({
+        "broker": {"url": broker.url, "delivery_limit": 1},
+        "events": {"url": f"sqlite://{tmp_path / 'events.sqlite'}"},
+        "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}",
+                       "management_url": "", "notify_queue": ""},
+    }))
+    config = load_config(str(path))
+    listener = broker.transport()
+    with open_event_store(config.events) as store:
+        listener.subscribe_broadcast(EVENTS_TOPIC, lambda m: store.add(decode_batch(m.json())))
+        rw = RecipeWrapper.from_recipe({"1": {"service": "fails", "queue": queue},
+                                        "start": [[1, {}]]})
+        broker.transport().publish_many(rw.start())
+        service = AlwaysFails("fails", config.service("fails").model_copy(
+            update={"queue": queue, "idle_timeout": 1.0}), config)
+        runner = ServiceRunner(service, broker.transport(), events=emitter_for(config, "fails"))
+        assert runner.run() == 0 and runner.dead_lettered == 1
+        wait_until(lambda: listener.poll(0.2) is not None and any(
+            e["event"] == "dead-lettered" for e in store.for_recipe(str(rw.recipe_id))),
+                   timeout=30, what="the dead-lettered event")
+    assert run_schlockmeister(config, broker.transport()).quarantiner.filed == 1
+    code, out = zhpc(path, capsys, "trace", str(rw.recipe_id), "--json")
+    trace = json.loads(out)
+    assert code == 0 and trace["finished"]
+    *failures, last = trace["steps"]
+    assert all(run["outcome"] == "failed" for run in failures)
+    assert last["outcome"] == "dead-lettered" and last["error"].startswith("delivery_limit")
+    assert last["dlq_id"] and last["dlq_id"] == last["message_id"]
+    code, out = zhpc(path, capsys, "trace", str(rw.recipe_id))
+    assert f"zhpc dlq reinject {last['dlq_id']}" in out
+    code, out = zhpc(path, capsys, "dlq", "show", last["dlq_id"], "--json")
+    assert code == 0 and json.loads(out)["recipe_id"] == rw.recipe_id
+    broker.teardown()
