@@ -65,11 +65,16 @@ def _run(args: argparse.Namespace) -> int:
     }
     service_config = config.service(args.service).model_copy(update=overrides)
     service = cls(args.service, service_config, config)
+    runner = getattr(cls, "runner_class", None) or ServiceRunner
+    if runner is not ServiceRunner and (args.metrics_port is not None
+                                        or args.metrics_textfile is not None):
+        from zhpc.errors import ZhpcError
+
+        raise ZhpcError(f"{args.service!r} runs with its own runner, which has no metrics")
     transport = get_transport(config.broker)
     transport.connect()
     try:
         # A service that consumes several queues (Schlockmeister) brings its own runner.
-        runner = getattr(cls, "runner_class", None) or ServiceRunner
         from zhpc.events import emitter_for
         from zhpc.jobenv import JobEnvironment
         from zhpc.logfields import set_process_fields

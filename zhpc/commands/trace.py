@@ -42,8 +42,9 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.environment)
     with open_event_store(config.events) as store:
         if not args.follow:
-            _show(collect(store, config, args.recipe_id), args.json)
-            return 0
+            trace = collect(store, config, args.recipe_id)
+            _show(trace, args.json)
+            return 0 if trace["steps"] else 1  # nothing known of it: say so in the status too
         return _follow(store, config, args)
 
 
