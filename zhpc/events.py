@@ -22,6 +22,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -49,6 +50,7 @@ ROW_COLUMNS = ("event", "time", "recipe_id", "step", "queue", "message_id", "dur
 #: Kinds that end one run of a step (a ``received`` or ``job-started`` begins it).
 FINAL_KINDS = frozenset({DONE, FAILED, HANDED_BACK, DEAD_LETTERED, JOB_ENDED})
 
+_HANDLED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM}
 #: Error texts are cut to this many characters: an excerpt, not a traceback.
 ERROR_EXCERPT = 500
 #: Recipes with more steps than this do not send their plan with each ``received``.
@@ -148,7 +150,14 @@ class EventEmitter:
         self.sent = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._loop, name="zhpc-events", daemon=True)
-        self._thread.start()
+        # Deaf to the signals zhpc handles, so that the kernel delivers them to the main
+        # thread (zhpc wrap forwards them to its command at once); so are the threads it
+        # starts (a broker connection's I/O thread).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+        try:
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
     def emit(self, kind: str, ref: StepRef | None = None, **fields: Any) -> None:
         """Queue one event; O(1) and never blocks (dropped when the buffer is full)."""

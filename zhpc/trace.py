@@ -122,10 +122,10 @@ def _iso(stamp: float | None) -> str | None:
 
 def render(trace: dict[str, Any]) -> str:
     """The trace as a tree: one branch per step, one line per run."""
-    lines = [f"recipe {trace['recipe_id']}"
-             + ("" if trace["finished"] else "  (in progress)")]
     if not trace["steps"]:
-        lines.append("  no events recorded (is a recorder running? zhpc service -s recorder)")
+        return (f"recipe {trace['recipe_id']}: no events recorded (a wrong id, or no recorder "
+                "running: zhpc service -s recorder)")
+    lines = [f"recipe {trace['recipe_id']}" + ("" if trace["finished"] else "  (in progress)")]
     by_step: dict[Any, list[dict[str, Any]]] = {}
     for run in trace["steps"]:
         by_step.setdefault(run["step"], []).append(run)
