@@ -8,6 +8,10 @@ step 2: a plain queue) over real RabbitMQ, in the same run for:
   (a crash between the two loses the message);
 * ``workflows_tx``: the same service with one transaction per message (ack + send
   committed together; workflows' safe mode, as its Dispatcher does).
+* ``zhpc_events`` (with ``--only``): ``zhpc`` with step events on (``zhpc.events``,
+  a listening queue bound to it, as when a recorder runs); ``events_cost`` is
+  its throughput loss against ``zhpc`` (the target: below 0.10), ``events_cpu_cost``
+  the extra CPU per message (``cpu_ms_per_msg``: steadier on a shared machine).
 
 The workflows service runs under workflows' ``Frontend`` in its own process,
 which is what ``zocalo.service`` does after reading the site configuration
@@ -45,7 +49,7 @@ PREFETCH = 100
 
 
 # == the services (run as children of this script) ==========================
-def child_zhpc(queue: str) -> int:
+def child_zhpc(queue: str, events: bool = False) -> int:
     from typing import Any as _Any
 
     from zhpc.config import BrokerConfig, Config, ServiceConfig
@@ -60,7 +64,13 @@ def child_zhpc(queue: str) -> int:
     config = Config(broker=BrokerConfig(url=AMQP_URL))
     settings = ServiceConfig(queue=queue, prefetch=PREFETCH)
     with get_transport(config.broker) as transport:
-        return ServiceRunner(Double("double", settings, config), transport).run()
+        emitter = None
+        if events:
+            from zhpc.events import emitter_for
+
+            emitter = emitter_for(config, "double")
+        return ServiceRunner(Double("double", settings, config), transport,
+                             events=emitter).run()
 
 
 def child_workflows(queue: str, transactional: bool) -> int:
@@ -122,6 +132,18 @@ def _rss_mb(pid: int, field: str) -> float:
         except OSError:
             pass
     return round(total / 1024, 1)
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants so far."""
+    ticks = 0
+    for proc in _descendants(pid):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class Client:
@@ -194,6 +216,16 @@ class Client:
         self.channel.cancel()
         return results
 
+    def listen_to_events(self) -> str:
+        """A queue bound to ``zhpc.events`` (as a recorder's), so events are really routed."""
+        from zhpc.events import EVENTS_TOPIC
+
+        self.channel.exchange_declare(EVENTS_TOPIC, exchange_type="fanout", durable=True)
+        name = f"bench.hop.events.{uuid.uuid4().hex[:8]}"
+        self.channel.queue_declare(name, auto_delete=True, arguments={"x-max-length": 100000})
+        self.channel.queue_bind(name, EVENTS_TOPIC)
+        return name
+
     def queues(self) -> tuple[str, str]:
         tag = uuid.uuid4().hex[:8]
         inq, outq = f"bench.hop.{tag}.in", f"bench.hop.{tag}.out"
@@ -237,6 +269,7 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
         result["startup_s"] = round(client.wait_consuming(inq, proc), 3)
         time.sleep(1.0)  # let start-up allocations settle before reading RSS
         result["idle_rss_mb"] = _rss_mb(proc.pid, "VmRSS")
+        startup_cpu = _cpu_s(proc.pid)
         result["processes"] = len(_descendants(proc.pid))
         lat = sorted(client.latencies(inq, outq, samples))
         result["p50_ms"] = round(statistics.median(lat), 3)
@@ -251,6 +284,8 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
     try:
         result["msgs_per_s"] = round(client.drain_rate(outq, messages), 1)
         result["peak_rss_mb"] = _rss_mb(proc.pid, "VmHWM")
+        # CPU per message: steadier than the rate on a shared machine (start-up subtracted).
+        result["cpu_ms_per_msg"] = round((_cpu_s(proc.pid) - startup_cpu) * 1000 / messages, 4)
     finally:
         stop(proc)
         client.delete(inq, outq)
@@ -266,18 +301,21 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         kind, queue = args.child
-        if kind == "zhpc":
-            return child_zhpc(queue)
+        if kind in ("zhpc", "zhpc_events"):
+            return child_zhpc(queue, events=kind == "zhpc_events")
         return child_workflows(queue, transactional=kind == "workflows_tx")
 
     import workflows
 
     client = Client()
     results: dict[str, Any] = {}
+    listener = client.listen_to_events() if "zhpc_events" in args.only else None
     try:
         for kind in args.only.split(","):
             results[kind] = measure(client, kind, args.messages, args.samples)
     finally:
+        if listener:
+            client.channel.queue_delete(listener)
         client.close()
     line: dict[str, Any] = {
         "benchmark": "service_hop",
@@ -288,6 +326,11 @@ def main() -> int:
         "workflows": workflows.__version__,
         **results,
     }
+    if "zhpc" in results and "zhpc_events" in results:
+        line["events_cost"] = round(
+            1 - results["zhpc_events"]["msgs_per_s"] / results["zhpc"]["msgs_per_s"], 3)
+        line["events_cpu_cost"] = round(results["zhpc_events"]["cpu_ms_per_msg"]
+                                        / results["zhpc"]["cpu_ms_per_msg"] - 1, 3)
     wf = [results[k] for k in ("workflows_plain", "workflows_tx") if k in results]
     if "zhpc" in results and wf:
         zhpc = results["zhpc"]

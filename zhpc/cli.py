@@ -27,6 +27,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "scale",
     "wrap",
     "dlq",
+    "trace",
+    "status",
+    "shutdown",
     "config",
 )
 

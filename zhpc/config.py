@@ -341,9 +341,41 @@ class QuarantineConfig(_Section):
         return url
 
 
+class EventsConfig(_Section):
+    """Step events (docs/observability.md): broadcast on ``zhpc.events``, kept by the recorder."""
+
+    #: Services and ``zhpc wrap`` emit events; off: nothing is sent.
+    enabled: bool = True
+    #: Events held in memory while the broker is slow; beyond this they are dropped.
+    buffer: int = Field(10_000, ge=1)
+    #: The recorder's store: ``sqlite:///path`` or ``postgresql://...``; empty:
+    #: $ZHPC_HOME/events.sqlite.
+    url: str = ""
+    #: The PostgreSQL password (mode 0600), instead of one in the URL.
+    password_file: Path | None = None
+    #: Days the recorder keeps events; older ones are deleted.
+    retention_days: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_store(cls, url: str) -> str:
+        if url and urlsplit(url).scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("must start with sqlite:/// or postgresql://")
+        return url
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     format: Literal["text", "json"] = "text"
+    #: Also send log records to Graylog: ``udp://host:port`` (GELF, needs graypy).
+    gelf: str = ""
+
+    @field_validator("gelf")
+    @classmethod
+    def _gelf_url(cls, url: str) -> str:
+        if url and (urlsplit(url).scheme not in ("udp", "tcp") or not urlsplit(url).hostname):
+            raise ValueError("must be udp://host:port or tcp://host:port")
+        return url
 
 
 class LimitsConfig(_Section):
@@ -373,6 +405,7 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
     limits: LimitsConfig = LimitsConfig()
+    events: EventsConfig = EventsConfig()
     #: Named partial configurations, overlaid by ``-e NAME``; not part of the result.
     environments: dict[str, dict[str, Any]] = {}
 
@@ -515,7 +548,7 @@ def load_config(
     config = parse_config(data, source=source, environment=environment)
     from zhpc.logs import apply_config
 
-    apply_config(config.logging.level, config.logging.format)
+    apply_config(config.logging.level, config.logging.format, config.logging.gelf)
     if config.broker.password_file is not None:
         config.broker.password()  # fail early on a world-readable password file
     return config

@@ -51,13 +51,15 @@ def setup_logging(
              debug_pika=verbosity >= 3)
 
 
-def apply_config(level: str, fmt: str) -> None:
+def apply_config(level: str, fmt: str, gelf: str = "") -> None:
     """Use the configuration's ``logging`` section where the command line chose nothing.
 
     Does nothing when zhpc is used as a library (logging is then the caller's).
+    ``gelf``: also send every record to a Graylog server (``udp://host:port``).
     """
     if _installed is None:
         return
+    _install_gelf(gelf)
     root = logging.getLogger()
     current_fmt = "json" if isinstance(_installed.formatter, JsonFormatter) else "text"
     new_level = root.level if _chosen_on_command_line["level"] else _LEVELS[level]
@@ -76,6 +78,24 @@ def _level_for(verbosity: int) -> int:
 
 
 _installed: logging.Handler | None = None
+_gelf: tuple[str, logging.Handler] | None = None
+
+
+def _install_gelf(url: str) -> None:
+    global _gelf
+    if _gelf is not None and _gelf[0] == url:
+        return
+    root = logging.getLogger()
+    if _gelf is not None:
+        root.removeHandler(_gelf[1])
+        _gelf[1].close()
+        _gelf = None
+    if url:
+        from zhpc.logfields import gelf_handler
+
+        handler = gelf_handler(url)
+        root.addHandler(handler)
+        _gelf = (url, handler)
 
 
 def _install(level: int, fmt: str, *, debug_pika: bool) -> None:
@@ -87,6 +107,10 @@ def _install(level: int, fmt: str, *, debug_pika: bool) -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
+    from zhpc.logfields import FieldsFilter, MaskingFilter
+
+    handler.addFilter(MaskingFilter())
+    handler.addFilter(FieldsFilter())
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)

@@ -36,6 +36,7 @@ do, and at least every ``retry_interval`` seconds while it is busy.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -47,6 +48,8 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
+from zhpc import events as step_events
+from zhpc import logfields, shutdown
 from zhpc.errors import Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
@@ -97,8 +100,12 @@ class ServiceRunner:
         job: JobEnvironment | None = None,
         drain: Drain | None = None,
         clock: Callable[[], float] = time.monotonic,
+        events: step_events.Emitter | None = None,
     ) -> None:
         self.service = service
+        #: Step events (zhpc.events): emitting only appends to a buffer, never blocks.
+        self.events = events if events is not None else step_events.NoEvents()
+        self._received: tuple[Message, float] | None = None  # the message in hand, since when
         self.transport = transport
         self.queue = queue or service.settings.queue or service.queue or service.name
         self.job = job if job is not None else JobEnvironment.from_environ()
@@ -185,10 +192,8 @@ class ServiceRunner:
             self._arm_alarm()
             self.service.setup()
             self._set_up = True
-            self.transport.declare_queue(self.queue)
-            self._subscription = self.transport.subscribe(
-                self.queue, self._on_message, prefetch=self.service.settings.prefetch
-            )
+            self._subscription = self._subscribe()
+            self.transport.subscribe_broadcast(shutdown.SHUTDOWN_TOPIC, self._on_shutdown)
             self._set_status(STATUS_IDLE)
             log.info("%s: consuming %s", self.service.name, self.queue)
             while not self._should_stop():
@@ -206,6 +211,24 @@ class ServiceRunner:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
             self.drain.uninstall()
+
+    def _subscribe(self) -> str:
+        """Start consuming; the recorder's runner overrides this to read a broadcast topic."""
+        self.transport.declare_queue(self.queue)
+        return self.transport.subscribe(
+            self.queue, self._on_message, prefetch=self.service.settings.prefetch
+        )
+
+    def _on_shutdown(self, message: Message) -> None:
+        """A ``zhpc shutdown`` broadcast: drain as after SIGTERM if it names this service."""
+        try:
+            body = message.json()
+        except ValueError:
+            return
+        if shutdown.applies(body, self.service.name):
+            log.warning("%s: shutdown requested by %s", self.service.name, body.get("sender"))
+            self.drain.request("zhpc shutdown")
+            self._on_drain_signal(signal.SIGTERM)  # the same drain grace as a signal
 
     def _should_stop(self) -> bool:
         if self.drain.requested:
@@ -244,6 +267,10 @@ class ServiceRunner:
             self._hand_back(message)
             return
         outputs: list[Outgoing] = []
+        received_at = self.clock()
+        self._received = (message, received_at)
+        ref = self._event(step_events.RECEIVED, message)
+        logfields.set_message(ref.recipe_id, ref.step)  # log records of this message carry them
         self._set_status(STATUS_PROCESSING)
         try:
             self._deadline_passed = False
@@ -275,7 +302,10 @@ class ServiceRunner:
             else:
                 with self._lock:
                     self._pending.add(future)
-                future.add_done_callback(self._committed)
+                future.add_done_callback(functools.partial(
+                    self._committed, message=message, received=received_at, ref=ref))
+        self._received = None
+        logfields.clear_message()
         self._set_status(STATUS_IDLE)
         self._last_activity = self.clock()
 
@@ -286,9 +316,18 @@ class ServiceRunner:
         expected = _expected_runtime(message)
         return expected is not None and self.clock() + expected > self._end
 
-    def _committed(self, future: Future[None]) -> None:
+    def _committed(self, future: Future[None], message: Message | None = None,
+                   received: float | None = None,
+                   ref: step_events.StepRef | None = None) -> None:
         """Count a settled commit (runs on whichever thread completed the future)."""
         exc = future.exception()
+        if message is not None:
+            took = None if received is None else round(self.clock() - received, 6)
+            if exc is None:
+                self._event(step_events.DONE, message, ref, duration=took)
+            else:
+                self._event(step_events.FAILED, message, ref, duration=took, returned=True,
+                            exception=type(exc).__name__, error=step_events.excerpt(exc))
         with self._lock:
             self._pending.discard(future)
             if exc is None:
@@ -318,6 +357,7 @@ class ServiceRunner:
             self._dead_letter(message, f"handed back {limit} times: it never fits the time left")
             return
         self.handed_back += 1
+        self._event(step_events.HANDED_BACK, message, duration=self._in_hand(message))
         self.transport.hand_back(message)
 
     # -- failures and the retry lane ------------------------------------------------
@@ -338,6 +378,8 @@ class ServiceRunner:
         to the dead-letter queue with its history and last error."""
         with self._lock:
             self.failed += 1
+        self._event(step_events.FAILED, message, duration=self._in_hand(message),
+                    exception=type(error).__name__, error=step_events.excerpt(error))
         headers = accounting.with_failure(message, error, self._where)
         limit = self.transport.delivery_limit
         try:
@@ -357,6 +399,8 @@ class ServiceRunner:
     def _dead_letter(self, message: Message, reason: str,
                      headers: dict[str, Any] | None = None) -> None:
         self.dead_lettered += 1
+        self._event(step_events.DEAD_LETTERED, message, duration=self._in_hand(message),
+                    error=step_events.excerpt(reason), dlq=accounting.dlq_name(message.queue))
         log.error("%s: dead-lettering message %s: %s", self.service.name,
                   message.message_id, reason)
         self.transport.dead_letter(message, reason, headers)
@@ -408,10 +452,27 @@ class ServiceRunner:
             self.service.teardown()
             self._set_status(STATUS_END)
             self._heartbeat(force=True)
+            self.events.close()
         log.info("%s: stopped after %d processed, %d failed, %d handed back, %d dead-lettered",
                  self.service.name, self.processed, self.failed, self.handed_back,
                  self.dead_lettered)
         return code
+
+    # -- step events ----------------------------------------------------------------
+    def _event(self, kind: str, message: Message, ref: step_events.StepRef | None = None,
+               **fields: Any) -> step_events.StepRef:
+        if ref is None:
+            ref = step_events.StepRef.of(message, plan=kind == step_events.RECEIVED)
+        if kind != step_events.DONE:
+            fields["delivery"] = message.delivery_count
+        self.events.emit(kind, ref, message_id=message.message_id, **fields)
+        return ref
+
+    def _in_hand(self, message: Message) -> float | None:
+        """Seconds since ``message`` was received, if it is the one being processed."""
+        if self._received is None or self._received[0] is not message:
+            return None
+        return round(self.clock() - self._received[1], 6)
 
     # -- status -------------------------------------------------------------------
     def _set_status(self, status: int) -> None:

@@ -195,6 +195,8 @@ class WrapRun:
         self._child: subprocess.Popen[bytes] | None = None
         self._wrapper: Wrapper | None = None
         self._finished = False
+        self._events: Any = None  # zhpc.events emitter, once the recipe step is known
+        self._step_ref: Any = None
 
     def config(self) -> Config:
         with self._config_lock:
@@ -247,6 +249,8 @@ class WrapRun:
             return self._run(drain)
         finally:
             drain.uninstall()
+            if self._events is not None:
+                self._events.close()
             self.reporter.close()
 
     def _run(self, drain: Drain) -> int:
@@ -255,6 +259,7 @@ class WrapRun:
 
             self.rw = read_recipewrapper(self.recipewrapper)
             self.config()  # a bad configuration stops the run before anything starts
+            self._start_events()
         heartbeat = _Heartbeat(
             self.reporter,
             self.status,
@@ -281,6 +286,7 @@ class WrapRun:
             code = code or 1
         else:
             code = 0
+        self._job_ended(code, result, error, drain)
         if self.rw is None:
             if heartbeat.sent:
                 heartbeat.join(timeout=5)
@@ -288,6 +294,44 @@ class WrapRun:
             return code
         payload = self._payload(ok and error is None, code, result, files, error)
         return self._deliver(payload, code, heartbeat)
+
+    # -- step events ----------------------------------------------------------------
+    def _start_events(self) -> None:
+        """``job-started`` on ``zhpc.events``, sent on the run's one broker connection."""
+        from zhpc import events, logfields
+
+        rw = self.rw
+        if rw is None:
+            return
+        logfields.set_process_fields(service=f"wrap:{self.wrapper_name or 'command'}",
+                                     slurm_job_id=self.job.slurm_job_id)
+        logfields.set_message(rw.recipe_id, rw.recipe_pointer)
+        if not self.config().events.enabled:
+            return
+        source = events.source_fields(f"wrap:{self.wrapper_name or 'command'}", self.job)
+        self._events = events.EventEmitter(self.reporter.transport, source,
+                                           close_transport=False)
+        step = rw.recipe_step or {}
+        self._step_ref = events.StepRef(rw.recipe_id, rw.recipe_pointer,
+                                        str(step.get("queue") or "") or None)
+        self._events.emit(events.JOB_STARTED, self._step_ref,
+                          program=Path(self.command[0]).name if self.command else None)
+
+    def _job_ended(self, code: int, result: ProcessResult | None, error: str | None,
+                   drain: Drain) -> None:
+        if self._events is None:
+            return
+        from zhpc import events
+
+        reason = drain.reason
+        if reason is None and result is not None and result.signal:
+            try:
+                reason = f"killed by {signal.Signals(result.signal).name}"
+            except ValueError:
+                reason = f"killed by signal {result.signal}"
+        self._events.emit(events.JOB_ENDED, self._step_ref, exit_code=code, end_reason=reason,
+                          error=events.excerpt(error),
+                          duration=round(time.monotonic() - self.started, 3))
 
     def _work(self, drain: Drain) -> tuple[bool, list[Path]]:
         """Stage in, run the wrapper, stage out; returns (success, result files)."""

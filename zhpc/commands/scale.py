@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="one JSON object per service per cycle")
     parser.add_argument("-s", "--service", action="append", default=[], metavar="NAME",
                         help="scale only this service (repeatable)")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="daemon: serve Prometheus /metrics (queue depths, jobs) on PORT")
     parser.set_defaults(handler=_run)
 
 
@@ -68,6 +70,8 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, option)
         if value is not None and value <= 0:
             raise ZhpcError(f"--{option} must be a positive number of seconds, not {value:g}")
+    if args.metrics_port is not None and not args.daemon:
+        raise ZhpcError("--metrics-port needs --daemon (one cycle has nothing to serve)")
     config = load_config(args.config, args.environment)
     targets = targets_for(config, args.service)
     store = StateStore(environment=config.environment)
@@ -153,6 +157,12 @@ def _daemon(config: Config, targets: list[Target], store: StateStore, args: argp
     scaler: Scaler | None = None
     next_cycle = 0.0
     first = True
+    metrics = None
+    if args.metrics_port is not None:
+        from zhpc.metrics import Metrics
+
+        metrics = Metrics()
+        log.warning("zhpc scale: metrics on port %d", metrics.serve(args.metrics_port))
     with Drain() as drain:
         log.info("scaling %s every %g s", ", ".join(t.service for t in targets), interval)
         while not drain.requested:
@@ -167,6 +177,8 @@ def _daemon(config: Config, targets: list[Target], store: StateStore, args: argp
                         reports = scaler.cycle()
                     _show(reports, args.json, header=first)
                     first = False
+                    if metrics is not None:
+                        metrics.observe_cycle(reports)
             except LockBusy:
                 log.info("another zhpc scale is running a cycle; skipping this one")
             except (TransportError, BrokerUnreachable) as exc:  # reconnect next cycle
@@ -185,6 +197,8 @@ def _daemon(config: Config, targets: list[Target], store: StateStore, args: argp
         log.info("zhpc scale: %s; stopping", drain.reason)
     if scaler is not None:
         _close(scaler)
+    if metrics is not None:
+        metrics.close()
     return 0
 
 

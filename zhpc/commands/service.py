@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from zhpc.commands.argtypes import bounded_count, positive_seconds
 
@@ -23,6 +25,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="drain after this many seconds")
     parser.add_argument("--idle-timeout", type=positive_seconds, metavar="SECONDS",
                         help="drain after this long without a message")
+    parser.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve Prometheus /metrics on PORT (0: any free port, logged)")
+    parser.add_argument("--metrics-textfile", type=Path, metavar="DIR",
+                        help="write the metrics to DIR (node_exporter's textfile collector)")
     parser.set_defaults(handler=_run)
 
 
@@ -62,11 +68,47 @@ def _run(args: argparse.Namespace) -> int:
     }
     service_config = config.service(args.service).model_copy(update=overrides)
     service = cls(args.service, service_config, config)
+    runner = getattr(cls, "runner_class", None) or ServiceRunner
+    if runner is not ServiceRunner and (args.metrics_port is not None
+                                        or args.metrics_textfile is not None):
+        from zhpc.errors import ZhpcError
+
+        raise ZhpcError(f"{args.service!r} runs with its own runner, which has no metrics")
     transport = get_transport(config.broker)
     transport.connect()
     try:
         # A service that consumes several queues (Schlockmeister) brings its own runner.
-        runner = getattr(cls, "runner_class", None) or ServiceRunner
-        return runner(service, transport, queue=args.queue).run()
+        from zhpc.events import emitter_for
+        from zhpc.jobenv import JobEnvironment
+        from zhpc.logfields import set_process_fields
+
+        job = JobEnvironment.from_environ()
+        set_process_fields(service=args.service, slurm_job_id=job.slurm_job_id)
+        if runner is ServiceRunner:
+            events = emitter_for(config, args.service, job)
+            metrics = _metrics(args)
+            if metrics is not None:
+                from zhpc.events import Tee
+
+                events = Tee(events, metrics)
+            return runner(service, transport, queue=args.queue, job=job, events=events).run()
+        return runner(service, transport, queue=args.queue, job=job).run()
     finally:
         transport.close()
+
+
+def _metrics(args: argparse.Namespace) -> Any:
+    """The Prometheus metrics the command line asks for, serving already; None if none."""
+    if args.metrics_port is None and args.metrics_textfile is None:
+        return None
+    import logging
+
+    from zhpc.metrics import Metrics
+
+    metrics = Metrics(args.service)
+    if args.metrics_port is not None:
+        port = metrics.serve(args.metrics_port)
+        logging.getLogger("zhpc.service").warning("%s: metrics on port %d", args.service, port)
+    if args.metrics_textfile is not None:
+        metrics.textfile(args.metrics_textfile)
+    return metrics
