@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: ``zhpc go --help`` should not import typing
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.config import Config
     from zhpc.dispatch import DispatchRequest
 
@@ -78,6 +79,8 @@ def _go(args: argparse.Namespace) -> int:
     request = build_request(args.recipes, args.parameters, args.file)
     validate(request, config)
     if args.dry_run:
+        import json
+
         from zhpc.dispatch import request_headers
 
         print(json.dumps({"queue": dispatcher_queue(config), "headers": request_headers(),
@@ -111,6 +114,7 @@ def build_request(
     recipes: list[str], parameter_pairs: list[str], custom_file: str | None = None
 ) -> DispatchRequest:
     """The request for these command-line arguments, with a fresh guid unless one is set."""
+    import json
     import uuid
 
     from zhpc.dispatch import DispatchRequest
