@@ -105,7 +105,7 @@ def _rss_mb(pid: int) -> float:
     return round(int(match.group(1)) / 1024, 1) if match else 0.0
 
 
-def _idle_service_rss() -> dict[str, float]:
+def _idle_service_rss(zhpc: list[str]) -> dict[str, float]:
     """RSS of ``zhpc service -s double`` once it consumes, beside a bare Python at rest."""
     from zhpc.config import BrokerConfig
     from zhpc.transport import get_transport
@@ -117,7 +117,7 @@ def _idle_service_rss() -> dict[str, float]:
         env = {**os.environ, "ZHPC_HOME": tmp}
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         service = subprocess.Popen(
-            [*_zhpc_script(), "--config", str(config), "-q", "service", "-s", "double",
+            [*zhpc, "--config", str(config), "-q", "service", "-s", "double",
              "--queue", queue], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         transport = get_transport(BrokerConfig(url=AMQP_URL))
         transport.connect()
@@ -149,9 +149,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=21)
     parser.add_argument("--no-service", action="store_true", help="skip the idle-RSS part")
+    parser.add_argument("--module", action="store_true",
+                        help="run 'python -m zhpc' (honours PYTHONPATH, e.g. an older checkout)")
     args = parser.parse_args()
     _compile_zhpc()
-    zhpc = _zhpc_script()
+    zhpc = [sys.executable, "-m", "zhpc"] if args.module else _zhpc_script()
     true = shutil.which("true") or "true"
     times = _interleaved({
         "python": [sys.executable, "-c", "pass"],
@@ -181,7 +183,7 @@ def main() -> int:
         },
     }
     if not args.no_service:
-        line.update(_idle_service_rss())
+        line.update(_idle_service_rss(zhpc))
     print(json.dumps(line))
     return 0
 

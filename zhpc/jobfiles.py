@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from zhpc.atomic import write_atomic
 from zhpc.errors import RecipeError, Rejected, ZhpcError
 
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.config import Config
     from zhpc.recipe import RecipeWrapper
 
