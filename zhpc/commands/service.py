@@ -59,6 +59,11 @@ def _run(args: argparse.Namespace) -> int:
     }
     service_config = config.service(args.service).model_copy(update=overrides)
     service = cls(args.service, service_config, config)
+    # The service's own modules are imported by now (if they use asyncio it is real):
+    # what only the broker client drags in waits until something uses it (~9 MB).
+    from zhpc import deferred
+
+    deferred.defer("ssl", "asyncio")
     transport = get_transport(config.broker)
     transport.connect()
     try:
