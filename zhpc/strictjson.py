@@ -29,8 +29,14 @@ def _float(text: str) -> float:
     return value
 
 
+#: One decoder for every message: ``json.loads`` with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
+
+
 def loads(text: str | bytes, **kwargs: Any) -> Any:
     """``json.loads`` refusing non-finite numbers (raises NonFiniteNumber, a ValueError)."""
+    if isinstance(text, str) and not kwargs:
+        return _DECODER.decode(text)
     return json.loads(text, parse_constant=_constant, parse_float=_float, **kwargs)
 
 

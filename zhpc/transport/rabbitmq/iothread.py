@@ -146,6 +146,10 @@ class _TopologyOp:
 RawDelivery = tuple[str, int, Any, Any, bytes]
 
 
+#: Operations a burst of deliveries may hold back before the I/O thread is woken anyway.
+_HOLD_LIMIT = 32
+
+
 class IOThread:
     """The I/O thread of one transport and every pika object it uses (one connection).
 
@@ -200,6 +204,13 @@ class IOThread:
         self._topo_current: _TopologyOp | None = None
         self._get_current: Future[Any] | None = None
         self._open_error: BaseException | None = None
+        #: Delivery tags of the work channel not yet acked or rejected (ack batching).
+        self._unsettled: set[int] = set()
+        #: Commits whose outputs are confirmed, acked together once per ioloop pass.
+        self._acks_due: list[Batch] = []
+        # caller side: the polling thread holds back wake-ups during a burst of deliveries
+        self._holding: int | None = None
+        self._held = 0
 
     # == caller side: lifecycle ===============================================
     def start(self) -> None:
@@ -274,6 +285,9 @@ class IOThread:
         """Wait for the I/O thread's answer (never on the I/O thread itself)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("blocking transport calls cannot run on the I/O thread")
+        if self._held:  # what we wait for may be among the operations held back
+            self._held = 0
+            self._wake()
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -289,12 +303,36 @@ class IOThread:
         if self._thread is None or self.closing:
             raise TransportError("the transport is not connected")
         self._ops.append((op, future))
+        if self._holding == threading.get_ident() and self._held < _HOLD_LIMIT:
+            self._held += 1
+            return
+        self._held = 0
+        self._wake()
+
+    def _wake(self) -> None:
         with self._wake_lock:
             if self._wake_pending:
                 return
             self._wake_pending = True
         assert self._ioloop is not None
         self._ioloop.add_callback_threadsafe(self._io_drain)
+
+    def hold_wakeups(self) -> None:
+        """The calling thread is about to handle a burst of deliveries: its operations
+        wake the I/O thread once per burst (:meth:`release_wakeups`), not once each.
+
+        Fewer wake-ups (a pipe write, a poll, a GIL hand-over each) per message; at
+        most ``_HOLD_LIMIT`` operations wait, and a blocking call releases them first.
+        """
+        self._holding = threading.get_ident()
+
+    def release_wakeups(self) -> None:
+        """End the burst: wake the I/O thread for whatever was held back."""
+        self._holding = None
+        if self._held:
+            self._held = 0
+            if self._thread is not None:
+                self._wake()
 
     def _fail_queued(self, error: TransportError) -> None:
         """Fail everything still waiting for the I/O thread (it has stopped or given up)."""
@@ -469,6 +507,11 @@ class IOThread:
         self._ready.clear()
         self.generation += 1
         unconfirmed, self._unconfirmed = self._unconfirmed, collections.OrderedDict()
+        self._unsettled.clear()
+        due, self._acks_due = self._acks_due, []
+        for batch in due:  # confirmed, but the ack can no longer be sent
+            fail(batch.future, ConnectionLostError(
+                "the input's channel was lost before its ack; the broker redelivers it"))
         for inflight in unconfirmed.values():
             self._fail_batch(inflight.batch, error, settle_input=False)
         current, self._get_current = self._get_current, None
@@ -642,9 +685,36 @@ class IOThread:
                     settle_input=False,
                 )
                 return
-            self._work.basic_ack(batch.ack.tag)
+            self._ack_soon(batch)
+            return
         if batch.future.set_running_or_notify_cancel():
             batch.future.set_result(None)
+
+    def _ack_soon(self, batch: Batch) -> None:
+        """Ack a commit's input at the end of this ioloop pass, with the others due then."""
+        assert batch.ack is not None
+        self._unsettled.discard(batch.ack.tag)
+        if not self._acks_due:
+            assert self._ioloop is not None
+            self._ioloop.call_later(0, self._io_flush_acks)
+        self._acks_due.append(batch)
+
+    def _io_flush_acks(self) -> None:
+        """Ack every due input: one ``multiple=True`` ack for those below the oldest
+        delivery still unsettled (all of them confirmed), single acks above it."""
+        due, self._acks_due = self._acks_due, []
+        if not due or self._work is None:
+            return  # the channel is gone: _lose_channel failed them
+        tags = sorted(batch.ack.tag for batch in due if batch.ack is not None)
+        oldest = min(self._unsettled, default=None)
+        below = [tag for tag in tags if oldest is None or tag < oldest]
+        if below:
+            self._work.basic_ack(below[-1], multiple=len(below) > 1)
+        for tag in tags[len(below):]:
+            self._work.basic_ack(tag)
+        for batch in due:
+            if batch.future.set_running_or_notify_cancel():
+                batch.future.set_result(None)
 
     def _fail_batch(self, batch: Batch, error: BaseException, *, settle_input: bool) -> None:
         """Fail a batch once; a commit's input goes back to its queue."""
@@ -657,6 +727,7 @@ class IOThread:
             and batch.ack.generation == self.generation
             and self._work is not None
         ):
+            self._unsettled.discard(batch.ack.tag)
             self._work.basic_reject(batch.ack.tag, requeue=True)
         fail(batch.future, error)
 
@@ -667,6 +738,7 @@ class IOThread:
                 "ack" if ack else "nack",
             )
             return
+        self._unsettled.discard(delivery.tag)
         if ack:
             self._work.basic_ack(delivery.tag)
         else:
@@ -683,6 +755,7 @@ class IOThread:
         self._get_current = future
 
         def on_ok(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            self._unsettled.add(method.delivery_tag)  # unacked on this channel, in any case
             if self._get_current is future:
                 self._get_current = None
                 _resolve(future, (generation, method, props, body))
@@ -703,6 +776,8 @@ class IOThread:
         channel = self._work
 
         def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            if not sub.broadcast:  # broadcasts are auto-acked
+                self._unsettled.add(method.delivery_tag)
             self.deliveries.put((sub.sub_id, generation, method, props, body))
 
         if sub.sub_id in channel.consumer_tags:  # the recovery thread got there first
