@@ -146,10 +146,6 @@ class _TopologyOp:
 RawDelivery = tuple[str, int, Any, Any, bytes]
 
 
-#: Operations a burst of deliveries may hold back before the I/O thread is woken anyway.
-_HOLD_LIMIT = 32
-
-
 class IOThread:
     """The I/O thread of one transport and every pika object it uses (one connection).
 
@@ -208,9 +204,6 @@ class IOThread:
         self._unsettled: set[int] = set()
         #: Commits whose outputs are confirmed, acked together once per ioloop pass.
         self._acks_due: list[Batch] = []
-        # caller side: the polling thread holds back wake-ups during a burst of deliveries
-        self._holding: int | None = None
-        self._held = 0
 
     # == caller side: lifecycle ===============================================
     def start(self) -> None:
@@ -285,9 +278,6 @@ class IOThread:
         """Wait for the I/O thread's answer (never on the I/O thread itself)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("blocking transport calls cannot run on the I/O thread")
-        if self._held:  # what we wait for may be among the operations held back
-            self._held = 0
-            self._wake()
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -303,36 +293,12 @@ class IOThread:
         if self._thread is None or self.closing:
             raise TransportError("the transport is not connected")
         self._ops.append((op, future))
-        if self._holding == threading.get_ident() and self._held < _HOLD_LIMIT:
-            self._held += 1
-            return
-        self._held = 0
-        self._wake()
-
-    def _wake(self) -> None:
         with self._wake_lock:
             if self._wake_pending:
                 return
             self._wake_pending = True
         assert self._ioloop is not None
         self._ioloop.add_callback_threadsafe(self._io_drain)
-
-    def hold_wakeups(self) -> None:
-        """The calling thread is about to handle a burst of deliveries: its operations
-        wake the I/O thread once per burst (:meth:`release_wakeups`), not once each.
-
-        Fewer wake-ups (a pipe write, a poll, a GIL hand-over each) per message; at
-        most ``_HOLD_LIMIT`` operations wait, and a blocking call releases them first.
-        """
-        self._holding = threading.get_ident()
-
-    def release_wakeups(self) -> None:
-        """End the burst: wake the I/O thread for whatever was held back."""
-        self._holding = None
-        if self._held:
-            self._held = 0
-            if self._thread is not None:
-                self._wake()
 
     def _fail_queued(self, error: TransportError) -> None:
         """Fail everything still waiting for the I/O thread (it has stopped or given up)."""

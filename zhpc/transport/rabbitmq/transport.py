@@ -272,21 +272,16 @@ class RabbitMQTransport(Transport):
         deadline = time.monotonic() + timeout
         handled = 0
         deliveries = self._io.deliveries
-        try:
-            while True:
-                try:
-                    if handled:
-                        item = deliveries.get_nowait()
-                    else:
-                        item = deliveries.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    return handled
-                if not handled:  # a burst: commits wake the I/O thread once, at its end
-                    self._io.hold_wakeups()
-                if self._deliver(*item):
-                    handled += 1
-        finally:
-            self._io.release_wakeups()
+        while True:
+            try:
+                if handled:
+                    item = deliveries.get_nowait()
+                else:
+                    item = deliveries.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return handled
+            if self._deliver(*item):
+                handled += 1
 
     def _deliver(self, sub_id: str, generation: int, method: Any, props: Any, body: bytes) -> bool:
         sub = self._subs.get(sub_id)
