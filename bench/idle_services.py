@@ -14,7 +14,7 @@ each step adds processes to the previous ones) and per step reports:
 * ``hop_msgs_per_s``: the drain rate of a backlog of ``-n`` messages through all
   of them (every service consumes the one queue, prefetch 100).
 
-Usage: ``python bench/idle_services.py [--steps 10,50,100] [-n 5000] [--idle 20]``
+Usage: ``python bench/idle_services.py [--steps 10,50,100] [-n 5000] [--idle 30]``
 """
 
 from __future__ import annotations
@@ -37,15 +37,26 @@ AMQP_URL = os.environ.get("ZHPC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5
 MANAGEMENT_URL = os.environ.get("ZHPC_BENCH_MANAGEMENT_URL", "http://127.0.0.1:15672/api")
 
 
-def _broker_pid() -> int | None:
+def _broker_pid(port: int = 5672) -> int | None:
+    """The process listening on the AMQP port (several brokers may run on one machine)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"beam.smp" in (entry / "cmdline").read_bytes() and b"rabbit" in (
-                        entry / "cmdline").read_bytes():
-                    return int(entry.name)
-            except OSError:
-                continue
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue
     return None
 
 
@@ -106,7 +117,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="10,50,100")
     parser.add_argument("-n", "--messages", type=int, default=5000)
-    parser.add_argument("--idle", type=float, default=20.0, help="seconds of each idle window")
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of each idle window")
     args = parser.parse_args()
     steps = [int(step) for step in args.steps.split(",")]
 
@@ -127,6 +138,7 @@ def main() -> int:
     broker = _broker_pid()
     procs: list[subprocess.Popen] = []
     line: dict[str, Any] = {"benchmark": "idle_services", "broker": "rabbitmq",
+                            "broker_pid_found": broker is not None,
                             "messages": args.messages, "idle_window_s": args.idle}
     tmp = tempfile.TemporaryDirectory()
     config = Path(tmp.name) / "zhpc.yaml"
