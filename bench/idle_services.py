@@ -8,8 +8,9 @@ each step adds processes to the previous ones) and per step reports:
   /proc) per wall second while the services idle, and ``baseline_broker_cpu_cores``
   before any started (the broker is shared: that is everybody else's load);
 * ``broker_mem_mb``: the node's memory as the management API reports it;
-* ``client_io_bytes_per_s``: bytes the services read and write per second while
-  idle (heartbeats and status broadcasts; ``/proc/PID/io``), and per service;
+* ``client_io_bytes_per_s``: bytes per second between the broker and the services'
+  connections while idle (AMQP heartbeats, status broadcasts, retry-lane looks; the
+  management API's per-connection counters, refreshed every few seconds), and per service;
 * ``services_rss_mb``: their total RSS;
 * ``hop_msgs_per_s``: the drain rate of a backlog of ``-n`` messages through all
   of them (every service consumes the one queue, prefetch 100).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -65,15 +67,38 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _io_bytes(pids: list[int]) -> int:
-    total = 0
+def _local_ports(pids: list[int]) -> set[int]:
+    """Local TCP ports of the sockets these processes hold (their broker connections)."""
+    inodes = set()
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-                if line.startswith(("rchar:", "wchar:")):
-                    total += int(line.split()[1])
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
         except OSError:
-            pass
+            continue
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                fields = row.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _io_bytes(pids: list[int]) -> int:
+    """Bytes the broker received from and sent to these processes' connections, as its
+    management API counts them (socket traffic is not in /proc/PID/io)."""
+    if not pids:
+        return 0
+    ports = _local_ports(pids)
+    total = 0
+    for connection in _api("connections?columns=peer_port,recv_oct,send_oct") or []:
+        if connection.get("peer_port") in ports:
+            total += connection.get("recv_oct", 0) + connection.get("send_oct", 0)
     return total
 
 
@@ -89,13 +114,19 @@ def _rss_mb(pids: list[int]) -> float:
     return round(total / 1024, 1)
 
 
-def _broker_mem_mb() -> float | None:
-    request = urllib.request.Request(f"{MANAGEMENT_URL}/nodes")
+def _api(path: str) -> Any:
+    request = urllib.request.Request(f"{MANAGEMENT_URL}/{path}")
     request.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            nodes = json.load(response)
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return json.load(response)
     except OSError:
+        return None
+
+
+def _broker_mem_mb() -> float | None:
+    nodes = _api("nodes")
+    if nodes is None:
         return None
     return round(sum(node.get("mem_used", 0) for node in nodes) / 1e6, 1)
 
