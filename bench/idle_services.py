@@ -226,7 +226,8 @@ def main() -> int:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        for queue in (inq, outq, f"retry.{inq}", f"dlq.{inq}"):
+        lanes = [f"{lane}.{q}" for q in (inq, outq) for lane in ("retry", "dlq")]
+        for queue in (inq, outq, *lanes):
             try:
                 transport.delete_queue(queue)
             except Exception as exc:  # report, but do not hide the result line

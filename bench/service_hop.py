@@ -286,7 +286,7 @@ class Client:
 
     def delete(self, *queues: str) -> None:
         for queue in queues:
-            for name in (queue, f"dlq.{queue}"):
+            for name in (queue, f"retry.{queue}", f"dlq.{queue}"):
                 self.transport.delete_queue(name)
 
     def close(self) -> None:
