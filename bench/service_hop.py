@@ -7,11 +7,16 @@ step 2: a plain queue) over real RabbitMQ, in the same run for:
 * ``workflows_plain``: a python-workflows ``CommonService`` that acks, then sends
   (a crash between the two loses the message);
 * ``workflows_tx``: the same service with one transaction per message (ack + send
-  committed together; workflows' safe mode, as its Dispatcher does).
+  committed together; workflows' safe mode, as its Dispatcher does);
+* ``raw_pika_safe_hop``: the broker's limit for a safe hop, raw pika in one process
+  (``SelectConnection``): consume, publish the input's body to step 2 with
+  publisher confirms, ack the input once its output's confirm arrived (a confirm
+  for many outputs acks their inputs with one ``multiple=True`` ack). No JSON, no
+  recipe: what any safe service costs at least.
 * ``zhpc_events`` (with ``--only``): ``zhpc`` with step events on (``zhpc.events``,
   a listening queue bound to it, as when a recorder runs); ``events_cost`` is
   its throughput loss against ``zhpc`` (the target: below 0.10), ``events_cpu_cost``
-  the extra CPU per message (``cpu_ms_per_msg``: steadier on a shared machine).
+  the extra CPU per message (``cpu_us_per_msg``: steadier on a shared machine).
 
 The workflows service runs under workflows' ``Frontend`` in its own process,
 which is what ``zocalo.service`` does after reading the site configuration
@@ -23,6 +28,8 @@ Per implementation:
   started; rate between the first and the last output arriving on step 2.
 * ``p50_ms``/``p99_ms``: one message in flight, publish to step 1 until it is
   consumed from step 2 (raw pika client, same for all), ``--samples`` times.
+* ``cpu_us_per_msg``: the service's CPU time per message while draining: on a
+  loaded machine a steadier comparison than the rate.
 * ``idle_rss_mb``: all processes of the service (workflows: frontend + service)
   once it consumes, before any message; ``peak_rss_mb``: their VmHWM after the backlog.
 
@@ -44,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 AMQP_URL = os.environ.get("ZHPC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-IMPLEMENTATIONS = ("zhpc", "workflows_plain", "workflows_tx")
+IMPLEMENTATIONS = ("raw_pika_safe_hop", "zhpc", "workflows_plain", "workflows_tx")
 PREFETCH = 100
 
 
@@ -71,6 +78,64 @@ def child_zhpc(queue: str, events: bool = False) -> int:
             emitter = emitter_for(config, "double")
         return ServiceRunner(Double("double", settings, config), transport,
                              events=emitter).run()
+
+
+def child_raw_pika(queue: str) -> int:
+    """The safe hop in raw pika: ack an input only when its output is confirmed."""
+    import collections
+
+    import pika
+
+    outq = queue.removesuffix(".in") + ".out"
+    properties = pika.BasicProperties(headers={"workflows-recipe": True}, delivery_mode=2)
+    # publish sequence number -> input delivery tag, in publish order
+    waiting: collections.OrderedDict[int, int] = collections.OrderedDict()
+    state = {"seq": 0}
+
+    def on_message(channel: Any, method: Any, _props: Any, body: bytes) -> None:
+        channel.basic_publish("", outq, body, properties, mandatory=True)
+        state["seq"] += 1
+        waiting[state["seq"]] = method.delivery_tag
+
+    def on_confirm(frame: Any) -> None:
+        confirm = frame.method
+        if confirm.multiple:
+            inputs = []
+            while waiting and next(iter(waiting)) <= confirm.delivery_tag:
+                inputs.append(waiting.popitem(last=False)[1])
+        else:
+            one = waiting.pop(confirm.delivery_tag, None)
+            inputs = [] if one is None else [one]
+        if not inputs:
+            return
+        if not isinstance(confirm, pika.spec.Basic.Ack):
+            for tag in inputs:
+                channel.basic_reject(tag, requeue=True)
+            return
+        top = max(inputs)
+        if not waiting or waiting[next(iter(waiting))] > top:
+            channel.basic_ack(top, multiple=True)  # nothing older is still unconfirmed
+        else:
+            for tag in inputs:
+                channel.basic_ack(tag)
+
+    def on_channel(ch: Any) -> None:
+        nonlocal channel
+        channel = ch
+        ch.confirm_delivery(on_confirm, callback=lambda _f: start(ch))
+
+    def start(ch: Any) -> None:
+        ch.basic_qos(prefetch_count=PREFETCH)
+        ch.basic_consume(queue, on_message)
+
+    channel: Any = None
+    conn = pika.SelectConnection(
+        pika.URLParameters(AMQP_URL),
+        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: conn.ioloop.stop())
+    conn.ioloop.start()
+    return 0
 
 
 def child_workflows(queue: str, transactional: bool) -> int:
@@ -186,17 +251,22 @@ class Client:
             time.sleep(0.01)
         return time.monotonic() - began
 
-    def drain_rate(self, outq: str, count: int, timeout: float = 300) -> float:
-        """Outputs per second between the first and the count-th arriving on ``outq``."""
+    def drain_rate(self, outq: str, count: int, pid: int,
+                   timeout: float = 300) -> tuple[float, float]:
+        """Outputs per second between the first and the count-th arriving on ``outq``, and
+        the service's CPU time per message over the same span (what load does not skew)."""
         deadline = time.monotonic() + timeout
-        first: tuple[float, int] | None = None
+        first: tuple[float, int, float] | None = None
         while True:
             depth = self.transport.queue_depth(outq).ready
             now = time.monotonic()
             if first is None and depth > 0:
-                first = (now, depth)
+                first = (now, depth, _cpu_s(pid))
             if depth >= count and first is not None:
-                return (count - first[1]) / (now - first[0]) if now > first[0] else 0.0
+                done = count - first[1]
+                rate = done / (now - first[0]) if now > first[0] else 0.0
+                cpu_us = (_cpu_s(pid) - first[2]) / done * 1e6 if done else 0.0
+                return rate, cpu_us
             if now > deadline:
                 raise RuntimeError(f"only {depth} of {count} outputs after {timeout} s")
             time.sleep(0.005)
@@ -235,7 +305,7 @@ class Client:
 
     def delete(self, *queues: str) -> None:
         for queue in queues:
-            for name in (queue, f"dlq.{queue}"):
+            for name in (queue, f"retry.{queue}", f"dlq.{queue}"):
                 self.transport.delete_queue(name)
 
     def close(self) -> None:
@@ -269,7 +339,6 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
         result["startup_s"] = round(client.wait_consuming(inq, proc), 3)
         time.sleep(1.0)  # let start-up allocations settle before reading RSS
         result["idle_rss_mb"] = _rss_mb(proc.pid, "VmRSS")
-        startup_cpu = _cpu_s(proc.pid)
         result["processes"] = len(_descendants(proc.pid))
         lat = sorted(client.latencies(inq, outq, samples))
         result["p50_ms"] = round(statistics.median(lat), 3)
@@ -282,14 +351,22 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
     client.backlog(inq, outq, messages)
     proc = start(kind, inq)
     try:
-        result["msgs_per_s"] = round(client.drain_rate(outq, messages), 1)
+        rate, cpu_us = client.drain_rate(outq, messages, proc.pid)
+        result["msgs_per_s"] = round(rate, 1)
+        result["cpu_us_per_msg"] = round(cpu_us, 1)
         result["peak_rss_mb"] = _rss_mb(proc.pid, "VmHWM")
-        # CPU per message: steadier than the rate on a shared machine (start-up subtracted).
-        result["cpu_ms_per_msg"] = round((_cpu_s(proc.pid) - startup_cpu) * 1000 / messages, 4)
     finally:
         stop(proc)
         client.delete(inq, outq)
     return result
+
+
+def _workflows_version() -> str | None:
+    try:
+        import workflows
+    except ImportError:
+        return None
+    return str(workflows.__version__)
 
 
 def main() -> int:
@@ -303,9 +380,9 @@ def main() -> int:
         kind, queue = args.child
         if kind in ("zhpc", "zhpc_events"):
             return child_zhpc(queue, events=kind == "zhpc_events")
+        if kind == "raw_pika_safe_hop":
+            return child_raw_pika(queue)
         return child_workflows(queue, transactional=kind == "workflows_tx")
-
-    import workflows
 
     client = Client()
     results: dict[str, Any] = {}
@@ -323,21 +400,29 @@ def main() -> int:
         "messages": args.messages,
         "samples": args.samples,
         "prefetch": PREFETCH,
-        "workflows": workflows.__version__,
+        "workflows": _workflows_version(),
         **results,
     }
+    raw = results.get("raw_pika_safe_hop")
+    if "zhpc" in results and raw:
+        line["zhpc_vs_raw_pika_safe_hop"] = round(
+            results["zhpc"]["msgs_per_s"] / raw["msgs_per_s"], 2)
+        line["cpu_raw_over_zhpc"] = round(
+            raw["cpu_us_per_msg"] / results["zhpc"]["cpu_us_per_msg"], 2)
     if "zhpc" in results and "zhpc_events" in results:
         line["events_cost"] = round(
             1 - results["zhpc_events"]["msgs_per_s"] / results["zhpc"]["msgs_per_s"], 3)
-        line["events_cpu_cost"] = round(results["zhpc_events"]["cpu_ms_per_msg"]
-                                        / results["zhpc"]["cpu_ms_per_msg"] - 1, 3)
+        line["events_cpu_cost"] = round(results["zhpc_events"]["cpu_us_per_msg"]
+                                        / results["zhpc"]["cpu_us_per_msg"] - 1, 3)
     wf = [results[k] for k in ("workflows_plain", "workflows_tx") if k in results]
     if "zhpc" in results and wf:
         zhpc = results["zhpc"]
         line["zhpc_vs_fastest_workflows"] = round(
             zhpc["msgs_per_s"] / max(r["msgs_per_s"] for r in wf), 2)
         line["targets"] = {
-            "throughput_1.5x": line["zhpc_vs_fastest_workflows"] >= 1.5,
+            "throughput_2x_workflows": line["zhpc_vs_fastest_workflows"] >= 2.0,
+            "throughput_0.8_raw": line.get("zhpc_vs_raw_pika_safe_hop", 0) >= 0.8,
+            "p50_le_1.2ms": zhpc["p50_ms"] <= 1.2,
             "p50_le_workflows_tx": "workflows_tx" in results
             and zhpc["p50_ms"] <= results["workflows_tx"]["p50_ms"],
             "idle_rss_le_half": zhpc["idle_rss_mb"] <= min(r["idle_rss_mb"] for r in wf) / 2,

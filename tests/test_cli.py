@@ -35,3 +35,54 @@ def test_unknown_command_is_a_one_line_usage_error(capsys: pytest.CaptureFixture
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "usage: zhpc" in capsys.readouterr().err
+
+
+_HEAVY = ("pydantic", "pika", "ssl", "asyncio", "yaml")
+
+
+def _imported_by(*argv: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``zhpc ARGV`` (not a timing: a guard)."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))\n"
+        "from zhpc.cli import main\n"
+        f"main({list(argv)!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return set(json.loads(proc.stderr.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("argv", [("--version",), ("go", "--help"), ("-q", "wrap", "--", "true")])
+def test_short_paths_import_no_heavy_module(argv: tuple[str, ...]) -> None:
+    assert not _imported_by(*argv) & set(_HEAVY)
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    modules = _imported_by("go", "--help")
+    commands = {m for m in modules if m.startswith("zhpc.commands.")}
+    assert commands == {"zhpc.commands.go"}
+    assert not {m for m in _imported_by("--version") if m.startswith("zhpc.commands.")}
+
+
+@pytest.mark.parametrize(
+    ("argv", "needed"),
+    [
+        (["--config", "go", "service", "-h"], ("service",)),
+        (["--conf", "go", "service"], ("service",)),
+        (["-e", "prod", "-v", "wrap", "--", "go"], ("wrap",)),
+        (["--log-format=json", "go"], ("go",)),
+        (["-v", "--help"], COMMAND_MODULES),
+        (["frobnicate"], COMMAND_MODULES),
+        ([], COMMAND_MODULES),
+        (["--version"], ()),
+    ],
+)
+def test_commands_needed_reads_the_command_word(argv: list[str], needed: tuple[str, ...]) -> None:
+    from zhpc.cli import _commands_needed
+
+    assert _commands_needed(argv) == needed

@@ -468,3 +468,13 @@ def test_receiving_does_not_modify_the_message() -> None:
     wrapper = RecipeWrapper.from_message(message)
     assert wrapper.recipe_step == {"queue": "a", "output": [2]}
     assert message.json() == body
+
+
+def test_derived_message_ids_are_uuid5_of_the_input_id_and_counter() -> None:
+    """Ids must stay what they were (uuid5), or redone work would not match earlier outputs."""
+    import uuid
+
+    from zhpc.recipe.wrapper import _ID_NAMESPACE, derived_id
+
+    for name in ("", "a/0", "0123456789abcdef/17", "ünïcode/3", "x" * 500):
+        assert derived_id(name) == uuid.uuid5(_ID_NAMESPACE, name).hex

@@ -6,13 +6,16 @@ start quickly.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+#: ``typing`` costs a few ms at start-up and is needed here only by type checkers.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
 __all__ = ["Recipe", "RecipeWrapper", "Service", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.recipe import Recipe, RecipeWrapper
     from zhpc.service import Service
 

@@ -2,15 +2,16 @@
 
 Each command group lives in ``zhpc/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``handler`` to a
-function ``handler(args) -> int``. Modules are imported only to build the
-parser; heavy imports belong inside handlers so that start-up stays fast.
+function ``handler(args) -> int``. Only the module of the command named on the
+command line is imported (all of them for ``zhpc --help``, none for
+``zhpc --version``); heavy imports belong inside handlers so that start-up
+stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -33,7 +34,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "config",
 )
 
-log = logging.getLogger("zhpc")
+#: Global options that take a value: the word after them is never the command.
+_VALUED_OPTIONS = ("--config", "--environment", "--log-format")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +45,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands_needed(argv: Sequence[str]) -> tuple[str, ...]:
+    """The command modules the parser needs for ``argv``: only the one it names.
+
+    Anything this cannot read for certain (no command, an unknown word, top-level
+    help) gets every module, so argparse still lists the choices and reports errors.
+    """
+    value_next = False
+    for arg in argv:
+        if value_next:
+            value_next = False
+        elif arg == "--version":
+            return ()  # argparse prints the version and exits when it reaches this
+        elif arg in ("-h", "--help", "--"):
+            return COMMAND_MODULES
+        elif arg == "-e" or (arg.startswith("--") and "=" not in arg and len(arg) > 2
+                             and any(option.startswith(arg) for option in _VALUED_OPTIONS)):
+            value_next = True  # also argparse's abbreviations, such as --conf
+        elif not arg.startswith("-"):
+            return (arg,) if arg in COMMAND_MODULES else COMMAND_MODULES
+    return COMMAND_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``zhpc`` parser; given ``argv``, with only the command modules it needs."""
     parser = _Parser(
         prog="zhpc",
         description="Automated data processing on HPC batch clusters, in the style of Zocalo.",
@@ -64,13 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="log line format (default: the configuration's logging.format, else text)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    needed = COMMAND_MODULES if argv is None else _commands_needed(argv)
+    for name in needed:
         importlib.import_module(f"zhpc.commands.{name}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     verbosity = args.verbose - args.quiet
     from zhpc.logs import setup_logging
@@ -80,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return 2
+    import logging
+
+    log = logging.getLogger("zhpc")
     try:
         return int(handler(args) or 0)
     except ZhpcError as exc:

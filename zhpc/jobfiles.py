@@ -16,12 +16,14 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from zhpc.atomic import write_atomic
 from zhpc.errors import RecipeError, Rejected, ZhpcError
 
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.config import Config
     from zhpc.recipe import RecipeWrapper
 

@@ -6,7 +6,10 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 

@@ -11,6 +11,7 @@ Imports only the standard library: ``zhpc wrap`` must start quickly.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -19,11 +20,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from zhpc.errors import ZhpcError
+
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 #: Signals passed on to the running command (the scheduler's early warning, scancel, Ctrl-C).
 FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (
@@ -36,9 +39,15 @@ FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (
 TAIL_BYTES = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessResult:
-    """How one command ended. ``exit_code`` is 128+N when signal N killed it, as in a shell."""
+class ProcessResult(collections.namedtuple(
+        "ProcessResult", "argv exit_code signal runtime stdout stderr")):
+    """How one command ended. ``exit_code`` is 128+N when signal N killed it, as in a shell.
+
+    A named tuple rather than a dataclass: dataclasses imports inspect, several ms
+    of every ``zhpc wrap`` start-up.
+    """
+
+    __slots__ = ()
 
     argv: list[str]
     exit_code: int

@@ -19,12 +19,14 @@ import errno
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
 
 from zhpc.errors import StagingError
+
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import BinaryIO
 
 __all__ = ["check_allowed", "stage_in", "stage_out"]
 
@@ -277,6 +279,8 @@ def _write_result(source: Path, target_dir: Path, relative: Path) -> None:
     """Copy ``source`` to ``target_dir / relative`` without following any link on the way."""
     *folders, name = relative.parts
     directory = _open_directory(target_dir, None, target_dir)
+    import uuid  # here: uuid imports platform, which wrap need not pay for
+
     temporary = f".zhpc-{uuid.uuid4().hex}.part"
     written = False
     try:

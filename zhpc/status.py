@@ -9,13 +9,14 @@ is imported only when a heartbeat is sent.
 from __future__ import annotations
 
 import os
-import socket
 import time
-from typing import TYPE_CHECKING, Any
 
 from zhpc import __version__
 
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.message import Outgoing
 
 STATUS_TOPIC = "transient.status"
@@ -63,7 +64,7 @@ class Utilization:
 
 def host_id() -> str:
     """workflows' host field: the host name reversed, then the process id."""
-    return f"{'.'.join(reversed(socket.gethostname().split('.')))}.{os.getpid()}"
+    return f"{'.'.join(reversed(os.uname().nodename.split('.')))}.{os.getpid()}"
 
 
 def status_payload(

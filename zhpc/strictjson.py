@@ -55,9 +55,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+#: One decoder for every message: ``json.loads`` with hooks builds a new one per call.
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float, parse_int=_int)
+
+
 def loads(text: str | bytes, *, unique_keys: bool = False, **kwargs: Any) -> Any:
     """``json.loads`` refusing non-finite numbers and huge integers (NonFiniteNumber,
     a ValueError); with ``unique_keys``, also an object with a key twice (DuplicateKey)."""
+    if isinstance(text, str) and not kwargs and not unique_keys:
+        return _DECODER.decode(text)
     if unique_keys:
         kwargs.setdefault("object_pairs_hook", _no_duplicates)
     return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,

@@ -41,14 +41,12 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
@@ -58,7 +56,10 @@ from zhpc.wrapper import CommandWrapper, Wrapper
 
 # Wrapper and CommandWrapper live in zhpc.wrapper; plug-ins may import them from here too.
 
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.config import Config
     from zhpc.message import Outgoing
     from zhpc.recipe import RecipeWrapper
@@ -402,7 +403,7 @@ class WrapRun:
             "slurm_job_id": self.job.slurm_job_id,
             "job_id": self.job.job_id,
             "restart_count": self.job.restart_count,
-            "host": socket.gethostname(),
+            "host": os.uname().nodename,
             "node": self.job.node,
             "stdout": result.stdout if result else "",
             "stderr": result.stderr if result else "",

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import ZhpcError
 from zhpc.process import ProcessResult, run_command
 
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.recipe import RecipeWrapper
 
 

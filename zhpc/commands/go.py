@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import re
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: ``zhpc go --help`` should not import typing
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
+
     from zhpc.config import Config
     from zhpc.dispatch import DispatchRequest
 
@@ -87,6 +87,8 @@ def _go(args: argparse.Namespace) -> int:
         raise ZhpcError(f"templates left unfilled: {', '.join(unfilled)}; set them with "
                         "-s NAME=VALUE, or pass --allow-unfilled")
     if args.dry_run:
+        import json
+
         from zhpc.dispatch import request_headers
 
         print(json.dumps({"queue": dispatcher_queue(config), "headers": request_headers(),
@@ -120,6 +122,7 @@ def build_request(
     recipes: list[str], parameter_pairs: list[str], custom_file: str | None = None
 ) -> DispatchRequest:
     """The request for these command-line arguments, with a fresh guid unless one is set."""
+    import json
     import uuid
 
     from zhpc.dispatch import DispatchRequest
@@ -150,6 +153,8 @@ def validate(request: DispatchRequest, config: Config) -> list[str]:
     Returns the templates still unfilled after substitution (``{name}`` each),
     leaving out those filled later (:data:`_FILLED_LATER`).
     """
+    import re
+
     from zhpc.dispatch import RecipeCache, prepare, request_message
     from zhpc.errors import ZhpcError
 

@@ -74,6 +74,11 @@ def _run(args: argparse.Namespace) -> int:
         from zhpc.errors import ZhpcError
 
         raise ZhpcError(f"{args.service!r} runs with its own runner, which has no metrics")
+    # The service's own modules are imported by now (if they use asyncio it is real):
+    # what only the broker client drags in waits until something uses it (~9 MB).
+    from zhpc import deferred
+
+    deferred.defer("ssl", "asyncio")
     transport = get_transport(config.broker)
     transport.connect()
     try:

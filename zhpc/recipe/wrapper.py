@@ -6,11 +6,12 @@ service decides when.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from zhpc import strictjson
 from zhpc.errors import RecipeError
 from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message, Outgoing
 from zhpc.recipe.data import DIGITS, is_node_number, json_default, short
@@ -23,6 +24,17 @@ __all__ = ["BODY_KEYS", "RecipeWrapper"]
 BODY_KEYS = ("environment", "payload", "recipe", "recipe-path", "recipe-pointer")
 
 _ID_NAMESPACE = uuid.UUID("6b1f3c52-4a8e-4a43-9d55-0c6f7d1e2a90")
+_ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
+#: One encoder for every message (``json.dumps`` with ``default=`` builds one per call).
+_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False)  # no NaN: as strictjson
+
+
+def derived_id(name: str) -> str:
+    """``uuid.uuid5(_ID_NAMESPACE, name).hex`` without the UUID objects (one per output)."""
+    digest = bytearray(hashlib.sha1(_ID_NAMESPACE_BYTES + name.encode("utf-8")).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return digest.hex()
 
 
 class RecipeWrapper:
@@ -296,8 +308,7 @@ class RecipeWrapper:
         if delay is None:
             delay = node.get("transport-delay")
         try:
-            body = strictjson.dumps(self.body(destination, payload, add_path_step),
-                                    default=json_default).encode("utf-8")
+            body = _ENCODER.encode(self.body(destination, payload, add_path_step)).encode("utf-8")
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"message for node {destination} cannot be encoded: {exc}") from None
         except RecursionError:
@@ -324,7 +335,7 @@ class RecipeWrapper:
     def _outgoing(self, destination: str, kind: Any, body: bytes, extra: dict[str, Any],
                   delay: float | None, expiration: float | None,
                   routing_key: str = "") -> Outgoing:
-        message_id = uuid.uuid5(_ID_NAMESPACE, f"{self._id_base}/{self._sequence}").hex
+        message_id = derived_id(f"{self._id_base}/{self._sequence}")
         self._sequence += 1
         headers = {**extra, RECIPE_HEADER: True, MESSAGE_ID_HEADER: message_id}
         return Outgoing(destination=destination, body=body, kind=kind, headers=headers,

@@ -243,6 +243,10 @@ class IOThread:
             on_confirmed=self._confirmed_after_nack,
             on_failed=lambda batch, error: self._fail_batch(batch, error, settle_input=True),
         )
+        #: Delivery tags of the work channel not yet acked or rejected (ack batching).
+        self._unsettled: set[int] = set()
+        #: Commits whose outputs are confirmed, acked together once per ioloop pass.
+        self._acks_due: list[Batch] = []
 
     # == caller side: lifecycle ===============================================
     def start(self) -> None:
@@ -567,6 +571,11 @@ class IOThread:
         self._ready.clear()
         self.generation += 1
         unconfirmed, self._unconfirmed = self._unconfirmed, collections.OrderedDict()
+        self._unsettled.clear()
+        due, self._acks_due = self._acks_due, []
+        for batch in due:  # confirmed, but the ack can no longer be sent
+            fail(batch.future, ConnectionLostError(
+                "the input's channel was lost before its ack; the broker redelivers it"))
         for inflight in unconfirmed.values():
             self._fail_batch(inflight.batch, error, settle_input=False)
         current, self._get_current = self._get_current, None
@@ -747,9 +756,36 @@ class IOThread:
                     settle_input=False,
                 )
                 return
-            self._work.basic_ack(batch.ack.tag)
+            self._ack_soon(batch)
+            return
         if batch.future.set_running_or_notify_cancel():
             batch.future.set_result(None)
+
+    def _ack_soon(self, batch: Batch) -> None:
+        """Ack a commit's input at the end of this ioloop pass, with the others due then."""
+        assert batch.ack is not None
+        self._unsettled.discard(batch.ack.tag)
+        if not self._acks_due:
+            assert self._ioloop is not None
+            self._ioloop.call_later(0, self._io_flush_acks)
+        self._acks_due.append(batch)
+
+    def _io_flush_acks(self) -> None:
+        """Ack every due input: one ``multiple=True`` ack for those below the oldest
+        delivery still unsettled (all of them confirmed), single acks above it."""
+        due, self._acks_due = self._acks_due, []
+        if not due or self._work is None:
+            return  # the channel is gone: _lose_channel failed them
+        tags = sorted(batch.ack.tag for batch in due if batch.ack is not None)
+        oldest = min(self._unsettled, default=None)
+        below = [tag for tag in tags if oldest is None or tag < oldest]
+        if below:
+            self._work.basic_ack(below[-1], multiple=len(below) > 1)
+        for tag in tags[len(below):]:
+            self._work.basic_ack(tag)
+        for batch in due:
+            if batch.future.set_running_or_notify_cancel():
+                batch.future.set_result(None)
 
     def _fail_batch(self, batch: Batch, error: BaseException, *, settle_input: bool) -> None:
         """Fail a batch once; a commit's input goes back to its queue."""
@@ -762,6 +798,7 @@ class IOThread:
             and batch.ack.generation == self.generation
             and self._work is not None
         ):
+            self._unsettled.discard(batch.ack.tag)
             self._work.basic_reject(batch.ack.tag, requeue=True)
         fail(batch.future, error)
 
@@ -772,6 +809,7 @@ class IOThread:
                 "ack" if ack else "nack",
             )
             return
+        self._unsettled.discard(delivery.tag)
         if ack:
             self._work.basic_ack(delivery.tag)
         else:
@@ -788,6 +826,7 @@ class IOThread:
         self._get_current = future
 
         def on_ok(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            self._unsettled.add(method.delivery_tag)  # unacked on this channel, in any case
             if self._get_current is future:
                 self._get_current = None
                 _resolve(future, (generation, method, props, body))
@@ -808,6 +847,8 @@ class IOThread:
         channel = self._work
 
         def on_message(_ch: Any, method: Any, props: Any, body: bytes) -> None:
+            if not sub.broadcast:  # broadcasts are auto-acked
+                self._unsettled.add(method.delivery_tag)
             self.deliveries.put((sub.sub_id, generation, method, props, body))
 
         if sub.sub_id in channel.consumer_tags:  # the recovery thread got there first
