@@ -1,0 +1,114 @@
+"""Every cluster backend, set up against the real test cluster, for the shared backend suite.
+
+``backend`` is parametrised over all of them; one that is not up skips on a
+developer machine and fails in CI (``testsupport.unavailable``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from testsupport import port_open, unavailable
+
+from zhpc.cluster import Cluster, JobState
+
+BACKENDS = ("local", "slurm", "ssh", "slurmrestd", "drmaa")
+GRIDENGINE_HINT = "run scripts/setup-gridengine (as root) first"
+
+
+@dataclass
+class Backend:
+    """A backend under test, and what the suite must know about its scheduler."""
+
+    name: str
+    cluster: Cluster
+    #: Counts one listing as scheduler calls (None: the backend reads files, no scheduler).
+    calls: dict[str, int] | None = None
+    #: Takes ``extra_args=["--hold"]`` (jobs then stay PENDING until released).
+    holds: bool = True
+    #: Time limits count in whole minutes (Slurm), so a limit test takes over a minute.
+    minute_limits: bool = False
+
+    def cleanup(self, prefix: str) -> None:
+        left = [j.job_id for j in self.cluster.jobs(prefix) if not j.state.finished]
+        if left:
+            self.cluster.cancel(left)
+
+
+@pytest.fixture(scope="session")
+def slurmrestd_token(tmp_path_factory: pytest.TempPathFactory, slurm_up: None) -> Path:
+    """A fresh JWT for this user, in a 0600 file (as scripts/setup-slurmrestd writes one)."""
+    if not port_open(6820):
+        unavailable("slurmrestd does not answer on 127.0.0.1:6820",
+                    "run scripts/setup-slurmrestd (as root) first")  # fmt: skip
+    out = subprocess.run(
+        ["scontrol", "token", "lifespan=7200"], capture_output=True, text=True, timeout=30
+    )
+    if out.returncode != 0:
+        unavailable(f"scontrol token failed: {out.stderr.strip()} (is AuthAltTypes=auth/jwt set?)")
+    path = tmp_path_factory.mktemp("slurmrestd") / "token"
+    path.touch(mode=0o600)
+    path.write_text(out.stdout.strip().removeprefix("SLURM_JWT=") + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gridengine_up() -> None:
+    if shutil.which("qstat") is None or not os.environ.get("SGE_ROOT", "/var/lib/gridengine"):
+        unavailable("Grid Engine client tools are not installed", GRIDENGINE_HINT)
+    if not port_open(6444):
+        unavailable("sge_qmaster does not answer on port 6444", GRIDENGINE_HINT)
+
+
+def _make(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if name == "local":
+        from zhpc.cluster.local import LocalCluster
+
+        return Backend(name, LocalCluster(tmp_path / "local-jobs", kill_wait=2.0), holds=False)
+    if name == "slurm":
+        from zhpc.cluster.slurm import SlurmCluster
+
+        request.getfixturevalue("slurm_up")
+        cluster = SlurmCluster(cache_seconds=0)
+        return Backend(name, cluster, cluster.calls, minute_limits=True)
+    if name == "ssh":
+        from zhpc.cluster.ssh import SSHCluster
+
+        request.getfixturevalue("slurm_up")
+        cluster = SSHCluster(request.getfixturevalue("ssh_config"), cache_seconds=0)
+        return Backend(name, cluster, cluster.calls, minute_limits=True)
+    if name == "slurmrestd":
+        try:
+            from zhpc.cluster.slurmrest import SlurmRestCluster
+        except ImportError as exc:  # pragma: no cover - httpx missing
+            unavailable(f"the slurmrestd backend cannot be imported: {exc}")
+        token = request.getfixturevalue("slurmrestd_token")
+        cluster = SlurmRestCluster(token_file=token, cache_seconds=0)
+        return Backend(name, cluster, cluster.calls, minute_limits=True)
+    if name == "drmaa":
+        request.getfixturevalue("gridengine_up")
+        from zhpc.cluster.drmaa import DRMAACluster
+
+        cluster = DRMAACluster(cache_seconds=0)
+        return Backend(name, cluster, cluster.calls)
+    raise AssertionError(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path, unique_name: str) -> Iterator[Backend]:
+    made = _make(request.param, request, tmp_path)
+    try:
+        yield made
+    finally:
+        made.cleanup(unique_name)
+        made.cluster.close()
+
+
+def finished_states(jobs: list) -> set[JobState]:
+    return {job.state for job in jobs}
