@@ -70,7 +70,9 @@ def test_argv_runs_literally_and_is_listed(
     (info,) = wait_until(jobs_finished(backend.cluster, unique_name, 1), timeout=120,
                          what=f"{backend.name} job")  # fmt: skip
     assert (info.job_id, info.state, info.exit_code) == (job_id, JobState.COMPLETED, 0)
-    assert info.comment == "zhpc suite" and info.node
+    assert info.node
+    if backend.comments:
+        assert info.comment == "zhpc suite"
     assert json.loads(out.read_text()) == args
     assert not pwned.exists()
 
@@ -122,12 +124,9 @@ def test_cancel_running_and_pending_only(
             what="the held task to be cancelled")  # fmt: skip
         cluster.cancel([held])
     cluster.cancel([running])
-    cluster.cancel([running])  # a finished job: not an error
-    count = 3 if held is not None else 1
-    jobs = wait_until(jobs_finished(cluster, unique_name, count), timeout=120,
-                      what=f"{backend.name} cancel")  # fmt: skip
-    final = {j.job_id: j.state for j in jobs}
-    assert final[running] is JobState.CANCELLED
+    cluster.cancel([running])  # twice: not an error
+    wait_until(lambda: {j.job_id: j.state for j in cluster.jobs(unique_name)}.get(running)
+               is JobState.CANCELLED, timeout=120, what=f"{backend.name} cancel")  # fmt: skip
 
 
 def test_exit_codes_and_signals(backend: Backend, unique_name: str, tmp_path: Path) -> None:
