@@ -6,19 +6,16 @@ developer machine and fails in CI (``testsupport.unavailable``).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from testsupport import port_open, unavailable
+from testsupport import unavailable
 
 from zhpc.cluster import Cluster, JobState
 
 BACKENDS = ("local", "slurm", "ssh", "slurmrestd", "drmaa")
-GRIDENGINE_HINT = "run scripts/setup-gridengine (as root) first"
 
 
 @dataclass
@@ -40,31 +37,6 @@ class Backend:
         left = [j.job_id for j in self.cluster.jobs(prefix) if not j.state.finished]
         if left:
             self.cluster.cancel(left)
-
-
-@pytest.fixture(scope="session")
-def slurmrestd_token(tmp_path_factory: pytest.TempPathFactory, slurm_up: None) -> Path:
-    """A fresh JWT for this user, in a 0600 file (as scripts/setup-slurmrestd writes one)."""
-    if not port_open(6820):
-        unavailable("slurmrestd does not answer on 127.0.0.1:6820",
-                    "run scripts/setup-slurmrestd (as root) first")  # fmt: skip
-    out = subprocess.run(
-        ["scontrol", "token", "lifespan=7200"], capture_output=True, text=True, timeout=30
-    )
-    if out.returncode != 0:
-        unavailable(f"scontrol token failed: {out.stderr.strip()} (is AuthAltTypes=auth/jwt set?)")
-    path = tmp_path_factory.mktemp("slurmrestd") / "token"
-    path.touch(mode=0o600)
-    path.write_text(out.stdout.strip().removeprefix("SLURM_JWT=") + "\n")
-    return path
-
-
-@pytest.fixture(scope="session")
-def gridengine_up() -> None:
-    if shutil.which("qstat") is None:
-        unavailable("Grid Engine client tools are not installed", GRIDENGINE_HINT)
-    if not port_open(6444):
-        unavailable("sge_qmaster does not answer on port 6444", GRIDENGINE_HINT)
 
 
 def _make(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
