@@ -283,7 +283,8 @@ class DRMAACluster(Cluster):
     @classmethod
     def from_config(cls, config: ClusterConfig) -> DRMAACluster:
         drmaa = config.drmaa
-        return cls(config.job_workdir() / "drmaa", library=drmaa.library, queue=drmaa.queue,
+        return cls(config.job_workdir() / "drmaa", library=drmaa.library,
+                   queue=drmaa.queue or config.partition,
                    native_args=drmaa.native_args, command_timeout=config.command_timeout)
 
     # -- inside a job ------------------------------------------------------------
