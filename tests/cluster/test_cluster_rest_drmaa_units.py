@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 
 from zhpc.cluster import JobSpec, JobState
-from zhpc.cluster.drmaa import (
-    DRMAACluster,
-    job_script,
-    job_template,
-    parse_accounting_line,
-    parse_qstat,
-)
+from zhpc.cluster.drmaa import DRMAACluster, job_script, job_template
+from zhpc.cluster.gridengine import parse_accounting_line, parse_qstat
 from zhpc.cluster.slurmrest import (
     SlurmRestCluster,
     expand_tasks,
