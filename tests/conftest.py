@@ -21,6 +21,7 @@ from zhpc.config import SSHConfig
 
 STATE_DIR = Path(os.environ.get("ZHPC_TEST_CLUSTER_STATE", "/var/lib/zhpc-test-cluster"))
 NODES = ("n1", "n2", "n3")
+GRIDENGINE_HINT = "run scripts/setup-gridengine (as root) first"
 
 
 @pytest.fixture
@@ -75,6 +76,31 @@ def ssh_config() -> SSHConfig:
         strict_host_key_checking=True,
         timeout=15,
     )
+
+
+@pytest.fixture(scope="session")
+def slurmrestd_token(tmp_path_factory: pytest.TempPathFactory, slurm_up: None) -> Path:
+    """A fresh JWT for this user, in a 0600 file (as scripts/setup-slurmrestd writes one)."""
+    if not port_open(6820):
+        unavailable("slurmrestd does not answer on 127.0.0.1:6820",
+                    "run scripts/setup-slurmrestd (as root) first")  # fmt: skip
+    out = subprocess.run(
+        ["scontrol", "token", "lifespan=7200"], capture_output=True, text=True, timeout=30
+    )
+    if out.returncode != 0:
+        unavailable(f"scontrol token failed: {out.stderr.strip()} (is AuthAltTypes=auth/jwt set?)")
+    path = tmp_path_factory.mktemp("slurmrestd") / "token"
+    path.touch(mode=0o600)
+    path.write_text(out.stdout.strip().removeprefix("SLURM_JWT=") + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def gridengine_up() -> None:
+    if shutil.which("qstat") is None:
+        unavailable("Grid Engine client tools are not installed", GRIDENGINE_HINT)
+    if not port_open(6444):
+        unavailable("sge_qmaster does not answer on port 6444", GRIDENGINE_HINT)
 
 
 @pytest.fixture(autouse=True, scope="session")

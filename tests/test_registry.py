@@ -27,7 +27,7 @@ def run_python(code: str, env: dict[str, str] | None = None) -> str:
 
 def test_the_shipped_backends_are_registered() -> None:
     assert url_schemes() == ["amqp", "amqps", "sqlite"]
-    assert backend_names() == ["local", "slurm", "ssh"]
+    assert backend_names() == ["drmaa", "local", "slurm", "slurmrestd", "ssh"]
     for scheme in url_schemes():
         assert issubclass(transport_class(scheme), Transport)
     for name in backend_names():
@@ -39,12 +39,14 @@ def test_each_job_marker_is_what_its_backend_reads() -> None:
     from zhpc import plugins
 
     markers = plugins.names(plugins.JOB_ENVIRONMENTS)
-    assert markers == ["SLURM_JOB_ID", "ZHPC_JOB_ID"]
+    assert markers == ["SGE_TASK_ID", "SLURM_JOB_ID", "ZHPC_JOB_ID"]
+    # Grid Engine sets SGE_TASK_ID ("undefined" outside an array) beside the generic JOB_ID.
+    extra = {"SGE_TASK_ID": {"JOB_ID": "12", "SGE_TASK_ID": "undefined"}}
     registered = {backend_class(name) for name in backend_names()}
     for variable in markers:
         cls = plugins.load(plugins.JOB_ENVIRONMENTS, variable)
         assert cls in registered
-        assert cls.job_identity({variable: "12"}).job_id == "12"
+        assert cls.job_identity(extra.get(variable, {variable: "12"})).job_id == "12"
         assert cls.job_identity({}) is None
 
 
@@ -61,7 +63,10 @@ def test_outside_a_job_no_backend_is_imported() -> None:
     assert out == "False None []"
 
 
-def test_get_cluster_builds_each_backend_from_its_section(tmp_path: Path) -> None:
+def test_get_cluster_builds_each_backend_from_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_JWT", "eyJ.test.token")  # slurmrestd reads its token at start
     for name in backend_names():
         config = ClusterConfig(backend=name, partition="p", workdir=tmp_path)
         with get_cluster(config) as cluster:
@@ -108,11 +113,12 @@ def test_slurm_is_believed_over_a_local_job_inherited_environment() -> None:
 def test_unknown_names_are_refused_with_what_is_installed() -> None:
     from zhpc.errors import ConfigError, ZhpcError
 
-    with pytest.raises(ZhpcError, match=r"no cluster named 'pbs' \(available: local, slurm"):
+    available = r"\(available: drmaa, local, slurm, slurmrestd, ssh\)"
+    with pytest.raises(ZhpcError, match=r"no cluster named 'pbs' " + available):
         backend_class("pbs")
     with pytest.raises(ZhpcError, match=r"no transport named 'http' \(available: amqp, amqps"):
         transport_class("http")
-    with pytest.raises(ConfigError, match=r"cluster\.backend: Input should be 'local', 'slurm'"):
+    with pytest.raises(ConfigError, match=r"cluster\.backend: Input should be 'drmaa', 'local'"):
         parse_config({"cluster": {"backend": ["local"]}})
 
 

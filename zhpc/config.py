@@ -191,6 +191,28 @@ class SSHConfig(_Section):
     timeout: float = Field(30.0, gt=0)
 
 
+class SlurmRestConfig(_Section):
+    """``cluster.slurmrestd``: where slurmrestd listens and whose token to send."""
+
+    url: str = "http://127.0.0.1:6820"
+    #: The token's user (X-SLURM-USER-NAME); None: the user running zhpc.
+    user: str | None = None
+    #: A file holding the JWT, readable by its owner only; None: the SLURM_JWT variable.
+    token_file: Path | None = None
+    api_version: str = Field("v0.0.38", pattern=r"^v\d+\.\d+\.\d+$")
+
+
+class DRMAAConfig(_Section):
+    """``cluster.drmaa``: the DRMAA library and Grid Engine queue."""
+
+    #: libdrmaa.so; None: DRMAA_LIBRARY_PATH, or Debian's Grid Engine library.
+    library: Path | None = None
+    #: Grid Engine queue (``-q``); None: the scheduler's choice. cluster.partition also sets it.
+    queue: str | None = None
+    #: Extra qsub options (DRMAA's native specification), one argument per item.
+    native_args: list[str] = []
+
+
 class ClusterConfig(_Section):
     #: An installed backend (the ``zhpc.clusters`` entry points): local, slurm, ssh...
     backend: str = "local"
@@ -202,6 +224,8 @@ class ClusterConfig(_Section):
     #: Where job scripts, recipe-wrapper files and job output go (shared filesystem on a cluster).
     workdir: Path | None = None
     ssh: SSHConfig = SSHConfig()
+    slurmrestd: SlurmRestConfig = SlurmRestConfig()
+    drmaa: DRMAAConfig = DRMAAConfig()
 
     @field_validator("backend", mode="before")
     @classmethod

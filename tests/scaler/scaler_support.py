@@ -60,7 +60,8 @@ def register_service(tmp_path: Path, cls: str) -> tuple[str, Path]:
 
 def make_setup(tmp_path: Path, *, broker: str, backend: str, cls: str = "Sleepy",
                scaler: dict[str, Any] | None = None,
-               service: dict[str, Any] | None = None) -> Setup:
+               service: dict[str, Any] | None = None,
+               cluster: dict[str, Any] | None = None) -> Setup:
     name, plugins = register_service(tmp_path, cls)
     queue = f"{name}.in"
     workdir = tmp_path / "jobs"
@@ -68,7 +69,7 @@ def make_setup(tmp_path: Path, *, broker: str, backend: str, cls: str = "Sleepy"
     config = tmp_path / "zhpc.yaml"
     config.write_text(yaml.safe_dump({
         "broker": {"url": broker},
-        "cluster": {"backend": backend, "workdir": str(workdir)},
+        "cluster": {"backend": backend, "workdir": str(workdir), **(cluster or {})},
         "services": {name: {"queue": queue, "prefetch": 1, "drain_grace": 2, "end_margin": 5,
                             "heartbeat_interval": 5, "idle_timeout": 3, **(service or {})}},
         "scaler": {name: {"cooldown": 0, "time": "00:05:00", **(scaler or {})}},

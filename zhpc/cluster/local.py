@@ -255,6 +255,9 @@ class LocalCluster(Cluster):
 
     def cancel(self, job_ids: Iterable[str], *, pending_only: bool = False) -> None:
         wanted = {str(job_id) for job_id in job_ids}
+        bad = sorted(job_id for job_id in wanted if not _TASK_DIR.match(job_id))
+        if bad:
+            raise ClusterError(f"not a local job id: {', '.join(bad)}")
         for task_dir, array_id, task in self._task_dirs():
             if task_dir.name not in wanted and not (task >= 0 and str(array_id) in wanted):
                 continue
