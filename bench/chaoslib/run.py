@@ -7,7 +7,7 @@ cluster step that ``cluster_submission`` turns into an sbatch job running
 the id ``chaos-<index>``, which the sink writes on every line, so arrivals,
 duplicates (same message id twice) and losses are counted per instance; a
 poison message (``value: "poison"``, which ``double`` refuses) every
-``poison_every``-th must end in the quarantine store, and nothing else may.
+``poison_every`` must end in the quarantine store, and nothing else may.
 """
 
 from __future__ import annotations
@@ -55,11 +55,16 @@ class Settings:
     port: int = 5690
 
 
+def is_poison(index: int, settings: Settings) -> bool:
+    """Every ``poison_every``-th message, half-way through each block (never a cluster step)."""
+    return (index + 1) % settings.poison_every == settings.poison_every // 2 + 1
+
+
 def recipe(index: int, settings: Settings) -> dict[str, Any]:
     """The recipe of message ``index`` (with or without the cluster step)."""
     sink = {"service": "jsonlines", "queue": QUEUES["jsonlines"],
             "parameters": {"output_filename": "{output}"}}
-    value: Any = "poison" if (index + 1) % settings.poison_every == 0 else index
+    value: Any = "poison" if is_poison(index, settings) else index
     if (index + 1) % settings.wrap_every == 0:
         return {
             "1": {"service": "double", "queue": QUEUES["double"], "output": 2},
@@ -178,8 +183,7 @@ class ChaosRun:
                     transport = None
                     time.sleep(0.5)
             for i in range(index, upto):
-                (self.poison if recipe(i, self.s)["start"][0][1]["value"] == "poison"
-                 else self.sent).add(i)
+                (self.poison if is_poison(i, self.s) else self.sent).add(i)
             index = upto
             pause = start + index / self.s.rate - time.monotonic()
             if pause > 0:
