@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--faults", default="default",
                         help="comma-separated kinds, 'all', or 'default' (all but slurmd): "
                         + ", ".join(faults.KINDS))
+    parser.add_argument("--count", action="append", default=[], metavar="KIND=N",
+                        help="this many faults of KIND instead of --repeats (repeatable)")
     parser.add_argument("--tasks", type=int, default=2, help="array tasks per service")
     parser.add_argument("--task-time", default="00:10:00")
     parser.add_argument("--drain-timeout", type=float, default=900.0)
@@ -51,11 +53,18 @@ def main() -> int:
         kinds = [k for k in faults.KINDS if k != "slurmd"]
     else:
         kinds = [k for k in args.faults.split(",") if k]
-    unknown = sorted(set(kinds) - set(faults.KINDS))
+    counts = {}
+    for item in args.count:
+        kind, _, number = item.partition("=")
+        if not number.isdigit():
+            parser.error(f"--count {item!r}: expected KIND=N")
+        counts[kind] = int(number)
+    unknown = sorted((set(kinds) | set(counts)) - set(faults.KINDS))
     if unknown:
         parser.error(f"unknown fault kind(s): {', '.join(unknown)}")
     settings = Settings(messages=args.messages, seed=args.seed, rate=args.rate, kinds=kinds,
-                        repeats=args.repeats, tasks=args.tasks, task_time=args.task_time,
+                        repeats=args.repeats, counts=counts, tasks=args.tasks,
+                        task_time=args.task_time,
                         drain_timeout=args.drain_timeout, soak_minutes=args.soak,
                         fault_every=args.fault_every, base=args.base, port=args.port)
     report = ChaosRun(settings).run()

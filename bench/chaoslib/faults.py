@@ -35,21 +35,22 @@ class PlannedFault:
 
 
 def plan(kinds: list[str], repeats: int, span: float, seed: int,
-         start: float = 5.0) -> list[PlannedFault]:
+         start: float = 5.0, counts: dict[str, int] | None = None) -> list[PlannedFault]:
     """``repeats`` faults of each kind spread over ``[start, span]`` in a seeded order.
 
     A ``timelimit`` fault starts a task with a one-minute limit (Slurm counts in minutes),
     so it is placed at least 70 s before the end of the stream when the stream is that long.
     """
     rng = random.Random(seed)
-    order = [kind for kind in kinds for _ in range(repeats) if kind != "timelimit"]
+    times = {kind: (counts or {}).get(kind, repeats) for kind in kinds}
+    order = [kind for kind in kinds for _ in range(times[kind]) if kind != "timelimit"]
     rng.shuffle(order)
     step = max(0.5, (span - start) / max(1, len(order)))
     planned = [PlannedFault(start + i * step + rng.uniform(0, step * 0.5), kind)
                for i, kind in enumerate(order)]
     latest = max(start, span - 70)
     planned += [PlannedFault(rng.uniform(start, latest), "timelimit")
-                for _ in range(repeats if "timelimit" in kinds else 0)]
+                for _ in range(times.get("timelimit", 0))]
     return sorted(planned, key=lambda fault: fault.at)
 
 

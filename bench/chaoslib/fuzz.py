@@ -119,12 +119,14 @@ def _encode(value: Any) -> bytes:
     return json.dumps(value, allow_nan=True).encode("utf-8", "surrogatepass")
 
 
-def bodies(target: str, queue: str, out: str) -> st.SearchStrategy[bytes]:
+def bodies(target: str, queue: str, out: str) -> st.SearchStrategy[tuple[bytes, bool]]:
+    """(body, whether it is surely sent as a recipe message)."""
     structured = recipe_bodies(queue, out) if target == "service" else requests(out)
-    valid = nearly_valid(target, queue, out).map(_encode)
-    return st.one_of(
-        (structured | json_values).map(_encode), valid, valid, st.binary(max_size=80), _huge(),
+    valid = nearly_valid(target, queue, out).map(lambda v: (_encode(v), True))
+    maybe = st.one_of(
+        (structured | json_values).map(_encode), st.binary(max_size=80), _huge(),
         st.text(max_size=50).map(lambda t: t.encode("utf-8", "surrogatepass")))
+    return st.one_of(st.tuples(maybe, st.booleans()), valid)
 
 
 @dataclass
@@ -140,11 +142,12 @@ def generate(target: str, queue: str, out: str, count: int, rng_seed: int) -> li
     @seed(rng_seed)
     @settings(max_examples=count, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
-    @given(bodies(target, queue, out), headers, st.booleans())
-    def gather(body: bytes, extra: dict[str, Any], recipe_flag: bool) -> None:
+    @given(bodies(target, queue, out), headers)
+    def gather(body_flag: tuple[bytes, bool], extra: dict[str, Any]) -> None:
+        body, recipe_flag = body_flag
         extra = {k: v for k, v in extra.items() if k != MESSAGE_ID_HEADER}
         if recipe_flag:
-            extra.setdefault(RECIPE_HEADER, True)
+            extra[RECIPE_HEADER] = True
         cases.append(Case(body, extra))
 
     gather()

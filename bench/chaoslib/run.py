@@ -46,6 +46,7 @@ class Settings:
     poison_every: int = 1_000
     kinds: list[str] = field(default_factory=lambda: [k for k in faults.KINDS if k != "slurmd"])
     repeats: int = 3  #: faults of each kind
+    counts: dict[str, int] = field(default_factory=dict)  #: per-kind override of ``repeats``
     tasks: int = 2  #: array tasks per service (min_jobs = max_jobs of the scaler)
     task_time: str = "00:10:00"
     drain_timeout: float = 900.0
@@ -238,7 +239,8 @@ class ChaosRun:
         span = soak * 60 if soak else self.s.messages / self.s.rate
         repeats = max(1, int(span / self.s.fault_every / len(self.s.kinds))) if soak \
             else self.s.repeats
-        plan = faults.plan(self.s.kinds, repeats, span, self.s.seed, start=min(10.0, span / 4))
+        plan = faults.plan(self.s.kinds, repeats, span, self.s.seed, start=min(10.0, span / 4),
+                            counts=self.s.counts)
         injector = faults.Injector(self.base, self.config, self.broker, self.submit, self.s.seed)
         publisher = threading.Thread(
             target=self._publish, args=(None if soak else self.s.messages, span if soak else None),
