@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -45,8 +46,14 @@ def main() -> int:
     parser.add_argument("--soak", type=float, metavar="MINUTES")
     parser.add_argument("--fault-every", type=float, default=5.0, help="soak: seconds")
     parser.add_argument("--port", type=int, default=5690, help="private AMQP port")
+    parser.add_argument("--workflows", default="", metavar="MODES",
+                        help="then the same against python-workflows under zocalo.service: "
+                        "comma-separated plain,transactional")
+    parser.add_argument("--no-zhpc", action="store_true", help="only the workflows runs")
     parser.add_argument("--base", type=Path, help="run directory (default: a new /tmp dir)")
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) still cleans up: jobs cancelled, private broker stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.faults == "all":
         kinds = list(faults.KINDS)
     elif args.faults == "default":
@@ -67,7 +74,12 @@ def main() -> int:
                         task_time=args.task_time,
                         drain_timeout=args.drain_timeout, soak_minutes=args.soak,
                         fault_every=args.fault_every, base=args.base, port=args.port)
-    report = ChaosRun(settings).run()
+    report: dict = {"bench": "chaos", "ok": True} if args.no_zhpc else ChaosRun(settings).run()
+    modes = [m for m in args.workflows.split(",") if m]
+    if modes:
+        from chaoslib.workflows_run import WorkflowsRun
+
+        report["workflows"] = {mode: WorkflowsRun(settings, mode).run() for mode in modes}
     print(json.dumps(report, separators=(",", ":")))
     return 0 if report["ok"] else 1
 

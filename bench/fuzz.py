@@ -41,7 +41,7 @@ def main() -> int:
         recipes = base / "recipes"
         recipes.mkdir()
         rabbit = PrivateRabbit(base / "rabbit", port=args.port, dist_port=args.port + 20000,
-                               name="zfuzz", management_port=None)
+                               management_port=None)
         rabbit.start()
         try:
             for kind, url in (("embedded", f"sqlite://{base / 'broker.sqlite'}"),

@@ -153,7 +153,13 @@ class Injector:
         return True
 
     def _netcut(self) -> bool:
-        return self.broker.cut_connections() > 0
+        """Cut every connection; if none is up (e.g. right after a broker restart), wait."""
+        deadline = time.monotonic() + 15
+        while self.broker.cut_connections() == 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+        return True
 
     def _background(self, work: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=work, args=args, daemon=True)

@@ -38,11 +38,11 @@ class PrivateRabbit:
     """One RabbitMQ node under ``base``: start, stop_app/start_app, cut connections, stop."""
 
     def __init__(self, base: Path, *, port: int = 5690, dist_port: int = 25690,
-                 name: str = "zchaos", management_port: int | None = 15690) -> None:
+                 name: str | None = None, management_port: int | None = 15690) -> None:
         self.base = base
         self.port = port
         self.dist_port = dist_port
-        self.node = f"{name}@localhost"
+        self.node = f"{name or f'zchaos{port}'}@localhost"  # one node name per port
         self.management_port = management_port
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -74,6 +74,7 @@ class PrivateRabbit:
             "RABBITMQ_CONFIG_FILE": str(conf),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.base / "rabbit.pid"),
+            "ERL_CRASH_DUMP": str(self.base / "log" / "erl_crash.dump"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "RABBITMQ_CTL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
