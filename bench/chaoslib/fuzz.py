@@ -188,7 +188,8 @@ def drain(transport: Transport, queue: str) -> list[Message]:
 
 def fuzz(target: str, connect: Callable[[], Transport], queue: str, out: str, count: int,
          rng_seed: int, recipes_dir: Any = None) -> dict[str, Any]:
-    """Run ``count`` cases at ``target``; returns the account (``problems`` must be empty)."""
+    """Run ``count`` cases at ``target``; returns the account (``problems`` must be empty).
+    ``connect`` is called twice: for the checking side, then for the target's runner."""
     cases = generate(target, queue, out, count, rng_seed)
     transport = connect()
     transport.declare_queue(queue)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,9 @@ from service_support import Broker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from chaoslib.fuzz import fuzz, good_recipe
+
+from zhpc.message import Message, Outgoing
+from zhpc.transport import Transport
 
 CASES = int(os.environ.get("ZHPC_FUZZ_CASES", "250"))
 
@@ -37,3 +42,32 @@ def test_hostile_messages_are_processed_or_quarantined_with_a_reason(
     assert report["problems"] == [], report
     assert report["cases"] == CASES
     assert report["quarantined"] > 0 and report["processed"] > 0, report
+
+
+
+def test_the_account_catches_an_input_acked_without_its_outputs(tmp_path: Path) -> None:
+    """The check can fail: a runner transport that acks every other input but drops its
+    outputs is reported."""
+    broker = Broker("embedded", f"sqlite://{tmp_path / 'broker.sqlite'}")
+    queue, out = broker.queue("fuzz-faulty"), broker.queue("fuzz-out")
+    broker.delivery_limit = 1
+    connections: list[Transport] = []
+
+    def connect() -> Transport:
+        transport = broker.transport()
+        connections.append(transport)
+        if len(connections) == 2:  # the runner's: every other commit loses its outputs
+            commit, calls = transport.commit, []
+
+            def lossy(outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
+                calls.append(1)
+                return commit([] if len(calls) % 2 else outputs, ack)
+
+            transport.commit = lossy  # type: ignore[method-assign]
+        return transport
+
+    try:
+        report = fuzz("service", connect, queue, out, 60, rng_seed=3)
+    finally:
+        broker.teardown()
+    assert any("acked with 0 of" in p for p in report["problems"]), report
