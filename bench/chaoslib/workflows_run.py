@@ -3,7 +3,7 @@ services started by ``zocalo.service`` (plain: ack then send; or transactional).
 
 Two steps (``ChaosWfDouble`` -> ``ChaosWfSink``, two processes each, local: there is
 no workflows counterpart of zhpc's Slurm service arrays) on a private RabbitMQ node,
-with the queues declared as zhpc declares them. Faults: SIGKILL of a service's
+with durable classic queues as a Zocalo site has them. Faults: SIGKILL of a service's
 process group (a killed job), SIGTERM of one (what scancel and requeue deliver),
 broker stop_app/start_app, cut connections, a poison message every 1,000.
 Killed or exited services are started again, as a batch system would.
@@ -94,12 +94,16 @@ class WorkflowsRun:
         if ok:
             self.done[kind] += 1
 
-    def _exchanges(self) -> None:
-        """The broadcast exchanges a zocalo.service frontend binds to (a Zocalo site has them)."""
+    def _topology(self) -> None:
+        """What a Zocalo site has: durable classic queues, and the broadcast exchanges a
+        zocalo.service frontend binds to. (zhpc's own quorum queues would move a returned
+        message to its retry lane ``retry.Q``, which workflows never reads.)"""
         import pika
 
         connection = pika.BlockingConnection(pika.URLParameters(self.broker.url))
         channel = connection.channel()
+        for queue in (WORK, SINK):
+            channel.queue_declare(queue, durable=True)
         for name in ("command", "transient.status"):
             channel.exchange_declare(name, exchange_type="fanout", durable=True)
         connection.close()
@@ -160,13 +164,8 @@ class WorkflowsRun:
     def _run(self) -> dict[str, Any]:
         from zhpc.config import BrokerConfig
         from zhpc.transport import get_transport
-        from zhpc.transport.base import dlq_name
-
         self.broker.start()
-        with get_transport(BrokerConfig(url=self.broker.url)) as transport:
-            for queue in (WORK, SINK):
-                transport.declare_queue(queue)
-        self._exchanges()
+        self._topology()
         kinds = [k for k in KINDS if k in self.s.kinds or k == "sigterm"]
         span = self.s.messages / self.s.rate
         plan = faults.plan(kinds, self.s.repeats, span, self.s.seed, start=min(10.0, span / 4))
@@ -183,7 +182,7 @@ class WorkflowsRun:
         publisher.join()
         sent_done, last_change, seen = time.monotonic(), time.monotonic(), -1
         deadline = sent_done + self.s.drain_timeout
-        quiet = 30.0  # no new line for this long and nothing ready: what is missing is lost
+        quiet = 30.0  # no new line for this long: what is missing is lost
         with get_transport(BrokerConfig(url=self.broker.url)) as transport:
             while time.monotonic() < deadline:
                 arrived, duplicates = self.arrivals()
@@ -191,13 +190,13 @@ class WorkflowsRun:
                     seen, last_change = len(arrived), time.monotonic()
                 if self.sent <= arrived:
                     break
-                ready = transport.queue_depth(WORK).ready + transport.queue_depth(SINK).ready
-                if not ready and time.monotonic() - last_change > quiet:
+                if time.monotonic() - last_change > quiet:  # a poison message may circulate
                     break
                 self._keep()
                 time.sleep(1)
             drained = time.monotonic()
-            quarantined = transport.queue_depth(dlq_name(WORK)).ready
+            quarantined = 0  # classic queues: nothing is ever set aside
+            circulating = transport.queue_depth(WORK).ready
         lost = sorted(self.sent - arrived)
         return {
             "bench": "chaos-workflows", "mode": self.mode, "seed": self.s.seed,
@@ -208,4 +207,12 @@ class WorkflowsRun:
             "total_s": round(drained - flow_start, 1),
             "throughput_msg_s": round(len(arrived) / max(drained - flow_start, 1e-9), 1),
             "faults": dict(sorted(self.done.items())), "restarts": self._restarts,
+            "workflows_version": _version("workflows"), "zocalo_version": _version("zocalo"),
+            "queues": "classic durable", "left_in_work_queue": circulating,
         }
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version
+
+    return version(name)
