@@ -54,6 +54,13 @@ def plan(kinds: list[str], repeats: int, span: float, seed: int,
     return sorted(planned, key=lambda fault: fault.at)
 
 
+def _soon(look: Callable[[], list], timeout: float = 30.0) -> list:
+    deadline = time.monotonic() + timeout
+    while not (found := look()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return found
+
+
 @dataclass
 class Injector:
     """Injects one fault at a time; counts what was done and what could not be done."""
@@ -86,12 +93,15 @@ class Injector:
     # -- the faults -------------------------------------------------------------------
 
     def _running_tasks(self) -> list:
-        return [j for j in my_jobs(self.run_dir)
-                if j.is_service and j.state == "RUNNING"
-                and j.name.removeprefix("zhpc-svc-") in VICTIMS]
+        """Running service tasks; waits up to 30 s for one (e.g. right after a broker restart
+        or while the scaler replaces a task, there may be none)."""
+        return _soon(lambda: [j for j in my_jobs(self.run_dir)
+                              if j.is_service and j.state == "RUNNING"
+                              and j.name.removeprefix("zhpc-svc-") in VICTIMS])
 
     def _sigkill(self) -> bool:
-        procs = [p for p in service_processes(self.config) if p.service in VICTIMS]
+        procs = _soon(lambda: [p for p in service_processes(self.config)
+                               if p.service in VICTIMS])
         if not procs:
             return False
         os.kill(self.rng.choice(procs).pid, signal.SIGKILL)
@@ -154,7 +164,7 @@ class Injector:
 
     def _netcut(self) -> bool:
         """Cut every connection; if none is up (e.g. right after a broker restart), wait."""
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while self.broker.cut_connections() == 0:
             if time.monotonic() > deadline:
                 return False

@@ -2,8 +2,9 @@
 
 ``ChaosWfDouble`` is the workflows counterpart of zhpc's ``double`` step: in
 ``plain`` mode it acks and then sends (the common CommonService pattern), in
-``transactional`` mode it acks and sends inside one transaction. It refuses a
-``"poison"`` value by raising. ``ChaosWfSink`` appends one JSON line per
+``transactional`` mode it acks and sends inside one transaction. It rejects a
+``"poison"`` value (nack without requeue: dropped, as no dead-letter exchange is set).
+``ChaosWfSink`` appends one JSON line per
 message (the recipe instance id and payload) and acks after the write.
 The queues, mode and file come from ``ZCHAOS_WF_*`` environment variables
 because ``zocalo.service`` passes no arguments to a service.
@@ -32,7 +33,12 @@ class ChaosWfDouble(CommonService):
     def receive(self, rw: Any, header: dict, message: Any) -> None:
         value = message["value"]
         if not isinstance(value, int):
-            raise TypeError(f"value must be a number, not {type(value).__name__}")
+            # Raising here ends a workflows service; on a classic queue the message comes
+            # back and ends the next one too (a crash loop that stalls the stream: measured).
+            # A Zocalo service rejects it instead; without a dead-letter exchange it is gone.
+            self.log.error("value must be a number, not %s: rejected", type(value).__name__)
+            rw.transport.nack(header, requeue=False)
+            return
         if self.mode == "transactional":
             txn = rw.transport.transaction_begin(subscription_id=header["subscription"])
             rw.transport.ack(header, transaction=txn)

@@ -5,7 +5,8 @@ Two steps (``ChaosWfDouble`` -> ``ChaosWfSink``, two processes each, local: ther
 no workflows counterpart of zhpc's Slurm service arrays) on a private RabbitMQ node,
 with durable classic queues as a Zocalo site has them. Faults: SIGKILL of a service's
 process group (a killed job), SIGTERM of one (what scancel and requeue deliver),
-broker stop_app/start_app, cut connections, a poison message every 1,000.
+broker stop_app/start_app, cut connections, a poison message every 1,000 (which the
+workflows step rejects, so it is dropped: ``quarantined`` stays 0).
 Killed or exited services are started again, as a batch system would.
 """
 
@@ -195,7 +196,7 @@ class WorkflowsRun:
                 self._keep()
                 time.sleep(1)
             drained = time.monotonic()
-            quarantined = 0  # classic queues: nothing is ever set aside
+            quarantined = 0  # classic queues, no dead-letter exchange: rejected is dropped
             circulating = transport.queue_depth(WORK).ready
         lost = sorted(self.sent - arrived)
         return {
