@@ -22,7 +22,7 @@ class Double(Service):
 
 def run(broker: Broker, queue: str) -> ServiceRunner:
     transport = broker.transport()
-    service = Double("double", ServiceConfig(queue=queue, idle_timeout=0.5))
+    service = Double("double", ServiceConfig(queue=queue, idle_timeout=0.5, retry_interval=0.2))
     runner = ServiceRunner(service, transport)
     assert runner.run() == 0
     return runner

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from queue import Empty, Queue
 from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import TransportError, UnroutableError
@@ -73,7 +73,10 @@ class Subscription:
     prefetch: int
     broadcast: bool
     active: bool = True
-    inbox: queue.Queue[Any] = field(default_factory=queue.Queue)
+    inbox: Queue[Any] = field(default_factory=Queue)
+    #: After unsubscribe: how many received frames poll still delivers (None: active).
+    deliverable: int | None = None
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +88,7 @@ class Delivery:
     broadcast: bool
     frame_headers: dict[str, str]
     fetch_sub: str = ""  # the one-message subscription of a fetch, ended once settled
+    sub_id: str = ""
 
 
 class StompTransport(Transport):
@@ -120,7 +124,7 @@ class StompTransport(Transport):
         self._state_lock = threading.Lock()
         self._stats_lock = threading.Lock()
         self._stats_queue = f"zhpc.stats.{uuid.uuid4().hex[:12]}"
-        self._stats_inbox: queue.Queue[Any] = queue.Queue()
+        self._stats_inbox: Queue[Any] = Queue()
 
     @classmethod
     def from_config(cls, config: BrokerConfig) -> StompTransport:
@@ -182,12 +186,12 @@ class StompTransport(Transport):
             self._end_sub(sub.sub_id)
 
     @staticmethod
-    def _drain(inbox: queue.Queue[Any], timeout: float) -> None:
+    def _drain(inbox: Queue[Any], timeout: float) -> None:
         try:
             while True:
                 inbox.get(timeout=timeout)
                 timeout = 0
-        except queue.Empty:
+        except Empty:
             return
 
     # == sending ==============================================================
@@ -331,12 +335,33 @@ class StompTransport(Transport):
         sub = self._subs.get(subscription)
         if sub is None or not sub.active:
             return
+        # ActiveMQ returns a subscription's unacked messages when it ends and refuses a
+        # later ACK. So what was received so far is still delivered by poll (a drain
+        # hands it back), anything later is left to the broker, and the UNSUBSCRIBE goes
+        # out once every delivery of it is settled (see _maybe_end).
         sub.active = False
-        # Deliveries already received stay in the inbox for poll (a drain hands them back).
+        sub.deliverable = sub.inbox.qsize()
+        self._maybe_end(sub)
+
+    def _maybe_end(self, sub: Subscription) -> None:
+        """Send the UNSUBSCRIBE of an unsubscribed subscription once nothing of it is held."""
+        if sub.active or sub.ended or sub.deliverable:
+            return
+        with self._state_lock:
+            if any(m.handle.sub_id == sub.sub_id for m in self._held.values()):
+                return
+            sub.ended = True
         try:
-            self._conn.request("UNSUBSCRIBE", {"id": sub.sub_id}).result(_ANSWER)
+            self._conn.send_frame("UNSUBSCRIBE", {"id": sub.sub_id})
         except TransportError as exc:
             log.warning("unsubscribing from %r: %s", sub.source, exc)
+        self._conn.inboxes.pop(sub.sub_id, None)
+        self._drain(sub.inbox, 0)  # the broker gives these out again (redelivered)
+
+    def _settled(self, delivery: Delivery) -> None:
+        sub = self._subs.get(delivery.sub_id)
+        if sub is not None and not sub.active:
+            self._maybe_end(sub)
 
     def poll(self, timeout: float) -> int:
         if self._conn.fatal is not None:
@@ -355,11 +380,15 @@ class StompTransport(Transport):
         """The next frame of any subscription (they are few: a service has one or two)."""
         while True:
             for sub in list(self._subs.values()):
+                if sub.ended or sub.deliverable == 0:
+                    continue
                 try:
                     generation, frame = sub.inbox.get_nowait()
-                    return sub, generation, frame
-                except queue.Empty:
+                except Empty:
                     continue
+                if sub.deliverable is not None:
+                    sub.deliverable -= 1
+                return sub, generation, frame
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -384,7 +413,8 @@ class StompTransport(Transport):
         wire = frame.headers
         redelivered = wire.get("redelivered") == "true"
         before = int_header(wire, DELIVERIES_HEADER) or 0
-        handle = Delivery(generation, wire.get("ack", ""), broadcast, dict(wire), fetch_sub)
+        handle = Delivery(generation, wire.get("ack", ""), broadcast, dict(wire), fetch_sub,
+                          wire.get("subscription", ""))
         headers = decode_headers(wire)
         message = Message(
             body=frame.body if isinstance(frame.body, bytes) else frame.body.encode(),
@@ -428,7 +458,7 @@ class StompTransport(Transport):
             }).result(_ANSWER)
             try:
                 generation, frame = sub.inbox.get(timeout=2.0)
-            except queue.Empty:
+            except Empty:
                 self._end_sub(sub.sub_id)  # someone else took it
                 continue
             message = self._message(queue, generation, frame, False, fetch_sub=sub.sub_id)
@@ -444,7 +474,7 @@ class StompTransport(Transport):
         })
         try:
             _generation, frame = sub.inbox.get(timeout=_ANSWER)
-        except queue.Empty:
+        except Empty:
             raise TransportError(f"ActiveMQ did not answer a browse of {queue_name!r}") from None
         finally:
             self._end_sub(sub.sub_id)
@@ -460,6 +490,7 @@ class StompTransport(Transport):
             return
         self._conn.send_frame("ACK", {"id": delivery.ack_id})
         self._end_fetch(delivery)
+        self._settled(delivery)
 
     def nack(self, message: Message, *, requeue: bool = True) -> None:
         delivery = self._delivery(message)
@@ -502,8 +533,9 @@ class StompTransport(Transport):
     def commit(self, outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
         delivery = self._delivery(ack)
         frames = [self._send_frame(o) for o in outputs]  # raises before anything is sent
-        self._forget(delivery)
         future = self._transaction(frames, delivery)
+        self._forget(delivery)  # its ACK is on the wire (a transaction) or waits for receipts
+        self._settled(delivery)
         if delivery.fetch_sub:
             future.add_done_callback(lambda _f: self._end_fetch(delivery))
         with self._state_lock:
@@ -547,8 +579,10 @@ class StompTransport(Transport):
         if deliveries is not None:
             wire[DELIVERIES_HEADER] = str(deliveries)
             wire[LIMIT_HEADER] = str(self._limit(queue_name))
+        future = self._transaction([(wire, message.body)], delivery)
         self._forget(delivery)
-        self._transaction([(wire, message.body)], delivery).result(_ANSWER)
+        self._settled(delivery)
+        future.result(_ANSWER)
         self._end_fetch(delivery)
 
     def hand_back(self, message: Message) -> None:
@@ -605,7 +639,7 @@ class StompTransport(Transport):
             while time.monotonic() < deadline:
                 try:
                     _generation, frame = self._stats_inbox.get(timeout=1.0)
-                except queue.Empty:
+                except Empty:
                     continue
                 stats = _statistics(frame.body)
                 about = str(stats.get("destinationName", "")).removeprefix("queue://")

@@ -7,12 +7,14 @@ what the broker's redelivery policy dead-letters (a workflows service's NACKs) a
 what zhpc dead-letters land in the same queue.
 
 STOMP headers are text. zhpc's structured headers (ints, lists, dicts, booleans)
-travel as JSON, and ``zhpc-json`` lists the keys to decode, so a workflows client
-sees plain text and zhpc gets back exactly what was sent.
+travel as JSON and bytes as base64; ``zhpc-json`` and ``zhpc-bytes`` list the keys
+to decode, so a workflows client sees plain text and zhpc gets back exactly what
+was sent (bytes nested inside a list or dict come back as text).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from typing import Any
@@ -26,6 +28,8 @@ from zhpc.transport.accounting import DLQ_PREFIX, is_dead_letter_queue
 ACTIVEMQ_DLQ_PREFIX = "ActiveMQ.DLQ.Queue."
 #: Keys of headers sent as JSON (comma-separated).
 JSON_KEYS_HEADER = "zhpc-json"
+#: Keys of bytes headers, sent as base64 (comma-separated).
+BYTES_KEYS_HEADER = "zhpc-bytes"
 #: Deliveries of a retry-lane message before this copy was made (zhpc's own count:
 #: ActiveMQ tells a STOMP client only *whether* a message was redelivered).
 DELIVERIES_HEADER = "zhpc-deliveries"
@@ -41,7 +45,7 @@ FRAME_HEADERS = frozenset(
         "transformation", "scheduledJobId", "original-destination", "reply-to", "type",
         "correlation-id", "JMSXUserID", "dlqDeliveryFailureCause", "originalExpiration",
         SCHEDULED_DELAY_HEADER, "AMQ_SCHEDULED_PERIOD", "AMQ_SCHEDULED_REPEAT",
-        JSON_KEYS_HEADER, DELIVERIES_HEADER, LIMIT_HEADER,
+        JSON_KEYS_HEADER, BYTES_KEYS_HEADER, DELIVERIES_HEADER, LIMIT_HEADER,
     }
 )
 
@@ -79,21 +83,27 @@ def encode_headers(headers: dict[str, Any]) -> dict[str, str]:
     """zhpc headers as STOMP text headers (JSON for anything that is not text)."""
     wire: dict[str, str] = {}
     as_json: list[str] = []
+    as_bytes: list[str] = []
     for key, value in headers.items():
         if key in FRAME_HEADERS or "," in key:
             raise TransportError(f"header {key!r} cannot be sent over STOMP")
         if isinstance(value, str):
             wire[key] = value
+        elif isinstance(value, bytes):
+            wire[key] = base64.b64encode(value).decode("ascii")
+            as_bytes.append(key)
         else:
             wire[key] = json.dumps(_jsonable(value), separators=(",", ":"))
             as_json.append(key)
     if as_json:
         wire[JSON_KEYS_HEADER] = ",".join(as_json)
+    if as_bytes:
+        wire[BYTES_KEYS_HEADER] = ",".join(as_bytes)
     return wire
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # nested bytes arrive as text (top-level ones as bytes)
         return value.decode("utf-8", "replace")
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
@@ -105,10 +115,17 @@ def _jsonable(value: Any) -> Any:
 def decode_headers(frame_headers: dict[str, str]) -> dict[str, Any]:
     """The zhpc headers of a received frame (frame headers dropped, JSON decoded)."""
     as_json = set(filter(None, frame_headers.get(JSON_KEYS_HEADER, "").split(",")))
+    as_bytes = set(filter(None, frame_headers.get(BYTES_KEYS_HEADER, "").split(",")))
     headers: dict[str, Any] = {}
     for key, value in frame_headers.items():
         if key in FRAME_HEADERS:
             continue
+        if key in as_bytes:
+            try:
+                headers[key] = base64.b64decode(value, validate=True)
+                continue
+            except ValueError:
+                pass
         if key in as_json:
             try:
                 headers[key] = json.loads(value)
