@@ -118,7 +118,7 @@ class StompTransport(Transport):
         self._commit_mode = commit_mode
         self._subs: dict[str, Subscription] = {}
         self._limits: dict[str, int] = {}
-        self._held: dict[str, Message] = {}  # unsettled work-queue deliveries, by ack id
+        self._held: dict[str, Message] = {}  # unsettled deliveries, by ack id
         self._pending: set[Future[None]] = set()
         self._failures: list[BaseException] = []
         self._state_lock = threading.Lock()
@@ -143,6 +143,8 @@ class StompTransport(Transport):
     def close(self) -> None:
         """Unsettled work-queue messages go to their lanes (as RabbitMQ's limit 0 does)."""
         for message in list(self._held.values()):
+            if is_retry_lane(message.queue) or is_dead_letter_queue(message.queue):
+                continue  # the broker returns it (from a lane: counted, as on RabbitMQ)
             try:
                 self._to_lane(message)
             except TransportError as exc:
@@ -425,7 +427,10 @@ class StompTransport(Transport):
             message_id=str(headers.get(MESSAGE_ID_HEADER) or wire.get("message-id", "")),
             handle=handle,
         )
-        if broadcast or is_dead_letter_queue(queue_name):
+        if broadcast:
+            return message
+        if is_dead_letter_queue(queue_name):
+            self._hold(message)
             return message
         if redelivered and not is_retry_lane(queue_name):
             self._to_lane(message)  # returned by a consumer that died or closed: uncounted
@@ -434,10 +439,12 @@ class StompTransport(Transport):
             message.delivery_count = before + 1
             self._lane_return(message)
             return None
-        if not is_retry_lane(queue_name):
-            with self._state_lock:
-                self._held[handle.ack_id] = message
+        self._hold(message)
         return message
+
+    def _hold(self, message: Message) -> None:
+        with self._state_lock:
+            self._held[message.handle.ack_id] = message
 
     def fetch(self, queue: str) -> Message | None:
         """Browse for the first message, then take exactly that one (by a selector).
