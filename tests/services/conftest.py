@@ -36,3 +36,10 @@ def rabbitmq(rabbitmq_up: None) -> Iterator[Broker]:
     found = Broker("rabbitmq", AMQP_URL)
     yield found
     found.teardown()
+
+
+@pytest.fixture
+def activemq(activemq_up: None) -> Iterator[Broker]:
+    found = Broker("stomp", STOMP_URL)
+    yield found
+    found.teardown()
