@@ -43,7 +43,7 @@ FRAME_HEADERS = frozenset(
         "message-id", "destination", "subscription", "ack", "redelivered", "priority",
         "timestamp", "expires", "persistent", "content-length", "content-type", "receipt",
         "transformation", "scheduledJobId", "original-destination", "reply-to", "type",
-        "correlation-id", "JMSXUserID", "dlqDeliveryFailureCause", "originalExpiration",
+        "correlation-id", "JMSXUserID", "originalExpiration",
         SCHEDULED_DELAY_HEADER, "AMQ_SCHEDULED_PERIOD", "AMQ_SCHEDULED_REPEAT",
         JSON_KEYS_HEADER, BYTES_KEYS_HEADER, DELIVERIES_HEADER, LIMIT_HEADER,
     }
