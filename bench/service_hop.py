@@ -1,7 +1,8 @@
 """Service hop benchmark: prints ONE JSON line (not a test; targets are judged by reading it).
 
 One service on a 2-node recipe (step 1: the service doubles ``payload.value``;
-step 2: a plain queue) over real RabbitMQ, in the same run for:
+step 2: a plain queue) over real RabbitMQ (or, with ``--broker stomp``, ActiveMQ
+over STOMP with workflows' StompTransport), in the same run for:
 
 * ``zhpc``: a zhpc ``ServiceRunner`` (its only mode: outputs confirmed, then the ack);
 * ``workflows_plain``: a python-workflows ``CommonService`` that acks, then sends
@@ -22,7 +23,11 @@ Per implementation:
 * ``idle_rss_mb``: all processes of the service (workflows: frontend + service)
   once it consumes, before any message; ``peak_rss_mb``: their VmHWM after the backlog.
 
-Usage: ``python bench/service_hop.py [-n 5000] [--samples 300] [--only zhpc,...]``
+On STOMP the latency client is zhpc's own transport (a raw pika client on RabbitMQ),
+and workflows' StompTransport has no prefetch option (ActiveMQ's default, 1000).
+
+Usage: ``python bench/service_hop.py [-n 5000] [--samples 300] [--only zhpc,...]
+[--broker rabbitmq|stomp]``
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ from pathlib import Path
 from typing import Any
 
 AMQP_URL = os.environ.get("ZHPC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+STOMP_URL = os.environ.get("ZHPC_BENCH_STOMP_URL", "stomp://127.0.0.1:61613")
+#: Which broker this run (and its children, through the environment) uses.
+BROKER = os.environ.get("ZHPC_BENCH_BROKER", "rabbitmq")
+
+
+def broker_url() -> str:
+    return STOMP_URL if BROKER == "stomp" else AMQP_URL
 IMPLEMENTATIONS = ("zhpc", "workflows_plain", "workflows_tx")
 PREFETCH = 100
 
@@ -57,7 +69,7 @@ def child_zhpc(queue: str) -> int:
         def process(self, rw: RecipeWrapper, payload: _Any) -> None:
             rw.send({"value": payload["value"] * 2})
 
-    config = Config(broker=BrokerConfig(url=AMQP_URL))
+    config = Config(broker=BrokerConfig(url=broker_url()))
     settings = ServiceConfig(queue=queue, prefetch=PREFETCH)
     with get_transport(config.broker) as transport:
         return ServiceRunner(Double("double", settings, config), transport).run()
@@ -68,6 +80,7 @@ def child_workflows(queue: str, transactional: bool) -> int:
     from workflows.frontend import Frontend
     from workflows.services.common_service import CommonService
     from workflows.transport.pika_transport import PikaTransport
+    from workflows.transport.stomp_transport import StompTransport
 
     class Double(CommonService):
         _service_name = "bench double"
@@ -90,7 +103,11 @@ def child_workflows(queue: str, transactional: bool) -> int:
                 rw.transport.ack(header)
                 rw.send(result)
 
-    Frontend(transport=PikaTransport, service=Double, environment={"live": False}).run()
+    transport: type = PikaTransport
+    if BROKER == "stomp":
+        StompTransport.defaults["--stomp-host"] = "127.0.0.1"
+        transport = StompTransport
+    Frontend(transport=transport, service=Double, environment={"live": False}).run()
     return 0
 
 
@@ -133,8 +150,10 @@ class Client:
         from zhpc.config import BrokerConfig
         from zhpc.transport import get_transport
 
-        self.transport = get_transport(BrokerConfig(url=AMQP_URL))
+        self.transport = get_transport(BrokerConfig(url=broker_url()))
         self.transport.connect()
+        if BROKER == "stomp":
+            return
         self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         self.channel = self.conn.channel()
         self.properties = pika.BasicProperties(
@@ -180,6 +199,8 @@ class Client:
             time.sleep(0.005)
 
     def latencies(self, inq: str, outq: str, samples: int, warmup: int = 20) -> list[float]:
+        if BROKER == "stomp":
+            return self.stomp_latencies(inq, outq, samples, warmup)
         body = self.recipe_body(inq, outq)
         results = []
         consumer = self.channel.consume(outq, auto_ack=True, inactivity_timeout=30)
@@ -192,6 +213,32 @@ class Client:
             if i >= warmup:
                 results.append((time.perf_counter() - began) * 1000)
         self.channel.cancel()
+        return results
+
+    def stomp_latencies(self, inq: str, outq: str, samples: int, warmup: int) -> list[float]:
+        from zhpc.message import Outgoing
+
+        body = self.recipe_body(inq, outq)
+        got: list[object] = []
+
+        def arrived(message: Any) -> None:
+            got.append(message)
+            self.transport.ack(message)
+
+        sub = self.transport.subscribe(outq, arrived, prefetch=1)
+        results = []
+        for i in range(samples + warmup):
+            began = time.perf_counter()
+            self.transport.publish(Outgoing(inq, body, headers={"workflows-recipe": True}))
+            deadline = time.monotonic() + 30
+            while not got:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no output within 30 s")
+                self.transport.poll(0.001)
+            got.clear()
+            if i >= warmup:
+                results.append((time.perf_counter() - began) * 1000)
+        self.transport.unsubscribe(sub)
         return results
 
     def queues(self) -> tuple[str, str]:
@@ -207,7 +254,8 @@ class Client:
                 self.transport.delete_queue(name)
 
     def close(self) -> None:
-        self.conn.close()
+        if BROKER != "stomp":
+            self.conn.close()
         self.transport.close()
 
 
@@ -258,10 +306,12 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
 
 
 def main() -> int:
+    global BROKER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--messages", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--only", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--broker", choices=("rabbitmq", "stomp"), default=BROKER)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "QUEUE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -272,6 +322,7 @@ def main() -> int:
 
     import workflows
 
+    BROKER = os.environ["ZHPC_BENCH_BROKER"] = args.broker  # the children inherit it
     client = Client()
     results: dict[str, Any] = {}
     try:
@@ -281,7 +332,7 @@ def main() -> int:
         client.close()
     line: dict[str, Any] = {
         "benchmark": "service_hop",
-        "broker": "rabbitmq",
+        "broker": BROKER,
         "messages": args.messages,
         "samples": args.samples,
         "prefetch": PREFETCH,
