@@ -83,6 +83,8 @@ class Connection(stomp.ConnectionListener):
         self._receipt_lock = threading.Lock()
         self._ids = itertools.count(1)
         self.inboxes: dict[str, queue.Queue[Any]] = {}
+        #: Set whenever a frame is put into an inbox (poll waits on it).
+        self.arrived = threading.Event()
         self.generation = 0
         self.closing = False
         self.connected = threading.Event()
@@ -168,6 +170,7 @@ class Connection(stomp.ConnectionListener):
         inbox = self.inboxes.get(frame.headers.get("subscription", ""))
         if inbox is not None:
             inbox.put((self.generation, frame))
+            self.arrived.set()
 
     def on_receipt(self, frame: Any) -> None:
         self._settle(frame.headers.get("receipt-id", ""), None)

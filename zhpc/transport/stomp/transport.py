@@ -380,7 +380,9 @@ class StompTransport(Transport):
 
     def _next_delivery(self, deadline: float) -> tuple[Subscription, int, Any] | None:
         """The next frame of any subscription (they are few: a service has one or two)."""
+        arrived = self._conn.arrived
         while True:
+            arrived.clear()  # before looking, so a frame put in meanwhile sets it again
             for sub in list(self._subs.values()):
                 if sub.ended or sub.deliverable == 0:
                     continue
@@ -394,7 +396,7 @@ class StompTransport(Transport):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            time.sleep(min(remaining, 0.002))
+            arrived.wait(remaining)
 
     def _deliver(self, sub: Subscription, generation: int, frame: Any) -> bool:
         if sub.callback is None:
