@@ -114,9 +114,7 @@ class Connection(stomp.ConnectionListener):
 
     def _connect_once(self) -> None:
         try:
-            self._conn.connect(self._user, self._password, wait=True, headers={
-                "client-id": f"zhpc-{threading.get_native_id()}-{id(self):x}",
-            })
+            self._conn.connect(self._user, self._password, wait=True)
         except (stomp.exception.StompException, OSError) as exc:
             raise _Connect(type(exc).__name__) from None
         if not self._conn.is_connected():

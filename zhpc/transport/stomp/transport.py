@@ -16,7 +16,6 @@ client only whether a message was redelivered, not how often, so
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -24,11 +23,11 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, Any
 
-from zhpc.errors import TransportError, UnroutableError
+from zhpc.errors import TransportError
+from zhpc.masking import mask_url
 from zhpc.message import MESSAGE_ID_HEADER, Message, Outgoing
 from zhpc.transport.accounting import (
     carried_headers,
@@ -41,6 +40,9 @@ from zhpc.transport.accounting import (
 )
 from zhpc.transport.base import Callback, QueueDepth, Transport
 from zhpc.transport.stomp.connection import Connection, ConnectionLostError
+from zhpc.transport.stomp.handles import Delivery, Subscription
+from zhpc.transport.stomp.sending import Sender, send_frame
+from zhpc.transport.stomp.statistics import Statistics
 from zhpc.transport.stomp.wire import (
     DELIVERIES_HEADER,
     LIMIT_HEADER,
@@ -49,9 +51,7 @@ from zhpc.transport.stomp.wire import (
     encode_headers,
     int_header,
     queue_destination,
-    send_headers,
     topic_destination,
-    wire_queue_name,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,32 +63,6 @@ log = logging.getLogger(__package__)
 _PUBLISH_CHUNK = 500
 #: How long to wait for the broker to answer a request (receipt, browse, statistics).
 _ANSWER = 30.0
-
-
-@dataclass
-class Subscription:
-    sub_id: str
-    source: str  # zhpc queue or topic name
-    callback: Callback | None
-    prefetch: int
-    broadcast: bool
-    active: bool = True
-    inbox: Queue[Any] = field(default_factory=Queue)
-    #: After unsubscribe: how many received frames poll still delivers (None: active).
-    deliverable: int | None = None
-    ended: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """What settling a message needs: the ack id of its connection generation."""
-
-    generation: int
-    ack_id: str
-    broadcast: bool
-    frame_headers: dict[str, str]
-    fetch_sub: str = ""  # the one-message subscription of a fetch, ended once settled
-    sub_id: str = ""
 
 
 class StompTransport(Transport):
@@ -107,24 +81,20 @@ class StompTransport(Transport):
         commit_mode: str = "transaction",
     ) -> None:
         super().__init__(delivery_limit=delivery_limit)
-        self.display_url = display_url or url
+        self.display_url = display_url or mask_url(url)
         self._conn = Connection(
             url, display_url=self.display_url, heartbeat=heartbeat,
             connection_attempts=connection_attempts, retry_delay=retry_delay, tls=tls,
             on_reconnect=self._resubscribe,
         )
-        if commit_mode not in ("transaction", "receipts"):
-            raise TransportError(f"unknown commit mode {commit_mode!r}")
-        self._commit_mode = commit_mode
+        self._sender = Sender(self._conn, commit_mode)
         self._subs: dict[str, Subscription] = {}
         self._limits: dict[str, int] = {}
         self._held: dict[str, Message] = {}  # unsettled deliveries, by ack id
         self._pending: set[Future[None]] = set()
         self._failures: list[BaseException] = []
         self._state_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self._stats_queue = f"zhpc.stats.{uuid.uuid4().hex[:12]}"
-        self._stats_inbox: Queue[Any] = Queue()
+        self._stats = Statistics(self._conn)
 
     @classmethod
     def from_config(cls, config: BrokerConfig) -> StompTransport:
@@ -138,7 +108,7 @@ class StompTransport(Transport):
     # == lifecycle ============================================================
     def connect(self) -> None:
         self._conn.start()
-        self._subscribe_stats()
+        self._stats.subscribe()
 
     def close(self) -> None:
         """Unsettled work-queue messages go to their lanes (as RabbitMQ's limit 0 does)."""
@@ -155,7 +125,7 @@ class StompTransport(Transport):
         """Recovery thread: subscribe again after a reconnection."""
         with self._state_lock:
             self._held.clear()
-        self._subscribe_stats()
+        self._stats.subscribe()
         for sub in list(self._subs.values()):
             if sub.active and sub.callback is not None:
                 try:
@@ -202,97 +172,17 @@ class StompTransport(Transport):
 
     def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """One transaction per chunk, its COMMIT receipted; retried after a lost connection."""
-        frames = [self._send_frame(m) for m in messages]
+        frames = [send_frame(m) for m in messages]
         for start in range(0, len(frames), _PUBLISH_CHUNK):
             chunk = frames[start : start + _PUBLISH_CHUNK]
             for attempt in range(1, 4):
                 try:
-                    self._transaction(chunk, None).result(_ANSWER)
+                    self._sender.transaction(chunk, None).result(_ANSWER)
                     break
                 except ConnectionLostError as exc:
                     if attempt == 3 or self._conn.closing:
                         raise
                     log.warning("publish interrupted (%s); publishing again", exc)
-
-    def _send_frame(self, out: Outgoing) -> tuple[dict[str, str], bytes]:
-        """The SEND frame of an outgoing message (raises before anything is sent)."""
-        if out.kind == "queue":
-            check_name(out.destination)
-            destination = queue_destination(out.destination)
-        elif out.kind == "topic":
-            if out.delay:
-                raise TransportError("broadcasts cannot be delayed")
-            check_name(out.destination)
-            destination = topic_destination(out.destination)
-        elif out.kind == "exchange":
-            raise UnroutableError(
-                f"ActiveMQ over STOMP has no exchanges: cannot send to {out.destination!r}"
-            )
-        else:
-            raise TransportError(f"unknown destination kind {out.kind!r}")
-        headers = send_headers(out)
-        headers["destination"] = destination
-        return headers, out.body
-
-    def _transaction(
-        self, frames: Sequence[tuple[dict[str, str], bytes]], ack: Delivery | None
-    ) -> Future[None]:
-        """SENDs and the ACK in one transaction; the future completes on the COMMIT's receipt."""
-        if ack is not None and ack.generation != self._conn.generation:
-            lost: Future[None] = Future()
-            lost.set_exception(ConnectionLostError("the input came over a lost connection"))
-            return lost
-        if self._commit_mode == "receipts" or (ack is None and len(frames) == 1):
-            return self._receipted(frames, ack)
-        tx = self._conn.new_id("tx")
-        try:
-            self._conn.send_frame("BEGIN", {"transaction": tx})
-            for headers, body in frames:
-                self._send(headers, body, {"transaction": tx})
-            if ack is not None and not ack.broadcast:
-                self._conn.send_frame("ACK", {"id": ack.ack_id, "transaction": tx})
-        except TransportError as exc:
-            failed: Future[None] = Future()
-            failed.set_exception(exc)
-            return failed
-        return self._conn.request("COMMIT", {"transaction": tx})
-
-    def _receipted(
-        self, frames: Sequence[tuple[dict[str, str], bytes]], ack: Delivery | None
-    ) -> Future[None]:
-        """A receipt per SEND; the ACK once all are in (the other way to commit)."""
-        done: Future[None] = Future()
-        futures = [self._send(headers, body, None) for headers, body in frames]
-
-        def check(_f: Future[None]) -> None:
-            if done.done() or not all(f.done() for f in futures):
-                return
-            errors = [f.exception() for f in futures if f.exception() is not None]
-            if errors:
-                done.set_exception(errors[0])  # type: ignore[arg-type]
-                return
-            if ack is not None and not ack.broadcast:
-                try:
-                    self._conn.send_frame("ACK", {"id": ack.ack_id})
-                except TransportError as exc:
-                    done.set_exception(exc)
-                    return
-            done.set_result(None)
-
-        if not futures:
-            check(done)
-        for future in futures:
-            future.add_done_callback(check)
-        return done
-
-    def _send(
-        self, headers: dict[str, str], body: bytes, extra: dict[str, str] | None
-    ) -> Future[None]:
-        frame = {**headers, "content-length": str(len(body)), **(extra or {})}
-        if extra is not None:  # inside a transaction: its COMMIT is receipted
-            self._conn.send_frame("SEND", frame, body)
-            return Future()
-        return self._conn.request("SEND", frame, body)
 
     # == receiving ============================================================
     def _new_sub(
@@ -541,10 +431,12 @@ class StompTransport(Transport):
 
     def commit(self, outputs: Sequence[Outgoing], ack: Message) -> Future[None]:
         delivery = self._delivery(ack)
-        frames = [self._send_frame(o) for o in outputs]  # raises before anything is sent
-        future = self._transaction(frames, delivery)
-        self._forget(delivery)  # its ACK is on the wire (a transaction) or waits for receipts
-        self._settled(delivery)
+        frames = [send_frame(o) for o in outputs]  # raises before anything is sent
+        future = self._sender.transaction(frames, delivery)
+        if self._sender.mode == "transaction":
+            self._release(delivery)  # its ACK is on the wire, before any UNSUBSCRIBE
+        else:  # the ACK waits for the receipts
+            future.add_done_callback(lambda _f: self._release(delivery))
         if delivery.fetch_sub:
             future.add_done_callback(lambda _f: self._end_fetch(delivery))
         with self._state_lock:
@@ -588,7 +480,7 @@ class StompTransport(Transport):
         if deliveries is not None:
             wire[DELIVERIES_HEADER] = str(deliveries)
             wire[LIMIT_HEADER] = str(self._limit(queue_name))
-        future = self._transaction([(wire, message.body)], delivery)
+        future = self._sender.transaction([(wire, message.body)], delivery)
         self._forget(delivery)
         self._settled(delivery)
         future.result(_ANSWER)
@@ -602,6 +494,10 @@ class StompTransport(Transport):
             self._move(message, message.queue, with_handback(message), deliveries=deliveries)
         except ConnectionLostError as exc:
             log.warning("hand-back of a message interrupted (%s); the broker returns it", exc)
+
+    def _release(self, delivery: Delivery) -> None:
+        self._forget(delivery)
+        self._settled(delivery)
 
     def _forget(self, delivery: Delivery) -> None:
         with self._state_lock:
@@ -622,63 +518,9 @@ class StompTransport(Transport):
         return message.handle
 
     # == inspection ===========================================================
-    def _subscribe_stats(self) -> None:
-        self._conn.inboxes["zhpc-stats"] = self._stats_inbox
-        self._conn.request("SUBSCRIBE", {
-            "id": "zhpc-stats", "destination": queue_destination(self._stats_queue),
-            "ack": "auto", "transformation": "jms-map-json",
-        }).result(_ANSWER)
-
     def queue_depth(self, name: str) -> QueueDepth:
-        """From ActiveMQ's statistics plugin; a reply for our own reply queue ends the answer.
+        return self._stats.depth(name)
 
-        The plugin answers nothing for a queue that does not exist, so a second
-        request, for the reply queue itself (which exists), tells when to stop.
-        """
-        target, sentinel = wire_queue_name(name), wire_queue_name(self._stats_queue)
-        with self._stats_lock:
-            self._drain(self._stats_inbox, 0)
-            for wanted in (target, sentinel):
-                self._conn.send_frame("SEND", {
-                    "destination": "/queue/ActiveMQ.Statistics.Destination." + wanted,
-                    "reply-to": queue_destination(self._stats_queue),
-                })
-            found: dict[str, Any] | None = None
-            deadline = time.monotonic() + _ANSWER
-            while time.monotonic() < deadline:
-                try:
-                    _generation, frame = self._stats_inbox.get(timeout=1.0)
-                except Empty:
-                    continue
-                stats = _statistics(frame.body)
-                about = str(stats.get("destinationName", "")).removeprefix("queue://")
-                if about == target:
-                    found = stats
-                if about == sentinel:
-                    break
-            else:
-                raise TransportError(f"ActiveMQ did not answer for the depth of {name!r}")
-        if found is None:
-            return QueueDepth(0, 0, 0)
-        size, inflight = int(found.get("size", 0)), int(found.get("inflightCount", 0))
-        return QueueDepth(max(size - inflight, 0), inflight, int(found.get("consumerCount", 0)))
-
-
-def _statistics(body: bytes) -> dict[str, Any]:
-    """A jms-map-json MapMessage: {"map": {"entry": [{"string": key, <type>: value}, …]}}."""
-    try:
-        entries = json.loads(body)["map"]["entry"]
-    except (ValueError, KeyError, TypeError):
-        return {}
-    stats: dict[str, Any] = {}
-    for entry in entries:
-        key = entry.get("string")
-        if isinstance(key, list) and len(key) == 2:  # a string value: ["key", "value"]
-            stats[str(key[0])] = key[1]
-        elif isinstance(key, str):
-            values = [v for k, v in entry.items() if k != "string"]
-            stats[key] = values[0] if values else None
-    return stats
 
 
 def _deaths(headers: dict[str, Any]) -> list[Any]:
