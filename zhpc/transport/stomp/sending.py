@@ -63,7 +63,7 @@ class Sender:
             lost: Future[None] = Future()
             lost.set_exception(ConnectionLostError("the input came over a lost connection"))
             return lost
-        if self.mode == "receipts" or (ack is None and len(frames) == 1):
+        if (ack is None and len(frames) == 1) or (self.mode == "receipts" and ack is not None):
             return self._receipted(frames, ack)
         tx = self._conn.new_id("tx")
         try:

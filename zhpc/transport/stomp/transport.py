@@ -78,7 +78,7 @@ class StompTransport(Transport):
         connection_attempts: int = 10,
         retry_delay: float = 1.0,
         tls: TLSConfig | None = None,
-        commit_mode: str = "transaction",
+        commit_mode: str = "receipts",
     ) -> None:
         super().__init__(delivery_limit=delivery_limit)
         self.display_url = display_url or mask_url(url)
@@ -481,9 +481,10 @@ class StompTransport(Transport):
             wire[DELIVERIES_HEADER] = str(deliveries)
             wire[LIMIT_HEADER] = str(self._limit(queue_name))
         future = self._sender.transaction([(wire, message.body)], delivery)
-        self._forget(delivery)
-        self._settled(delivery)
-        future.result(_ANSWER)
+        try:
+            future.result(_ANSWER)
+        finally:  # the ACK went out (or never will): an UNSUBSCRIBE may follow now
+            self._release(delivery)
         self._end_fetch(delivery)
 
     def hand_back(self, message: Message) -> None:
