@@ -1,7 +1,8 @@
 """Service hop benchmark: prints ONE JSON line (not a test; targets are judged by reading it).
 
 One service on a 2-node recipe (step 1: the service doubles ``payload.value``;
-step 2: a plain queue) over real RabbitMQ, in the same run for:
+step 2: a plain queue) over real RabbitMQ (or, with ``--broker stomp``, ActiveMQ
+over STOMP with workflows' StompTransport), in the same run for:
 
 * ``zhpc``: a zhpc ``ServiceRunner`` (its only mode: outputs confirmed, then the ack);
 * ``workflows_plain``: a python-workflows ``CommonService`` that acks, then sends
@@ -33,7 +34,11 @@ Per implementation:
 * ``idle_rss_mb``: all processes of the service (workflows: frontend + service)
   once it consumes, before any message; ``peak_rss_mb``: their VmHWM after the backlog.
 
-Usage: ``python bench/service_hop.py [-n 5000] [--samples 300] [--only zhpc,...]``
+On STOMP the latency client is zhpc's own transport (a raw pika client on RabbitMQ),
+and workflows' StompTransport has no prefetch option (ActiveMQ's default, 1000).
+
+Usage: ``python bench/service_hop.py [-n 5000] [--samples 300] [--only zhpc,...]
+[--broker rabbitmq|stomp]``
 """
 
 from __future__ import annotations
@@ -51,6 +56,15 @@ from pathlib import Path
 from typing import Any
 
 AMQP_URL = os.environ.get("ZHPC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+STOMP_URL = os.environ.get("ZHPC_BENCH_STOMP_URL", "stomp://127.0.0.1:61613")
+#: Which broker this run (and its children, through the environment) uses.
+BROKER = os.environ.get("ZHPC_BENCH_BROKER", "rabbitmq")
+
+
+def broker_url() -> str:
+    return STOMP_URL if BROKER == "stomp" else AMQP_URL
+
+
 IMPLEMENTATIONS = ("raw_pika_safe_hop", "zhpc", "workflows_plain", "workflows_tx")
 PREFETCH = 100
 
@@ -68,7 +82,7 @@ def child_zhpc(queue: str, events: bool = False) -> int:
         def process(self, rw: RecipeWrapper, payload: _Any) -> None:
             rw.send({"value": payload["value"] * 2})
 
-    config = Config(broker=BrokerConfig(url=AMQP_URL))
+    config = Config(broker=BrokerConfig(url=broker_url()))
     settings = ServiceConfig(queue=queue, prefetch=PREFETCH)
     with get_transport(config.broker) as transport:
         emitter = None
@@ -143,6 +157,7 @@ def child_workflows(queue: str, transactional: bool) -> int:
     from workflows.frontend import Frontend
     from workflows.services.common_service import CommonService
     from workflows.transport.pika_transport import PikaTransport
+    from workflows.transport.stomp_transport import StompTransport
 
     class Double(CommonService):
         _service_name = "bench double"
@@ -165,7 +180,11 @@ def child_workflows(queue: str, transactional: bool) -> int:
                 rw.transport.ack(header)
                 rw.send(result)
 
-    Frontend(transport=PikaTransport, service=Double, environment={"live": False}).run()
+    transport: type = PikaTransport
+    if BROKER == "stomp":
+        StompTransport.defaults["--stomp-host"] = "127.0.0.1"
+        transport = StompTransport
+    Frontend(transport=transport, service=Double, environment={"live": False}).run()
     return 0
 
 
@@ -220,8 +239,10 @@ class Client:
         from zhpc.config import BrokerConfig
         from zhpc.transport import get_transport
 
-        self.transport = get_transport(BrokerConfig(url=AMQP_URL))
+        self.transport = get_transport(BrokerConfig(url=broker_url()))
         self.transport.connect()
+        if BROKER == "stomp":
+            return
         self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         self.channel = self.conn.channel()
         self.properties = pika.BasicProperties(
@@ -272,6 +293,8 @@ class Client:
             time.sleep(0.005)
 
     def latencies(self, inq: str, outq: str, samples: int, warmup: int = 20) -> list[float]:
+        if BROKER == "stomp":
+            return self.stomp_latencies(inq, outq, samples, warmup)
         body = self.recipe_body(inq, outq)
         results = []
         consumer = self.channel.consume(outq, auto_ack=True, inactivity_timeout=30)
@@ -296,6 +319,32 @@ class Client:
         self.channel.queue_bind(name, EVENTS_TOPIC)
         return name
 
+    def stomp_latencies(self, inq: str, outq: str, samples: int, warmup: int) -> list[float]:
+        from zhpc.message import Outgoing
+
+        body = self.recipe_body(inq, outq)
+        got: list[object] = []
+
+        def arrived(message: Any) -> None:
+            got.append(message)
+            self.transport.ack(message)
+
+        sub = self.transport.subscribe(outq, arrived, prefetch=1)
+        results = []
+        for i in range(samples + warmup):
+            began = time.perf_counter()
+            self.transport.publish(Outgoing(inq, body, headers={"workflows-recipe": True}))
+            deadline = time.monotonic() + 30
+            while not got:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no output within 30 s")
+                self.transport.poll(0.001)
+            got.clear()
+            if i >= warmup:
+                results.append((time.perf_counter() - began) * 1000)
+        self.transport.unsubscribe(sub)
+        return results
+
     def queues(self) -> tuple[str, str]:
         tag = uuid.uuid4().hex[:8]
         inq, outq = f"bench.hop.{tag}.in", f"bench.hop.{tag}.out"
@@ -309,7 +358,8 @@ class Client:
                 self.transport.delete_queue(name)
 
     def close(self) -> None:
-        self.conn.close()
+        if BROKER != "stomp":
+            self.conn.close()
         self.transport.close()
 
 
@@ -370,10 +420,12 @@ def _workflows_version() -> str | None:
 
 
 def main() -> int:
+    global BROKER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--messages", type=int, default=5000)
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--only", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--broker", choices=("rabbitmq", "stomp"), default=BROKER)
     parser.add_argument("--child", nargs=2, metavar=("KIND", "QUEUE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -384,6 +436,7 @@ def main() -> int:
             return child_raw_pika(queue)
         return child_workflows(queue, transactional=kind == "workflows_tx")
 
+    BROKER = os.environ["ZHPC_BENCH_BROKER"] = args.broker  # the children inherit it
     client = Client()
     results: dict[str, Any] = {}
     listener = client.listen_to_events() if "zhpc_events" in args.only else None
@@ -396,7 +449,7 @@ def main() -> int:
         client.close()
     line: dict[str, Any] = {
         "benchmark": "service_hop",
-        "broker": "rabbitmq",
+        "broker": BROKER,
         "messages": args.messages,
         "samples": args.samples,
         "prefetch": PREFETCH,

@@ -5,11 +5,12 @@ SQLite file: ``publish()`` one at a time, ``publish_many()`` in batches, then
 consume+ack with prefetch 100, and consume+commit (one output per input).
 Target: consume+ack >= 5,000 msg/s in one process.
 
-RabbitMQ (``bench/transport_rabbitmq.py``, written separately): if that file
-exists, its ``run(n: int) -> dict`` runs in the same process and its keys are
-merged into the same line.
+RabbitMQ (``bench/transport_rabbitmq.py``) and ActiveMQ over STOMP
+(``bench/transport_stomp.py``: zhpc against raw stomp.py, target ratio >= 0.7):
+if such a file exists, its ``run(n: int) -> dict`` runs in the same process and
+its keys are merged into the same line.
 
-Usage: ``python bench/transport.py [-n 20000] [--only embedded|rabbitmq] [--dir DIR]``
+Usage: ``python bench/transport.py [-n 20000] [--only embedded|rabbitmq|stomp] [--dir DIR]``
 """
 
 from __future__ import annotations
@@ -97,12 +98,12 @@ def measure_embedded(n: int, directory: str | None) -> dict[str, Any]:
     }
 
 
-def measure_rabbitmq(n: int) -> dict[str, Any] | None:
-    """Run bench/transport_rabbitmq.py's ``run(n)`` if that file exists."""
-    path = Path(__file__).with_name("transport_rabbitmq.py")
+def measure_rabbitmq(n: int, name: str = "rabbitmq") -> dict[str, Any] | None:
+    """Run bench/transport_<name>.py's ``run(n)`` if that file exists."""
+    path = Path(__file__).with_name(f"transport_{name}.py")
     if not path.exists():
         return None
-    spec = importlib.util.spec_from_file_location("bench_transport_rabbitmq", path)
+    spec = importlib.util.spec_from_file_location(f"bench_transport_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -112,7 +113,7 @@ def measure_rabbitmq(n: int) -> dict[str, Any] | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=20_000, help="messages per measurement")
-    parser.add_argument("--only", choices=("embedded", "rabbitmq"))
+    parser.add_argument("--only", choices=("embedded", "rabbitmq", "stomp"))
     parser.add_argument("--dir", help="where to put the SQLite file (default: $TMPDIR)")
     args = parser.parse_args()
 
@@ -129,6 +130,13 @@ def main() -> int:
                 result["rabbitmq_error"] = "bench/transport_rabbitmq.py not present"
             else:
                 result.update(rabbit)
+    if args.only in (None, "stomp"):
+        try:
+            stomp = measure_rabbitmq(min(args.n, 5000), "stomp")  # ActiveMQ is slower
+        except Exception as exc:
+            result["stomp_error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            result.update(stomp or {"stomp_error": "bench/transport_stomp.py not present"})
     result["benchmark"] = "transport"  # the RabbitMQ module names itself too
     print(json.dumps(result))
     return 0

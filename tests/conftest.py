@@ -57,6 +57,12 @@ def rabbitmq_up() -> None:
 
 
 @pytest.fixture(scope="session")
+def activemq_up() -> None:
+    if not port_open(61613):
+        unavailable("ActiveMQ does not answer STOMP on 127.0.0.1:61613")
+
+
+@pytest.fixture(scope="session")
 def ssh_config() -> SSHConfig:
     """Client settings for the test sshd on 127.0.0.1:2222 (key auth, strict host keys)."""
     try:

@@ -26,7 +26,7 @@ def run_python(code: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_the_shipped_backends_are_registered() -> None:
-    assert url_schemes() == ["amqp", "amqps", "sqlite"]
+    assert url_schemes() == ["amqp", "amqps", "sqlite", "stomp", "stomp+ssl"]
     assert backend_names() == ["drmaa", "local", "slurm", "slurmrestd", "ssh"]
     for scheme in url_schemes():
         assert issubclass(transport_class(scheme), Transport)

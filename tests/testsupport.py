@@ -26,6 +26,7 @@ from zhpc.transport.accounting import retry_name
 T = TypeVar("T")
 
 AMQP_URL = os.environ.get("ZHPC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+STOMP_URL = os.environ.get("ZHPC_TEST_STOMP_URL", "stomp://127.0.0.1:61613")
 SETUP_HINT = "run scripts/setup-cluster (as root) first"
 #: Runs a Python one-liner as ``python -c ARGV_DUMP FILE ARGS...``: writes ARGS to FILE as JSON.
 ARGV_DUMP = "import json, sys; open(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))"

@@ -1,11 +1,11 @@
-"""Live interoperability over RabbitMQ: Zocalo's own ``zocalo.go`` feeds the zhpc Dispatcher.
+"""Live interoperability: Zocalo's own ``zocalo.go`` feeds the zhpc Dispatcher.
 
 The request is sent by the real ``zocalo.cli.go.run`` from the ``zocalo`` package
-(through workflows' PikaTransport), with no Zocalo site configuration: only its
-``--rabbit-*`` options. The zhpc Dispatcher, ``double`` and ``jsonlines`` run
-as separate ``zhpc service`` processes; the custom recipe (``zocalo.go -f``)
-uses queue names unique to this test, so other tests on the same broker are
-not disturbed.
+(through workflows' PikaTransport to RabbitMQ, or its StompTransport to ActiveMQ),
+with no Zocalo site configuration: only its ``--rabbit-*``/``--stomp-*`` options.
+The zhpc Dispatcher, ``double`` and ``jsonlines`` run as separate ``zhpc service``
+processes; the custom recipe (``zocalo.go -f``) uses queue names unique to this
+test, so other tests on the same broker are not disturbed.
 """
 
 from __future__ import annotations
@@ -25,34 +25,43 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from testsupport import AMQP_URL, unavailable, wait_until
+from testsupport import AMQP_URL, STOMP_URL, unavailable, wait_until
 
 from zhpc.config import BrokerConfig
 from zhpc.dispatch import DISPATCHER_QUEUE
 from zhpc.transport import dlq_name, get_transport
 from zhpc.transport.accounting import retry_name
 
-pytestmark = pytest.mark.rabbitmq
-
 ZOCALO_GO = "import sys; from zocalo.cli.go import run; sys.argv[0] = 'zocalo.go'; run()"
 
 
+@pytest.fixture(params=[pytest.param(AMQP_URL, marks=pytest.mark.rabbitmq, id="rabbitmq"),
+                        pytest.param(STOMP_URL, marks=pytest.mark.activemq, id="stomp")])
+def url(request: pytest.FixtureRequest) -> str:
+    request.getfixturevalue("rabbitmq_up" if request.param == AMQP_URL else "activemq_up")
+    return str(request.param)
+
+
 @pytest.fixture
-def broker(rabbitmq_up: None) -> Iterator[Any]:
+def broker(url: str) -> Iterator[Any]:
     try:
         import zocalo.cli.go  # noqa: F401
     except ImportError:
         unavailable("zocalo is not installed", hint="pip install -e '.[test]' installs it")
-    with get_transport(BrokerConfig(url=AMQP_URL, connection_attempts=2)) as transport:
+    with get_transport(BrokerConfig(url=url, connection_attempts=2)) as transport:
         yield transport
 
 
-def zocalo_go(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    parts = urlsplit(AMQP_URL)
-    rabbit = ["--rabbit-host", parts.hostname or "127.0.0.1", "--rabbit-port",
-              str(parts.port or 5672), "--rabbit-user", parts.username or "guest",
-              "--rabbit-pass", parts.password or "guest"]
-    result = subprocess.run([sys.executable, "-c", ZOCALO_GO, *rabbit, *args], env=env,
+def zocalo_go(url: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    parts = urlsplit(url)
+    if parts.scheme == "stomp":
+        wire = ["-t", "StompTransport", "--stomp-host", parts.hostname or "127.0.0.1",
+                "--stomp-port", str(parts.port or 61613)]
+    else:
+        wire = ["--rabbit-host", parts.hostname or "127.0.0.1", "--rabbit-port",
+                str(parts.port or 5672), "--rabbit-user", parts.username or "guest",
+                "--rabbit-pass", parts.password or "guest"]
+    result = subprocess.run([sys.executable, "-c", ZOCALO_GO, *wire, *args], env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Submitted." in result.stdout
@@ -60,13 +69,13 @@ def zocalo_go(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_a_zocalo_go_request_runs_through_zhpc_services(
-    broker: Any, tmp_path: Path, unique_name: str
+    url: str, broker: Any, tmp_path: Path, unique_name: str
 ) -> None:
     queues = {"double": f"{unique_name}.double", "jsonlines": f"{unique_name}.jsonlines"}
     home = tmp_path / "home"
     config_file = tmp_path / "zhpc.yaml"
     config_file.write_text(yaml.safe_dump({
-        "broker": {"url": AMQP_URL},
+        "broker": {"url": url},
         "services": {name: {"queue": queue} for name, queue in queues.items()},
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZHPC_", "ZOCALO_"))}
@@ -92,10 +101,10 @@ def test_a_zocalo_go_request_runs_through_zhpc_services(
                        what=f"a consumer on {queue}")
 
         # As zocalo.go sends it: no guid (the Dispatcher makes one), then with -s guid=.
-        zocalo_go("-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}",
+        zocalo_go(url, "-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}",
                   env=env)
         chosen = str(uuid.uuid4())
-        zocalo_go("-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}",
+        zocalo_go(url, "-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}",
                   "-s", f"guid={chosen}", env=env)
 
         def records() -> list[dict[str, Any]]:

@@ -83,7 +83,10 @@ def schlockmeister_process(setup: Setup, log: Path, *args: str,
 
 def run_service(cls: type[Service], queue: str, transport: Transport,
                 **parameters: Any) -> ServiceRunner:
+    # The lane is looked at more often than the idle timeout, so a failed message is
+    # retried before the runner stops, however the first delivery races the first look.
     service = cls(cls.__name__.lower(), ServiceConfig(queue=queue, idle_timeout=0.5,
+                                                      retry_interval=0.2,
                                                       parameters=parameters))
     runner = ServiceRunner(service, transport)
     assert runner.run() == 0

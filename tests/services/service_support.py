@@ -43,7 +43,7 @@ class Broker:
         return transport
 
     def teardown(self) -> None:
-        if self.kind == "rabbitmq" and self.names:
+        if self.kind in ("rabbitmq", "stomp") and self.names:
             transport = self.transports[0] if self.transports else self.transport()
             for name in self.names:
                 for queue in (name, retry_name(name), dlq_name(name)):

@@ -22,7 +22,7 @@ class Double(Service):
 
 def run(broker: Broker, queue: str) -> ServiceRunner:
     transport = broker.transport()
-    service = Double("double", ServiceConfig(queue=queue, idle_timeout=0.5))
+    service = Double("double", ServiceConfig(queue=queue, idle_timeout=0.5, retry_interval=0.2))
     runner = ServiceRunner(service, transport)
     assert runner.run() == 0
     return runner
@@ -101,7 +101,7 @@ def test_a_failed_commit_returns_the_input_and_the_runner_carries_on(broker: Bro
     transport = broker.transport()
     transport.declare_queue(queue)
     publish_recipe(transport, {"1": {"service": "n", "queue": queue}}, [{"value": 1}])
-    service = ToNowhere("nowhere", ServiceConfig(queue=queue, idle_timeout=0.5))
+    service = ToNowhere("nowhere", ServiceConfig(queue=queue, idle_timeout=0.5, retry_interval=0.2))
     runner = ServiceRunner(service, broker.transport())
     assert runner.run() == 0  # failures were counted and logged; the drain itself was clean
     assert runner.failed == 2 and runner.processed == 0

@@ -1,4 +1,4 @@
-"""Interoperability with python-workflows over real RabbitMQ.
+"""Interoperability with python-workflows over real RabbitMQ and over ActiveMQ (STOMP).
 
 workflows' RecipeWrapper starts a recipe; its first step is a zhpc service
 (``double``); its second a workflows CommonService run by workflows' Frontend
@@ -25,6 +25,7 @@ from zhpc.service import Service, ServiceRunner
 
 workflows_recipe = pytest.importorskip("workflows.recipe.wrapper")
 pika_transport = pytest.importorskip("workflows.transport.pika_transport")
+stomp_transport = pytest.importorskip("workflows.transport.stomp_transport")
 
 SIDE = Path(__file__).with_name("workflows_side.py")
 
@@ -34,23 +35,29 @@ class Double(Service):
         rw.send({"value": payload["value"] * 2, "seen": rw.recipe_pointer})
 
 
+@pytest.mark.parametrize("wire", ["rabbitmq", pytest.param("stomp", marks=pytest.mark.activemq)])
 def test_workflows_to_zhpc_to_workflows(
-    rabbitmq: Broker, tmp_path: Path
+    wire: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    first, second = rabbitmq.queue("interop-zhpc"), rabbitmq.queue("interop-workflows")
-    transport = rabbitmq.transport()
+    broker: Broker = request.getfixturevalue("rabbitmq" if wire == "rabbitmq" else "activemq")
+    first, second = broker.queue("interop-zhpc"), broker.queue("interop-workflows")
+    transport = broker.transport()
     for queue in (first, second):  # workflows subscribes to existing queues only
         transport.declare_queue(queue)
     output = tmp_path / "sink.jsonl"
     side = subprocess.Popen(
-        [sys.executable, str(SIDE), second, str(output)],
+        [sys.executable, str(SIDE), second, str(output), *(["stomp"] if wire == "stomp" else [])],
         stdout=(tmp_path / "workflows.log").open("wb"), stderr=subprocess.STDOUT,
         start_new_session=True,  # the Frontend forks its service: stop the whole group
     )
     try:
         wait_until(output.with_suffix(".ready").exists, 60, 0.05, "the workflows service")
 
-        sender = pika_transport.PikaTransport()
+        if wire == "stomp":  # what zocalo.go does on an ActiveMQ site
+            stomp_transport.StompTransport.defaults["--stomp-host"] = "127.0.0.1"
+            sender = stomp_transport.StompTransport()
+        else:
+            sender = pika_transport.PikaTransport()
         sender.connect()
         try:
             recipe = {

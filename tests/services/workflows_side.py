@@ -2,9 +2,10 @@
 
 Started the way ``zocalo.service`` starts a service (a Frontend that runs the
 service in a child process), without zocalo's site configuration: the
-transport uses RabbitMQ on 127.0.0.1:5672 as guest (workflows' defaults).
+transport uses RabbitMQ on 127.0.0.1:5672 as guest (workflows' defaults), or
+with ``stomp`` workflows' StompTransport to ActiveMQ on 127.0.0.1:61613.
 
-Usage: workflows_side.py QUEUE OUTPUT_FILE [--ready FILE]. Every recipe message
+Usage: workflows_side.py QUEUE OUTPUT_FILE [stomp]. Every recipe message
 on QUEUE is appended to OUTPUT_FILE as one JSON line, then acked.
 """
 
@@ -19,6 +20,7 @@ import workflows.recipe
 from workflows.frontend import Frontend
 from workflows.services.common_service import CommonService
 from workflows.transport.pika_transport import PikaTransport
+from workflows.transport.stomp_transport import StompTransport
 
 QUEUE, OUTPUT = sys.argv[1], Path(sys.argv[2])
 
@@ -50,4 +52,8 @@ class Sink(CommonService):
 
 if __name__ == "__main__":
     # zocalo.service passes its site configuration here; this test has none.
-    Frontend(transport=PikaTransport, service=Sink, environment={"live": False}).run()
+    transport: type = PikaTransport
+    if sys.argv[3:] == ["stomp"]:
+        StompTransport.defaults["--stomp-host"] = "127.0.0.1"
+        transport = StompTransport
+    Frontend(transport=transport, service=Sink, environment={"live": False}).run()

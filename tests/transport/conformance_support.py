@@ -196,6 +196,23 @@ class Backend:
                 print(f"closing {transport!r}: {exc}")
         if self.name == "rabbitmq":
             self._delete_rabbitmq_queues(NAMES[self._first_name :])
+        elif self.name == "stomp":
+            self._drain_stomp_queues(NAMES[self._first_name :])
+
+    def _drain_stomp_queues(self, names: list[str]) -> None:
+        """Best effort: empty this test's queues (ActiveMQ then drops them when idle)."""
+        try:
+            transport = get_transport(BrokerConfig(url=self.url))
+            transport.connect()
+        except Exception as exc:
+            print(f"cleanup: cannot connect to ActiveMQ: {exc}")
+            return
+        try:
+            for name in names:
+                transport.delete_queue(name)
+                transport.delete_queue(f"dlq.{name}")
+        finally:
+            transport.close()
 
     def _delete_rabbitmq_queues(self, names: list[str]) -> None:
         """Best effort: remove this test's uuid-named queues from the shared broker."""
