@@ -418,7 +418,13 @@ class ServiceRunner:
         for _ in range(_LANE_BATCH):
             if self._should_stop():
                 return
-            message = self.transport.fetch(self.retry_lane)
+            try:
+                message = self.transport.fetch(self.retry_lane)
+            except TransportError as exc:
+                # The broker is away (the transport reconnects; poll raises once it gives
+                # up for good): the lane waits for the next look, the service keeps running.
+                log.warning("%s: cannot read %s now: %s", self.service.name, self.retry_lane, exc)
+                return
             if message is None:
                 return
             if accounting.exhausted(message, self.transport.delivery_limit):

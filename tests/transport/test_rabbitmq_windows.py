@@ -230,3 +230,74 @@ def test_a_delayed_message_survives_an_unroutable_target(broker, cleanup):
         # RabbitMQ's dead-letter worker retries): it must stay, not expire with its queue.
         wait_until(lambda: (_queue_info(holding) or {}).get("messages") == 1, 30,
                    what="the message waiting in the holding queue")
+
+
+def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(broker, cleanup,
+                                                                     monkeypatch, caplog):
+    """Chaos finding: a retry-lane fetch that waited out a broker outage ended the service
+    with exit 2 (bad input) although the transport was still reconnecting. Now the lane waits
+    for its next look; the service keeps running, processes what comes after the outage and
+    drains with 0. The outage is a real one for this client only: its connection goes through
+    a loopback forwarder that drops it and refuses new ones for a while."""
+    import logging
+
+    from testsupport import Forwarder, collect
+
+    from zhpc.config import ServiceConfig
+    from zhpc.recipe import RecipeWrapper
+    from zhpc.service import Service, ServiceRunner
+    from zhpc.transport.rabbitmq import transport as rabbit_transport
+
+    class Double(Service):
+        def process(self, rw: RecipeWrapper, payload: int) -> None:
+            rw.send({"value": payload * 2})
+
+    caplog.set_level(logging.WARNING)
+    monkeypatch.setattr(rabbit_transport, "_FETCH_TIMEOUT_S", 1.0)
+    queue, out = f"test.outage.{uuid.uuid4().hex[:10]}", f"test.outage-out.{uuid.uuid4().hex[:8]}"
+    for name in (queue, f"retry.{queue}", f"dlq.{queue}", out, f"retry.{out}", f"dlq.{out}"):
+        cleanup("queue", name)
+    forwarder = Forwarder("127.0.0.1", 5672)
+    direct = RabbitMQTransport(URL)
+    direct.connect()
+    through = RabbitMQTransport(f"amqp://guest:guest@127.0.0.1:{forwarder.port}/%2F",
+                                connection_attempts=60, retry_delay=0.2)
+    through.connect()
+    runner = ServiceRunner(
+        Double("double", ServiceConfig(queue=queue, idle_timeout=120, retry_interval=0.2)),
+        through)
+    results: list[object] = []
+
+    def outage_then_work() -> None:
+        """Beside the runner (which needs the main thread for its signals)."""
+        try:
+            wait_until(lambda: direct.queue_depth(queue).consumers == 1, timeout=60,
+                       what="the service to consume")
+            forwarder.refusing = True
+            forwarder.cut()
+            wait_until(lambda: "did not answer" in caplog.text, timeout=60,
+                       what="a fetch to wait out the outage")
+            forwarder.refusing = False
+            recipe = {"1": {"service": "double", "queue": queue, "output": 2},
+                      "2": {"service": "sink", "queue": out}, "start": [[1, 21]]}
+            direct.publish_many(RecipeWrapper.from_recipe(recipe).start())
+            results.extend(m.json()["payload"] for m in collect(direct, out, 1, timeout=90))
+        except BaseException as exc:
+            results.append(exc)
+        finally:
+            runner.drain.request("test over")
+
+    direct.declare_queue(out)
+    helper = threading.Thread(target=outage_then_work, daemon=True)
+    helper.start()
+    try:
+        code = runner.run()  # on the old code: TransportError "did not answer within 1.0 s"
+    finally:
+        forwarder.refusing = False
+        runner.drain.request("test over")
+        helper.join(120)
+        forwarder.close()
+        through.close()
+        direct.close()
+    assert results == [{"value": 42}]
+    assert code == 0

@@ -7,14 +7,12 @@ can cut, as a network failure would; ActiveMQ itself keeps running.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 from conformance_support import unique
-from testsupport import STOMP_URL, wait_until
+from testsupport import STOMP_URL, Forwarder, wait_until
 
 from zhpc.config import BrokerConfig
 from zhpc.message import Message, Outgoing
@@ -22,54 +20,6 @@ from zhpc.transport import get_transport
 from zhpc.transport.accounting import retry_name
 
 pytestmark = pytest.mark.activemq
-
-
-class Forwarder:
-    """Accepts on an ephemeral loopback port and pipes each connection to the broker."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for each in (source, sink):
-            with contextlib.suppress(OSError):
-                each.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Drop every connection (new ones are accepted again)."""
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for each in sockets:
-            with contextlib.suppress(OSError):
-                each.shutdown(socket.SHUT_RDWR)
-            each.close()
-
-    def close(self) -> None:
-        self.server.close()
-        self.cut()
 
 
 @pytest.fixture

@@ -826,10 +826,15 @@ class IOThread:
         self._get_current = future
 
         def on_ok(_ch: Any, method: Any, props: Any, body: bytes) -> None:
-            self._unsettled.add(method.delivery_tag)  # unacked on this channel, in any case
             if self._get_current is future:
                 self._get_current = None
-                _resolve(future, (generation, method, props, body))
+            if future.done() or not future.set_running_or_notify_cancel():
+                # The caller stopped waiting (RabbitMQTransport.fetch cancelled it): give the
+                # message back now rather than hold it unsettled for the connection's life.
+                self._work.basic_reject(method.delivery_tag, requeue=True)
+                return
+            self._unsettled.add(method.delivery_tag)  # unacked on this channel now
+            future.set_result((generation, method, props, body))
 
         self._work.basic_get(queue, on_ok)
 

@@ -56,6 +56,8 @@ log = logging.getLogger(__package__)
 #: publish_many hands messages to the I/O thread in chunks of this many.
 _PUBLISH_CHUNK = 500
 #: basic.get attempts across lost connections before fetch gives up.
+#: How long a basic.get may wait for the broker (while it reconnects, say).
+_FETCH_TIMEOUT_S = 60.0
 _FETCH_ATTEMPTS = 5
 
 
@@ -355,7 +357,7 @@ class RabbitMQTransport(Transport):
             self._ensure_queue(queue)
             try:
                 with self._fetch_lock:
-                    got = self._io.wait(self._io.get(queue), 60)
+                    got = self._await_get(self._io.get(queue))
                 break
             except ConnectionLostError as exc:
                 if attempt >= _FETCH_ATTEMPTS or self._io.closing:
@@ -365,6 +367,18 @@ class RabbitMQTransport(Transport):
             return None
         generation, method, props, body = got
         return _message(queue, generation, method, props, body, "", False)
+
+    def _await_get(self, future: Future[Any]) -> Any:
+        """The basic.get's answer; on a timeout (the broker away) it is cancelled, so that a
+        message got later is returned to its queue at once instead of held (IOThread._io_get)."""
+        try:
+            return self._io.wait(future, _FETCH_TIMEOUT_S)
+        except ConnectionLostError:
+            raise
+        except TransportError:
+            if future.cancel():
+                raise
+            return future.result()  # answered just as the wait gave up
 
     # == settling =============================================================
     def ack(self, message: Message) -> None:
