@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from zhpc.config import Config, RecipesConfig, ServiceConfig
-from zhpc.errors import ZhpcError
+from zhpc.errors import TransportError, ZhpcError
 from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message, Outgoing
 from zhpc.recipe.wrapper import _ID_NAMESPACE  # outputs: uuid5(it, "<input id>/<n>")
 from zhpc.service import Service, ServiceRunner
@@ -177,6 +177,23 @@ def _publishable(case: Case, queue: str, message_id: str) -> Outgoing:
         return Outgoing(queue, case.body, headers=kept, message_id=message_id)
 
 
+def _publish_cases(transport: Transport, messages: list[Outgoing]) -> None:
+    """All at once; if the broker refuses some headers (STOMP reserves frame headers such as
+    ``content-type``), one by one, a refused one without its headers."""
+    try:
+        transport.publish_many(messages)
+        return
+    except TransportError:
+        pass
+    for message in messages:
+        try:
+            transport.publish(message)
+        except TransportError:
+            kept = {RECIPE_HEADER: True} if RECIPE_HEADER in message.headers else {}
+            transport.publish(Outgoing(message.destination, message.body, headers=kept,
+                                       message_id=message.message_id))
+
+
 def drain(transport: Transport, queue: str) -> list[Message]:
     got: list[Message] = []
     for name in (queue, retry_name(queue)):
@@ -195,7 +212,7 @@ def fuzz(target: str, connect: Callable[[], Transport], queue: str, out: str, co
     transport.declare_queue(queue)
     transport.declare_queue(out)
     ids = [f"fz-{rng_seed}-{i}" for i in range(len(cases))]
-    transport.publish_many([_publishable(c, queue, i) for c, i in zip(cases, ids, strict=True)])
+    _publish_cases(transport, [_publishable(c, queue, i) for c, i in zip(cases, ids, strict=True)])
     record = Recording()
     settings_ = ServiceConfig(queue=queue, idle_timeout=1.5, prefetch=20, retry_interval=0.05)
     if target == "service":
