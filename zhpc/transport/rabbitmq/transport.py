@@ -314,8 +314,11 @@ class RabbitMQTransport(Transport):
         sub.active = False
         # Wait for the broker's cancel-ok: every delivery sent before it is then in
         # ``deliveries``, so a poll(0) sees all of them (a drain hands them back).
+        # A blocked broker (memory/disk alarm) reads nothing more from this connection
+        # once it published: don't spend a drain's grace waiting; unsettled deliveries
+        # go back to the queue when the connection closes.
         try:
-            self._io.wait(self._io.cancel(sub), 10)
+            self._io.wait(self._io.cancel(sub), 1 if self._io.blocked else 10)
         except TransportError as exc:
             log.warning("unsubscribing from %r: %s", sub.source, exc)
 
