@@ -28,6 +28,10 @@ from zhpc.transport import Transport
 CASES = int(os.environ.get("ZHPC_FUZZ_CASES", "250"))
 
 
+# The issue's two brokers. On ActiveMQ one run in CI reported a case neither processed nor
+# quarantined after the connection dropped mid-run (open under the STOMP issue; docs/stomp.md).
+@pytest.mark.parametrize(
+    "broker", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)], indirect=True)
 @pytest.mark.parametrize("target", ["service", "dispatcher"])
 def test_hostile_messages_are_processed_or_quarantined_with_a_reason(
         broker: Broker, target: str, tmp_path: Path) -> None:
