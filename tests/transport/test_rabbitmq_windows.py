@@ -275,7 +275,7 @@ def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(broker, cle
                        what="the service to consume")
             forwarder.refusing = True
             forwarder.cut()
-            wait_until(lambda: "did not answer" in caplog.text, timeout=60,
+            wait_until(lambda: "cannot read retry." in caplog.text, timeout=60,
                        what="a fetch to wait out the outage")
             forwarder.refusing = False
             recipe = {"1": {"service": "double", "queue": queue, "output": 2},
