@@ -68,10 +68,12 @@ def test_dry_run_changes_nothing(setup: Setup, tmp_path: Path) -> None:
 
 
 def test_the_daemon_runs_cycles_and_stops_on_sigterm(setup: Setup, tmp_path: Path) -> None:
+    # PYTHONFAULTHANDLER: if it does not stop, SIGABRT makes it print where it is stuck.
     proc = subprocess.Popen(
         [sys.executable, "-m", "zhpc", "--config", str(setup.config), "scale", "--daemon",
          "--interval", "30", "--poll", "0.2", "--json", "-s", setup.service],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=setup.env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**setup.env, "PYTHONFAULTHANDLER": "1"})
     try:
         assert proc.stdout is not None
         idle = json.loads(proc.stdout.readline())
@@ -83,8 +85,14 @@ def test_the_daemon_runs_cycles_and_stops_on_sigterm(setup: Setup, tmp_path: Pat
             assert busy["submitted"] == 2 and busy["ready"] == 15, busy
             collect(broker, f"{setup.queue}.out", 15, timeout=60)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
-        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=30)
+            pytest.fail(f"zhpc scale --daemon did not stop within 60 s of SIGTERM:\n{err}")
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -267,12 +267,25 @@ def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(broker, cle
         Double("double", ServiceConfig(queue=queue, idle_timeout=120, retry_interval=0.2)),
         through)
     results: list[object] = []
+    # The cut must find the runner in its loop: a cut during its start-up publishes (status,
+    # first heartbeat) holds it in that publish for up to a minute, not in a lane fetch.
+    fetches: list[str] = []
+    fetch = through.fetch
+
+    def counted_fetch(name, *args, **kwargs):
+        fetches.append(name)
+        return fetch(name, *args, **kwargs)
+
+    monkeypatch.setattr(through, "fetch", counted_fetch)
 
     def outage_then_work() -> None:
         """Beside the runner (which needs the main thread for its signals)."""
         try:
             wait_until(lambda: direct.queue_depth(queue).consumers == 1, timeout=60,
                        what="the service to consume")
+            # Two lane reads: the first heartbeat (sent between them) is behind the runner.
+            wait_until(lambda: len(fetches) >= 2, timeout=60,
+                       what="the runner to read its retry lane twice")
             forwarder.refusing = True
             forwarder.cut()
             wait_until(lambda: "cannot read retry." in caplog.text, timeout=60,
