@@ -1,0 +1,145 @@
+"""``broker:``: which broker, how to reach it, and how patiently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from zhpc import plugins
+from zhpc.config import checks
+from zhpc.config.base import Section, read_secret_file, zhpc_home
+from zhpc.errors import ConfigError
+from zhpc.masking import mask_url
+
+DEFAULT_DELIVERY_LIMIT = 5
+
+
+class TLSConfig(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+
+
+class BrokerConfig(Section):
+    """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``: a scheme that an
+    installed transport serves (the ``zhpc.transports`` entry points)."""
+
+    url: str = Field("", repr=False)
+    #: The nodes of a RabbitMQ cluster (``host:port``), tried in order on every (re)connect,
+    #: with ``url``'s scheme, user, password and vhost. Empty: ``url``'s host alone. A list
+    #: of URLs as ``url`` fills this in (see :func:`checks.split_broker_urls`).
+    hosts: list[str] = []
+    #: ``x-quorum-initial-group-size`` of new quorum queues. None: the number of nodes
+    #: listed, at most 3 (and the broker's own default with one node listed).
+    quorum_group_size: int | None = Field(None, ge=1)
+    #: Seconds a publish the broker nacked is retried on a fresh channel before its commit
+    #: fails (a cluster that lost a node nacks for a while); 0: fail at the first nack.
+    nack_retry_budget: float = Field(30.0, ge=0)
+    password_file: Path | None = None
+    delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
+    heartbeat: int = Field(60, ge=0)
+    connection_attempts: int = Field(10, ge=1)
+    retry_delay: float = Field(1.0, ge=0)
+    #: Seconds a publish waits for the broker's confirm, and RabbitMQ may block the
+    #: connection (memory or disk alarm) before it is dropped: then the caller fails
+    #: (``zhpc go`` spools) instead of hanging.
+    confirm_timeout: float = Field(60.0, gt=0, le=86400)
+    tls: TLSConfig = TLSConfig()
+    #: RabbitMQ's management HTTP API (``zhpc scale`` reads unacked counts there). None:
+    #: derived from ``url`` (same host and credentials, port 15672); "": do not use it.
+    management_url: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_list(cls, data: Any) -> Any:
+        """``url: [amqp://a:5672/, amqp://b:5672/]`` means ``url`` a, ``hosts`` [a, b]."""
+        if isinstance(data, dict) and isinstance(data.get("url"), list):
+            if data.get("hosts"):
+                raise ValueError("give the nodes either as a list in broker.url or in "
+                                 "broker.hosts, not both")
+            data = dict(data)
+            data["url"], data["hosts"] = checks.split_broker_urls(data["url"])
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        return checks.check_broker_url(url, plugins.names(plugins.TRANSPORTS))
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, hosts: list[str]) -> list[str]:
+        return [checks.check_host_port(host) for host in hosts]
+
+    def connection_urls(self) -> list[str]:
+        """One URL per node (password included; never log these), in the order to try."""
+        url = self.connection_url()
+        return [checks.with_host(url, host) for host in self.hosts] or [url]
+
+    def display_urls(self) -> list[str]:
+        """:meth:`connection_urls` with any password replaced by ``***``: safe to print."""
+        url = self.display_url()
+        return [checks.with_host(url, host) for host in self.hosts] or [url]
+
+    def quorum_initial_group_size(self) -> int | None:
+        """The replication factor to ask for, or None for the broker's default."""
+        if self.quorum_group_size is not None:
+            return self.quorum_group_size
+        return min(len(self.hosts), 3) if len(self.hosts) > 1 else None
+
+    @field_validator("management_url")
+    @classmethod
+    def _http(cls, url: str | None) -> str | None:
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https:// (or be empty to disable)")
+        return url
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.resolved_url_without_password()).scheme
+
+    def resolved_url_without_password(self) -> str:
+        return self.url or f"sqlite://{zhpc_home() / 'broker.sqlite'}"
+
+    def password(self) -> str | None:
+        """The broker password: from ``password_file`` (mode 0600 only), else from the URL."""
+        if self.password_file is not None:
+            return read_secret_file(self.password_file)
+        parts = urlsplit(self.url)
+        return unquote(parts.password) if parts.password else None
+
+    def connection_url(self) -> str:
+        """The URL to connect with, password included. Never log this."""
+        url = self.resolved_url_without_password()
+        parts = urlsplit(url)
+        password = self.password()
+        if parts.scheme == "sqlite" or password is None:
+            return url
+        user = quote(unquote(parts.username or "guest"), safe="")
+        host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{user}:{quote(password, safe='')}@{host}{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def display_url(self) -> str:
+        """The URL with any password replaced by ``***``: safe to print."""
+        return mask_url(self.resolved_url_without_password())
+
+    def sqlite_path(self) -> Path:
+        parts = urlsplit(self.resolved_url_without_password())
+        if parts.scheme != "sqlite":
+            raise ConfigError(f"broker.url is not a sqlite:/// URL: {self.display_url()}")
+        # sqlite:///abs/path and SQLAlchemy's sqlite:////abs/path both mean /abs/path;
+        # sqlite://rel/path is relative to the working directory.
+        path = unquote(parts.netloc + parts.path)
+        path = path[1:] if path.startswith("//") else path
+        if not path:
+            raise ConfigError("broker.url sqlite:/// needs a file path")
+        return Path(path).expanduser()
+
