@@ -28,7 +28,8 @@ is recognisable).
 
 The pieces: :mod:`zhpc.process` runs the command, :mod:`zhpc.wrapper` is the
 plug-in API, :mod:`zhpc.jobfiles` the file and section the submitter hands
-over, :mod:`zhpc.spool` keeps unsent results, :mod:`zhpc.status` the heartbeat.
+over, :mod:`zhpc.spool` keeps unsent results, :mod:`zhpc.status` the heartbeat's
+payload and :mod:`zhpc.wrapreport` the broker connection and heartbeat thread.
 
 Start-up matters (a wrap runs per image on some beamlines): without
 ``--recipewrapper`` nothing beyond the standard library is imported unless
@@ -45,14 +46,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from zhpc.errors import ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.process import FORWARDED_SIGNALS, ProcessResult, run_command, start_deaf
-from zhpc.status import STATUS_END, STATUS_PROCESSING, host_id, status_message, status_payload
+from zhpc.status import STATUS_END, STATUS_PROCESSING, host_id, status_payload
 from zhpc.wrapper import CommandWrapper, Wrapper
+from zhpc.wrapreport import Heartbeat, Reporter
 
 # Wrapper and CommandWrapper live in zhpc.wrapper; plug-ins may import them from here too.
 
@@ -63,7 +65,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import Config
     from zhpc.message import Outgoing
     from zhpc.recipe import RecipeWrapper
-    from zhpc.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
@@ -72,78 +73,6 @@ log = logging.getLogger(__name__)
 QUIET_START = 2.0
 #: Exit code of zhpc wrap's own errors (bad input, refused staging, results not sent).
 OWN_ERROR = 2
-
-
-# -- reporting ------------------------------------------------------------------------
-
-
-class _Reporter:
-    """The one broker connection of a wrap run, opened on first use from any thread."""
-
-    def __init__(self, config: Callable[[], Config]) -> None:
-        self._config = config
-        self._transport: Transport | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def connected(self) -> bool:
-        return self._transport is not None
-
-    def transport(self) -> Transport:
-        with self._lock:
-            if self._transport is None:
-                from zhpc.transport import get_transport
-
-                transport = get_transport(self._config().broker)
-                transport.connect()
-                self._transport = transport
-            return self._transport
-
-    def status(self, status: dict[str, Any]) -> None:
-        try:
-            self.transport().publish(status_message(status))
-        except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
-            log.warning("status heartbeat not sent: %s", exc)
-
-    def close(self) -> None:
-        # A heartbeat thread may still be trying to connect: do not wait for it.
-        if not self._lock.acquire(timeout=1):
-            return
-        try:
-            if self._transport is not None:
-                with contextlib.suppress(Exception):
-                    self._transport.close()
-                self._transport = None
-        finally:
-            self._lock.release()
-
-
-class _Heartbeat(threading.Thread):
-    """Sends ``status()`` after ``first`` seconds, then every ``interval`` seconds."""
-
-    def __init__(
-        self, reporter: _Reporter, status: Callable[[], dict[str, Any]], first: float,
-        interval: float,
-    ) -> None:
-        super().__init__(daemon=True, name="zhpc-wrap-heartbeat")
-        self.reporter = reporter
-        self.make_status = status
-        self.first = first
-        self.interval = interval
-        self.stopped = threading.Event()
-        self.sent = 0
-
-    def run(self) -> None:
-        if self.stopped.wait(self.first):
-            return
-        while not self.stopped.is_set():
-            self.reporter.status(self.make_status())
-            self.sent += 1
-            if self.stopped.wait(self.interval):
-                return
-
-    def stop(self) -> None:
-        self.stopped.set()
 
 
 def substitute(value: Any, names: dict[str, Any], what: str) -> Any:
@@ -190,7 +119,7 @@ class WrapRun:
         self.job = JobEnvironment.from_environ()
         self.started = time.monotonic()
         self.rw: RecipeWrapper | None = None
-        self.reporter = _Reporter(self.config)
+        self.reporter = Reporter(self.config)
         self._config: Config | None = None
         self._config_lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
@@ -261,7 +190,7 @@ class WrapRun:
             self.rw = read_recipewrapper(self.recipewrapper)
             self.config()  # a bad configuration stops the run before anything starts
             self._start_events()
-        heartbeat = _Heartbeat(
+        heartbeat = Heartbeat(
             self.reporter,
             self.status,
             first=0.0 if self.rw is not None else self.quiet_start,
@@ -414,7 +343,7 @@ class WrapRun:
             payload["error"] = error
         return payload
 
-    def _deliver(self, payload: dict[str, Any], code: int, heartbeat: _Heartbeat) -> int:
+    def _deliver(self, payload: dict[str, Any], code: int, heartbeat: Heartbeat) -> int:
         """Send success/failure then done, confirmed; keep them on disk until they are.
 
         The results file is written *before* publishing, so that a SIGKILL
