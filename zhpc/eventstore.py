@@ -1,9 +1,9 @@
 """Where the recorder keeps step events: one table, on SQLite (default) or PostgreSQL.
 
-The connection handling is the quarantine store's (:mod:`zhpc.quarantine.store`,
-:mod:`zhpc.quarantine.postgres`): the same SQLite pragmas, the same PostgreSQL
-reconnect-before-COMMIT rule, statements written once with ``?`` placeholders.
-The quarantine tables are not touched: only the connection is borrowed.
+The connection handling is the quarantine store's (:func:`zhpc.quarantine.connect_store`
+and its public ``connect``/``write``/``query``): the same SQLite pragmas, the same
+PostgreSQL reconnect-before-COMMIT rule, statements written once with ``?``
+placeholders. The quarantine tables are not touched: only the connection is borrowed.
 
 Events are written in batches (one broadcast of an emitter is one transaction)
 and deleted after ``events.retention_days``. Nothing here needs to be durable
@@ -16,11 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
-
-from zhpc.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import EventsConfig
@@ -55,8 +51,8 @@ class EventStore:
         self.where = db.where
 
     def open(self) -> EventStore:
-        self._db._connect()
-        self._db._write(self._create_schema)
+        self._db.connect()
+        self._db.write(self._create_schema)
         return self
 
     def _create_schema(self, run: Any) -> None:
@@ -82,26 +78,26 @@ class EventStore:
             def work(run: Any) -> None:
                 for row in rows:
                     run(_INSERT, row)
-            self._db._write(work)
+            self._db.write(work)
         return len(rows)
 
     def expire(self, retention_days: float, now: float | None = None) -> int:
         """Delete events older than ``retention_days``; returns how many went."""
         before = (time.time() if now is None else now) - retention_days * 86400
-        rows = self._db._write(
+        rows = self._db.write(
             lambda run: run(f"DELETE FROM {TABLE} WHERE time < ? RETURNING time", (before,)))
         return len(rows)
 
     # -- reading ------------------------------------------------------------------------
     def for_recipe(self, recipe_id: str) -> list[dict[str, Any]]:
         """Every event of one recipe, oldest first."""
-        rows = self._db._query(
+        rows = self._db.query(
             f"SELECT {', '.join(COLUMNS)}, extra FROM {TABLE} WHERE recipe_id = ? ORDER BY time",
             (recipe_id,))
         return [_event(row) for row in rows]
 
     def count(self) -> int:
-        return int(self._db._query(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
+        return int(self._db.query(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
 
 
 def _row(event: dict[str, Any]) -> list[Any] | None:
@@ -137,23 +133,7 @@ def event_store_url(config: EventsConfig | None = None) -> str:
 
 def open_event_store(config: EventsConfig | None = None) -> EventStore:
     """The event store the configuration names, opened (table created if missing)."""
-    url = event_store_url(config)
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        from zhpc.quarantine.store import SQLiteStore
+    from zhpc.quarantine import connect_store
 
-        path = unquote(parts.netloc + parts.path)
-        path = path[1:] if path.startswith("//") else path
-        if not path:
-            raise ConfigError("events.url sqlite:/// needs a file path")
-        return EventStore(SQLiteStore(Path(path).expanduser())).open()
-    if parts.scheme in ("postgresql", "postgres"):
-        from zhpc.config import read_secret_file
-        from zhpc.quarantine.postgres import PostgresStore
-
-        password = None
-        if config is not None and config.password_file is not None:
-            password = read_secret_file(config.password_file)
-        return EventStore(PostgresStore(url, password=password)).open()
-    raise ConfigError(f"events.url: unknown store {parts.scheme!r} "
-                      "(use sqlite:/// or postgresql://)")
+    password_file = config.password_file if config is not None else None
+    return EventStore(connect_store(event_store_url(config), password_file, "events.url")).open()

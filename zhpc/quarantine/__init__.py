@@ -25,7 +25,15 @@ from zhpc.quarantine.store import Filed, QuarantineStore, SQLiteStore, StoreErro
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import QuarantineConfig
 
-__all__ = ["Filed", "QuarantineEntry", "QuarantineStore", "StoreError", "open_store", "store_url"]
+__all__ = [
+    "Filed",
+    "QuarantineEntry",
+    "QuarantineStore",
+    "StoreError",
+    "connect_store",
+    "open_store",
+    "store_url",
+]
 
 
 def store_url(config: QuarantineConfig | None = None) -> str:
@@ -38,22 +46,28 @@ def store_url(config: QuarantineConfig | None = None) -> str:
 
 def open_store(config: QuarantineConfig | None = None) -> QuarantineStore:
     """The quarantine store the configuration names, opened (table created if missing)."""
-    url = store_url(config)
+    password_file = config.password_file if config is not None else None
+    return connect_store(store_url(config), password_file, "quarantine.url").open()
+
+
+def connect_store(url: str, password_file: Path | None, key: str) -> QuarantineStore:
+    """The store backend for a ``sqlite:///`` or ``postgresql://`` URL, not yet connected.
+
+    Also the event store's database (:mod:`zhpc.eventstore`): ``key`` names the
+    configuration key in errors.
+    """
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         # sqlite:///abs/path and sqlite:////abs/path both mean /abs/path, as for the broker.
         path = unquote(parts.netloc + parts.path)
         path = path[1:] if path.startswith("//") else path
         if not path:
-            raise ConfigError("quarantine.url sqlite:/// needs a file path")
-        return SQLiteStore(Path(path).expanduser()).open()
+            raise ConfigError(f"{key} sqlite:/// needs a file path")
+        return SQLiteStore(Path(path).expanduser())
     if parts.scheme in ("postgresql", "postgres"):
         from zhpc.config import read_secret_file
         from zhpc.quarantine.postgres import PostgresStore
 
-        password = None
-        if config is not None and config.password_file is not None:
-            password = read_secret_file(config.password_file)
-        return PostgresStore(url, password=password).open()
-    raise ConfigError(f"quarantine.url: unknown store {parts.scheme!r} "
-                      "(use sqlite:/// or postgresql://)")
+        password = read_secret_file(password_file) if password_file is not None else None
+        return PostgresStore(url, password=password)
+    raise ConfigError(f"{key}: unknown store {parts.scheme!r} (use sqlite:/// or postgresql://)")

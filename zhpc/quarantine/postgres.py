@@ -34,7 +34,7 @@ class PostgresStore(QuarantineStore):
         self._password = password
         self._conn: Any = None
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
         if self._conn is not None:
             return
         try:
@@ -62,7 +62,7 @@ class PostgresStore(QuarantineStore):
         run("SELECT pg_advisory_xact_lock(CAST(? AS BIGINT))", (_SCHEMA_LOCK,))
         super()._create_schema(run)
 
-    def _write(self, work: Callable[[Run], T]) -> T:
+    def write(self, work: Callable[[Run], T]) -> T:
         """One transaction, done again on a new connection if the old one broke before COMMIT."""
         for attempt in (1, 2):
             try:
@@ -75,7 +75,7 @@ class PostgresStore(QuarantineStore):
     def _attempt(self, work: Callable[[Run], T]) -> T:
         import psycopg
 
-        self._connect()
+        self.connect()
         conn = self._conn
 
         def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -100,8 +100,8 @@ class PostgresStore(QuarantineStore):
                              f"{_first_line(exc)}") from None
         return result
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self._write(lambda run: run(sql, params))
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.write(lambda run: run(sql, params))
 
     def _rollback(self) -> None:
         try:

@@ -123,17 +123,17 @@ class QuarantineStore(abc.ABC):
         #: Where the store is, safe to print (no password).
         self.where = where
 
-    # -- for implementations ----------------------------------------------------------------
+    # -- the connection: one per backend; zhpc.eventstore keeps its table on it too --------
     @abc.abstractmethod
-    def _connect(self) -> None:
+    def connect(self) -> None:
         """Open the connection; StoreError if that is impossible."""
 
     @abc.abstractmethod
-    def _write(self, work: Callable[[Run], T]) -> T:
+    def write(self, work: Callable[[Run], T]) -> T:
         """``work(run)`` in one write transaction, committed; ``run(sql, params) -> rows``."""
 
     @abc.abstractmethod
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Rows of one read-only statement (``?`` placeholders)."""
 
     @abc.abstractmethod
@@ -143,8 +143,8 @@ class QuarantineStore(abc.ABC):
     # -- lifecycle --------------------------------------------------------------------------
     def open(self) -> QuarantineStore:
         """Connect and create the table if it is missing; returns self."""
-        self._connect()
-        self._write(self._create_schema)
+        self.connect()
+        self.write(self._create_schema)
         return self
 
     def _create_schema(self, run: Run) -> None:
@@ -161,16 +161,16 @@ class QuarantineStore(abc.ABC):
     def put(self, entry: QuarantineEntry) -> Filed:
         """File a dead-lettered copy (insert or update); committed when this returns."""
         row = self._row(entry, notified=False)
-        ((version, notified, copies),) = self._write(lambda run: run(_PUT, row))
+        ((version, notified, copies),) = self.write(lambda run: run(_PUT, row))
         return Filed(int(version), bool(notified), int(copies))
 
     def restore(self, entry: QuarantineEntry) -> bool:
         """Insert an exported entry unless its id is already stored; True if inserted."""
         row = self._row(entry, notified=True)
-        return bool(self._write(lambda run: run(_RESTORE, row)))
+        return bool(self.write(lambda run: run(_RESTORE, row)))
 
     def mark_notified(self, entry_id: str, version: int) -> None:
-        self._write(lambda run: run(f"UPDATE {TABLE} SET notified = 1 WHERE id = ? AND "
+        self.write(lambda run: run(f"UPDATE {TABLE} SET notified = 1 WHERE id = ? AND "
                                     "version = ?", (entry_id, version)))
 
     def delete(self, entry_id: str, version: int | None = None) -> bool:
@@ -178,19 +178,19 @@ class QuarantineStore(abc.ABC):
         sql, params = f"DELETE FROM {TABLE} WHERE id = ?", [entry_id]
         if version is not None:
             sql, params = sql + " AND version = ?", [entry_id, version]
-        return bool(self._write(lambda run: run(sql + " RETURNING id", params)))
+        return bool(self.write(lambda run: run(sql + " RETURNING id", params)))
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, entry_id: str) -> QuarantineEntry | None:
-        rows = self._query(f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE id = ?", (entry_id,))
+        rows = self.query(f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE id = ?", (entry_id,))
         return self._entry(_COLUMNS, rows[0]) if rows else None
 
     def resolve(self, entry_id: str) -> str:
         """The full id for ``entry_id`` or a unique prefix of one; ZhpcError otherwise."""
-        if self._query(f"SELECT id FROM {TABLE} WHERE id = ?", (entry_id,)):
+        if self.query(f"SELECT id FROM {TABLE} WHERE id = ?", (entry_id,)):
             return entry_id
         prefix = f"SELECT id FROM {TABLE} WHERE substr(id, 1, CAST(? AS INTEGER)) = ? "
-        found = [row[0] for row in self._query(prefix + "ORDER BY id LIMIT 3", (
+        found = [row[0] for row in self.query(prefix + "ORDER BY id LIMIT 3", (
             len(entry_id), entry_id))] if len(entry_id) >= 4 else []
         if len(found) == 1:
             return str(found[0])
@@ -215,11 +215,11 @@ class QuarantineStore(abc.ABC):
         sql = f"SELECT {', '.join(columns)} FROM {TABLE}"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        rows = self._query(sql + " ORDER BY quarantined_at, id", params)
+        rows = self.query(sql + " ORDER BY quarantined_at, id", params)
         return [self._entry(columns, row) for row in rows]
 
     def count(self) -> int:
-        return int(self._query(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
+        return int(self.query(f"SELECT COUNT(*) FROM {TABLE}")[0][0])
 
     # -- rows -------------------------------------------------------------------------------
     def _row(self, entry: QuarantineEntry, *, notified: bool) -> list[Any]:
@@ -255,7 +255,7 @@ class SQLiteStore(QuarantineStore):
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
         if self._db is not None:
             return
         try:
@@ -277,7 +277,7 @@ class SQLiteStore(QuarantineStore):
             raise StoreError(f"quarantine store {self.path} is not open")
         return self._db
 
-    def _write(self, work: Callable[[Run], T]) -> T:
+    def write(self, work: Callable[[Run], T]) -> T:
         db = self._conn()
 
         def run(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -298,7 +298,7 @@ class SQLiteStore(QuarantineStore):
                 raise StoreError(f"quarantine store {self.path}: {exc}") from None
             raise
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._conn().execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
