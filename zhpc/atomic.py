@@ -24,14 +24,9 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o666) -> None:
     ``open`` gives). The temporary name is unique per process and thread, so
     concurrent writers of one path never share a temporary file.
     """
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    temporary = _temporary(path, "tmp")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_synced(temporary, data, mode)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -46,19 +41,29 @@ def write_new(path: Path, data: str | bytes, *, mode: int = 0o666) -> None:
     For files that hold something not yet sent elsewhere (a wrap run's results):
     a second writer must not replace the first one's.
     """
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    temporary = _temporary(path, "new")
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_synced(temporary, data, mode)
         os.link(temporary, path)  # atomic, and fails if ``path`` exists
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
     fsync_directory(path.parent)
+
+
+def _temporary(path: Path, suffix: str) -> Path:
+    """A name beside ``path``, unique per process and thread."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{suffix}")
+
+
+def _write_synced(path: Path, data: str | bytes, mode: int) -> None:
+    """Write ``data`` (text as UTF-8) to ``path``, created or truncated, and fsync it."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(raw)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def fsync_directory(directory: Path) -> None:
