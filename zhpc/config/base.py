@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from zhpc.config import checks
+from zhpc.config.checks import check_bounded_numbers
 from zhpc.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ class Section(BaseModel):
     @classmethod
     def _bounded_numbers(cls, value: Any) -> Any:
         """Free values too (``parameters``): no NaN, no infinity, no integer beyond 64 bits."""
-        return checks.check_bounded_numbers(value)
+        return check_bounded_numbers(value)
 
 
 def one_of(words: list[str]) -> str:

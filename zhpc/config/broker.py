@@ -9,8 +9,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from pydantic import Field, field_validator, model_validator
 
 from zhpc import plugins
-from zhpc.config import checks
 from zhpc.config.base import Section, read_secret_file, zhpc_home
+from zhpc.config.checks import check_broker_url, check_host_port, split_broker_urls, with_host
 from zhpc.errors import ConfigError
 from zhpc.masking import mask_url
 
@@ -32,7 +32,7 @@ class BrokerConfig(Section):
     url: str = Field("", repr=False)
     #: The nodes of a RabbitMQ cluster (``host:port``), tried in order on every (re)connect,
     #: with ``url``'s scheme, user, password and vhost. Empty: ``url``'s host alone. A list
-    #: of URLs as ``url`` fills this in (see :func:`checks.split_broker_urls`).
+    #: of URLs as ``url`` fills this in (see :func:`split_broker_urls`).
     hosts: list[str] = []
     #: ``x-quorum-initial-group-size`` of new quorum queues. None: the number of nodes
     #: listed, at most 3 (and the broker's own default with one node listed).
@@ -63,28 +63,28 @@ class BrokerConfig(Section):
                 raise ValueError("give the nodes either as a list in broker.url or in "
                                  "broker.hosts, not both")
             data = dict(data)
-            data["url"], data["hosts"] = checks.split_broker_urls(data["url"])
+            data["url"], data["hosts"] = split_broker_urls(data["url"])
         return data
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        return checks.check_broker_url(url, plugins.names(plugins.TRANSPORTS))
+        return check_broker_url(url, plugins.names(plugins.TRANSPORTS))
 
     @field_validator("hosts")
     @classmethod
     def _host_ports(cls, hosts: list[str]) -> list[str]:
-        return [checks.check_host_port(host) for host in hosts]
+        return [check_host_port(host) for host in hosts]
 
     def connection_urls(self) -> list[str]:
         """One URL per node (password included; never log these), in the order to try."""
         url = self.connection_url()
-        return [checks.with_host(url, host) for host in self.hosts] or [url]
+        return [with_host(url, host) for host in self.hosts] or [url]
 
     def display_urls(self) -> list[str]:
         """:meth:`connection_urls` with any password replaced by ``***``: safe to print."""
         url = self.display_url()
-        return [checks.with_host(url, host) for host in self.hosts] or [url]
+        return [with_host(url, host) for host in self.hosts] or [url]
 
     def quorum_initial_group_size(self) -> int | None:
         """The replication factor to ask for, or None for the broker's default."""

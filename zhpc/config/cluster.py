@@ -9,8 +9,8 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from zhpc import plugins
-from zhpc.config import checks
 from zhpc.config.base import Section, one_of, zhpc_home
+from zhpc.config.checks import check_time_limit
 
 
 class SSHConfig(Section):
@@ -72,7 +72,7 @@ class ClusterConfig(Section):
     @field_validator("default_time")
     @classmethod
     def _time_limit(cls, value: str) -> str | None:
-        return checks.check_time_limit(value)
+        return check_time_limit(value)
 
     def job_workdir(self) -> Path:
         return (self.workdir or zhpc_home() / "jobs").expanduser()

@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from zhpc.config import checks
 from zhpc.config.base import Section
 from zhpc.config.broker import BrokerConfig
+from zhpc.config.checks import check_allowed_roots, check_existing_directory
 from zhpc.config.cluster import ClusterConfig
 from zhpc.config.services import LimitsConfig, ScalerConfig, ServiceConfig
 from zhpc.config.stores import EventsConfig, QuarantineConfig
@@ -23,7 +23,7 @@ class RecipesConfig(Section):
     @field_validator("directory")
     @classmethod
     def _existing(cls, path: Path | None) -> Path | None:
-        return checks.check_existing_directory(path)
+        return check_existing_directory(path)
 
 
 class StagingConfig(Section):
@@ -33,7 +33,7 @@ class StagingConfig(Section):
     @field_validator("allowed_roots", mode="before")
     @classmethod
     def _absolute_roots(cls, roots: Any) -> Any:
-        return checks.check_allowed_roots(roots)
+        return check_allowed_roots(roots)
 
 
 class LoggingConfig(Section):

@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from zhpc.config import checks
 from zhpc.config.base import Section
+from zhpc.config.checks import check_job_counts, check_time_limit
 
 
 class ServiceConfig(Section):
@@ -71,7 +71,7 @@ class ScalerConfig(Section):
     @field_validator("time")
     @classmethod
     def _time_limit(cls, value: str | None) -> str | None:
-        return checks.check_time_limit(value)
+        return check_time_limit(value)
 
     @field_validator("max_jobs")
     @classmethod
@@ -79,7 +79,7 @@ class ScalerConfig(Section):
         """On max_jobs, so the one-line error names the key to change."""
         min_jobs = info.data.get("min_jobs")
         if min_jobs is not None:
-            checks.check_job_counts(min_jobs, max_jobs)
+            check_job_counts(min_jobs, max_jobs)
         return max_jobs
 
 
