@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from zhpc.errors import TransportError
-from zhpc.jobenv import Drain, JobEnvironment
+from zhpc.jobenv import Drain, JobEnvironment, end_deadline, poll_timeout, stop_reason
 from zhpc.message import Message
 from zhpc.quarantine import QuarantineStore, StoreError, open_store
 from zhpc.quarantine.discovery import QueueFinder
@@ -75,7 +75,9 @@ class SchlockmeisterRunner:
         self.drain.install()
         store: QuarantineStore | None = None
         try:
-            self._end = self._end_deadline()
+            self._end = end_deadline(self.job, started=self._started, now=self.clock(),
+                                     max_runtime=self.settings.max_runtime,
+                                     end_margin=self.settings.end_margin)
             store = open_store(self.service.config.quarantine)
             self.quarantiner = Quarantiner(
                 store, self.transport, notify_queue=self.service.config.quarantine.notify_queue)
@@ -83,7 +85,7 @@ class SchlockmeisterRunner:
             while not self._should_stop():
                 if self.clock() >= self._next_scan:
                     self._scan()
-                self.transport.poll(self._poll_timeout())
+                self.transport.poll(poll_timeout(self.clock(), self._next_scan, self._end))
             return self._shutdown()
         finally:
             self.drain.uninstall()
@@ -133,34 +135,14 @@ class SchlockmeisterRunner:
         self.watching.clear()
 
     # -- stopping -------------------------------------------------------------------------
-    def _end_deadline(self) -> float | None:
-        ends = []
-        if self.settings.max_runtime is not None:
-            ends.append(self._started + self.settings.max_runtime)
-        remaining = self.job.remaining()
-        if remaining is not None:
-            ends.append(self.clock() + remaining - self.settings.end_margin)
-        return min(ends) if ends else None
-
     def _should_stop(self) -> bool:
         if self.drain.requested:
             return True
-        now = self.clock()
-        if self._end is not None and now >= self._end:
-            self.drain.request("end of the job's time")
-            return True
-        idle = self.settings.idle_timeout
-        if idle is not None and now - self._last_activity >= idle:
-            self.drain.request(f"idle for {idle:g} s")
-            return True
-        return False
-
-    def _poll_timeout(self) -> float:
-        now = self.clock()
-        wake = min(now + 0.5, self._next_scan)
-        if self._end is not None:
-            wake = min(wake, self._end)
-        return max(wake - now, 0.0)
+        reason = stop_reason(now=self.clock(), end=self._end, last_activity=self._last_activity,
+                             idle_timeout=self.settings.idle_timeout)
+        if reason is not None:
+            self.drain.request(reason)
+        return reason is not None
 
     def _shutdown(self) -> int:
         log.info("schlockmeister: draining (%s)", self.drain.reason or "stopped")

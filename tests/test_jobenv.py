@@ -111,3 +111,30 @@ def test_importing_jobenv_stays_cheap() -> None:
     code = f"import sys, zhpc.jobenv; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_consumer_stops_at_the_first_of_max_runtime_and_the_job_end_minus_the_margin() -> None:
+    from zhpc.jobenv import end_deadline
+
+    end = f"{time.time() + 100:.3f}"
+    job = JobEnvironment.from_environ({"ZHPC_JOB_ID": "7", "ZHPC_JOB_END_TIME": end})
+    short = end_deadline(job, started=1000.0, now=1000.0, max_runtime=30.0, end_margin=15.0)
+    assert short == 1030.0
+    margin = end_deadline(job, started=1000.0, now=1000.0, max_runtime=None, end_margin=15.0)
+    assert margin == pytest.approx(1085.0, abs=0.5)
+    outside = JobEnvironment.from_environ({})
+    assert end_deadline(outside, started=0.0, now=5.0, max_runtime=None, end_margin=15.0) is None
+
+
+def test_stop_reason_names_the_end_deadline_or_the_idle_time() -> None:
+    from zhpc.jobenv import poll_timeout, stop_reason
+
+    assert stop_reason(now=10.0, end=20.0, last_activity=9.0, idle_timeout=5.0) is None
+    assert stop_reason(now=20.0, end=20.0, last_activity=19.0, idle_timeout=5.0) == (
+        "end of the job's time")
+    assert stop_reason(now=15.0, end=None, last_activity=9.5, idle_timeout=5.5) == "idle for 5.5 s"
+    assert stop_reason(now=1e9, end=None, last_activity=0.0, idle_timeout=None) is None
+    assert poll_timeout(10.0, wake=10.2, end=None) == pytest.approx(0.2)
+    assert poll_timeout(10.0, wake=99.0, end=10.1) == pytest.approx(0.1)
+    assert poll_timeout(10.0, wake=99.0, end=None) == 0.5
+    assert poll_timeout(10.0, wake=9.0, end=None) == 0.0

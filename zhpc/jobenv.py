@@ -218,3 +218,38 @@ class Drain:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a drain is requested (by signal or :meth:`request`); True if it was."""
         return self.event.wait(timeout)
+
+
+# -- when a consumer loop stops (times are the caller's monotonic clock) ------------------------
+def end_deadline(
+    job: JobEnvironment, *, started: float, now: float, max_runtime: float | None,
+    end_margin: float,
+) -> float | None:
+    """When a consumer must stop taking messages: ``max_runtime`` after ``started``, or
+    ``end_margin`` before the job's wall-clock end, whichever comes first; None: neither."""
+    ends = []
+    if max_runtime is not None:
+        ends.append(started + max_runtime)
+    remaining = job.remaining()
+    if remaining is not None:
+        ends.append(now + remaining - end_margin)
+    return min(ends) if ends else None
+
+
+def stop_reason(
+    *, now: float, end: float | None, last_activity: float, idle_timeout: float | None
+) -> str | None:
+    """Why a consumer loop must drain now (its end deadline came, or it was idle too long)."""
+    if end is not None and now >= end:
+        return "end of the job's time"
+    if idle_timeout is not None and now - last_activity >= idle_timeout:
+        return f"idle for {idle_timeout:g} s"
+    return None
+
+
+def poll_timeout(now: float, wake: float, end: float | None) -> float:
+    """Seconds to wait for a delivery: at most 0.5, and not past ``wake`` or ``end``."""
+    wake = min(now + 0.5, wake)
+    if end is not None:
+        wake = min(wake, end)
+    return max(wake - now, 0.0)

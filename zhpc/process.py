@@ -6,7 +6,8 @@ each are kept for the result message. Signals the scheduler sends (its early
 warning, scancel, Ctrl-C) are forwarded to the group by the caller, which
 learns the child through ``started``.
 
-Imports only the standard library: ``zhpc wrap`` must start quickly.
+Imports only the standard library (and zhpc's stdlib-only modules): ``zhpc wrap`` must
+start quickly.
 """
 
 from __future__ import annotations
@@ -23,18 +24,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from zhpc.errors import ZhpcError
+from zhpc.jobenv import DRAIN_SIGNALS
 
 TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-#: Signals passed on to the running command (the scheduler's early warning, scancel, Ctrl-C).
-FORWARDED_SIGNALS: tuple[signal.Signals, ...] = (
-    signal.SIGTERM,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGINT,
-)
+#: Signals passed on to the running command (the scheduler's early warning, scancel, Ctrl-C):
+#: the ones that make a job drain.
+FORWARDED_SIGNALS = DRAIN_SIGNALS
 #: How much of the end of stdout and of stderr goes into the result payload.
 TAIL_BYTES = 4096
 
