@@ -39,14 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zhpc.cluster.base import (
-    DEFAULT_NAME_PREFIX,
-    Cluster,
-    JobIdentity,
-    JobInfo,
-    JobSpec,
-    JobState,
-)
+from zhpc.cluster.base import DEFAULT_NAME_PREFIX, Cluster, JobIdentity, JobInfo, JobSpec, JobState
 from zhpc.cluster.gridengine import parse_accounting_line, parse_qstat, zhpc_id
 from zhpc.errors import ClusterError
 

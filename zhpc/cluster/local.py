@@ -32,14 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from zhpc import procinfo
 from zhpc.atomic import write_atomic
-from zhpc.cluster.base import (
-    DEFAULT_NAME_PREFIX,
-    Cluster,
-    JobIdentity,
-    JobInfo,
-    JobSpec,
-    JobState,
-)
+from zhpc.cluster.base import DEFAULT_NAME_PREFIX, Cluster, JobIdentity, JobInfo, JobSpec, JobState
 from zhpc.errors import ClusterError
 
 if TYPE_CHECKING:  # pragma: no cover

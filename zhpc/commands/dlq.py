@@ -94,6 +94,14 @@ def open_quarantine(args: argparse.Namespace) -> tuple[Config, QuarantineStore]:
     return config, open_store(config.quarantine)
 
 
+def selection(args: argparse.Namespace) -> dict[str, Any]:
+    """``store.entries`` arguments for ``--queue`` and ``--since``, checked before a store opens."""
+    from zhpc.quarantine.entry import work_queue
+
+    return {"queue": work_queue(args.queue) if args.queue else None,
+            "since": parse_time(args.since, "--since") if args.since else None}
+
+
 def parse_time(text: str, option: str, now: float | None = None) -> float:
     """An age (``2h``) or a UTC time (``2026-12-01T10:00``) as epoch seconds."""
     import datetime
@@ -166,13 +174,10 @@ class Progress:
 
 # -- list and show -----------------------------------------------------------------------------
 def _list(args: argparse.Namespace) -> int:
-    from zhpc.quarantine.entry import work_queue
-
-    since = parse_time(args.since, "--since") if args.since else None
+    chosen = selection(args)
     _config, store = open_quarantine(args)
     with store:
-        entries = store.entries(queue=work_queue(args.queue) if args.queue else None,
-                                since=since)
+        entries = store.entries(**chosen)
     if args.json:
         print(json.dumps([e.summary_record() for e in entries], indent=2))
         return 0

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zhpc.commands.dlq import Progress, open_quarantine, parse_time, resolve
+from zhpc.commands.dlq import Progress, open_quarantine, parse_time, resolve, selection
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.quarantine import QuarantineEntry
@@ -85,13 +85,11 @@ def _write_export_file(directory: Path, entry: QuarantineEntry) -> Path:
 
 def export(args: argparse.Namespace) -> int:
     from zhpc.errors import ZhpcError
-    from zhpc.quarantine.entry import work_queue
 
-    since = parse_time(args.since, "--since") if args.since else None
+    chosen = selection(args)
     _config, store = open_quarantine(args)
     with store:
-        listed = store.entries(queue=work_queue(args.queue) if args.queue else None,
-                                since=since)
+        listed = store.entries(**chosen)
         progress = Progress("exported", len(listed))
         try:
             out = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
