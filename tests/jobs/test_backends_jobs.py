@@ -56,7 +56,7 @@ def site(request: pytest.FixtureRequest, tmp_path: Path, rabbit: Transport
         for name in (queue, f"{queue}.out", f"{queue}.submission", *(
                 f"{queue}.{kind}" for kind in ("success", "failure", "done", "submitted"))):
             for each in (name, retry_name(name), dlq_name(name)):
-                rabbit.delete_queue(each)  # type: ignore[attr-defined]
+                rabbit.delete_queue(each)
 
 
 def test_a_cluster_step_runs_under_zhpc_wrap_and_knows_its_job(

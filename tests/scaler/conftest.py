@@ -45,4 +45,4 @@ def slurm_setup(tmp_path: Path, rabbit: Transport, slurm: SlurmCluster
         slurm.cancel(mine)
         for queue in (setup.queue, f"{setup.queue}.out"):
             for name in (queue, dlq_name(queue)):
-                rabbit.delete_queue(name)  # type: ignore[attr-defined]
+                rabbit.delete_queue(name)

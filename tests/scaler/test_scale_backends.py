@@ -45,7 +45,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, rabbit: Transport
         cluster.close()
         for queue in (made.queue, f"{made.queue}.out"):
             for each in (queue, dlq_name(queue)):
-                rabbit.delete_queue(each)  # type: ignore[attr-defined]
+                rabbit.delete_queue(each)
 
 
 def test_a_burst_gets_one_array_that_drains_it_and_ends_when_idle(

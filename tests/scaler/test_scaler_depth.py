@@ -24,8 +24,8 @@ pytestmark = pytest.mark.rabbitmq
 def queue(rabbit: Transport) -> Iterator[str]:
     name = f"zhpc-test-depth-{uuid.uuid4().hex[:10]}"
     yield name
-    rabbit.delete_queue(name)  # type: ignore[attr-defined]
-    rabbit.delete_queue(dlq_name(name))  # type: ignore[attr-defined]
+    rabbit.delete_queue(name)
+    rabbit.delete_queue(dlq_name(name))
 
 
 def test_unacked_messages_held_by_a_consumer_count_as_work(rabbit: Transport,
