@@ -27,7 +27,7 @@ from zhpc.config import Config, ScalerConfig
 from zhpc.errors import ZhpcError
 from zhpc.scaler_decision import Observation, PendingJob, count_failures, decide
 from zhpc.scaler_state import ScalerState, ServiceState, StateStore
-from zhpc.transport.base import QueueDepth, Transport
+from zhpc.transport.base import QueueDepth, Transport, retry_name
 from zhpc.transport.management import ManagementClient
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,25 @@ class ServiceReport:
         return asdict(self)
 
 
+def queue_and_lane(transport: Transport, queue: str) -> QueueDepth:
+    """The queue's depth, its retry lane's ready messages counted as ready."""
+    depth = transport.queue_depth(queue)
+    lane = transport.queue_depth(retry_name(queue))
+    return replace(depth, ready=depth.ready + lane.ready)
+
+
 def read_depth(
     transport: Transport, management: ManagementClient | None, queue: str
 ) -> tuple[QueueDepth, float | None, str]:
     """The queue's depth, the ack rate if known, and where the numbers came from.
 
     Ready and consumers come from the transport: exact and immediate (RabbitMQ's
-    management figures lag by the statistics interval). Unacked, which AMQP cannot
-    tell, and the ack rate come from the management API when it answers.
+    management figures lag by the statistics interval). Ready includes the queue's retry
+    lane: the messages of killed consumers wait there, and no one subscribes to it.
+    Unacked, which AMQP cannot tell, and the ack rate come from the management API when
+    it answers.
     """
-    depth = transport.queue_depth(queue)
+    depth = queue_and_lane(transport, queue)
     if depth.unacked is not None or management is None:
         return depth, None, "transport"
     try:
@@ -111,7 +120,10 @@ def read_depth(
         return depth, None, "transport"
     if stats is None or stats.unacked is None:
         return depth, None, "transport"
-    return replace(depth, unacked=stats.unacked), stats.ack_rate, "transport+management"
+    # Only a consumer holds messages unacked (a basic.get holder is at work, not wanting a
+    # job): with none, the API's figure is a stale sample of ones already back in ready.
+    unacked = stats.unacked if depth.consumers else 0
+    return replace(depth, unacked=unacked), stats.ack_rate, "transport+management"
 
 
 class Scaler:
@@ -283,7 +295,7 @@ class Scaler:
             alive, capacity = last
             if alive >= target.policy.max_jobs:
                 continue
-            depth = self.transport.queue_depth(target.queue)
+            depth = queue_and_lane(self.transport, target.queue)
             obs = Observation(depth.ready, depth.unacked or 0, depth.consumers)
             if decide(target.policy, obs).desired > capacity:
                 state = state or self.store.load()

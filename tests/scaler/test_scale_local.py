@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from testsupport import collect, wait_until
 from zhpc.cluster import JobState
 from zhpc.cluster.local import LocalCluster
 from zhpc.transport import dlq_name
+from zhpc.transport.base import retry_name
 from zhpc.transport.embedded import EmbeddedTransport
 
 
@@ -50,6 +52,20 @@ def test_a_backlog_starts_local_service_jobs_that_drain_it_and_end_when_idle(
         (quiet,) = setup.scale("--once")
         assert quiet["scheduler_queries"] == 0 and quiet["submitted"] == 0
         assert len({j.array_job_id for j in cluster.jobs(name)}) == 1
+
+
+def test_work_left_only_in_the_retry_lane_still_gets_a_service(
+        setup: Setup, tmp_path: Path) -> None:
+    """The messages of killed consumers wait in ``retry.Q``, which services read by fetch and
+    no one subscribes to: with the work queue empty they are still work, or they wait for
+    ever when the last service job was killed."""
+    with EmbeddedTransport(tmp_path / "broker.sqlite") as broker:
+        broker.publish_many([replace(m, destination=retry_name(setup.queue))
+                             for m in work(setup.queue, 5)])
+        (first,) = setup.scale("--once")
+        assert (first["ready"], first["submitted"]) == (5, 1), first
+        outputs = collect(broker, f"{setup.queue}.out", 5, timeout=60)
+        assert {m.json()["payload"]["n"] for m in outputs} == set(range(5))
 
 
 def test_dry_run_changes_nothing(setup: Setup, tmp_path: Path) -> None:

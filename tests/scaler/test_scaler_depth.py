@@ -52,6 +52,12 @@ def test_unacked_messages_held_by_a_consumer_count_as_work(rabbit: Transport,
         assert (fallback.ready, fallback.unacked, fallback.consumers) == (20, None, 1)
         assert rate is None and source == "transport"
         assert work_of(Observation(fallback.ready, fallback.unacked, fallback.consumers)) == 21
+    # The consumer is gone, its 10 are ready again; the management API still shows them as
+    # unacked until its next sample. With no consumer nothing can be held: no phantom work.
+    after, _rate, _source = wait_until(
+        lambda: (found := read_depth(rabbit, management, queue))[0].ready == 30 and found,
+        timeout=10, interval=0.05, what="the 10 held messages back in ready")
+    assert (after.unacked, after.consumers) == (0, 0), after
 
 
 def test_a_wrong_password_is_refused_clearly_and_not_shown(queue: str) -> None:
