@@ -166,6 +166,12 @@ class Connection(stomp.ConnectionListener):
     # -- listener (stomp.py's receiver thread) -------------------------------------
     def on_message(self, frame: Any) -> None:
         inbox = self.inboxes.get(frame.headers.get("subscription", ""))
+        if inbox is not None and not _whole(frame):
+            # Settling a stump would lose the message: it stays unacked on the broker.
+            log.error("a MESSAGE frame from %s arrived cut short (another client sent a NUL "
+                      "byte in a header); not delivered, left unacked on the broker",
+                      frame.headers.get("destination", "?"))
+            return
         if inbox is not None:
             inbox.put((self.generation, frame))
             self.arrived.set()
@@ -216,3 +222,14 @@ class Connection(stomp.ConnectionListener):
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def _whole(frame: Any) -> bool:
+    """Whether a MESSAGE arrived whole. stomp.py ends a frame at the first NUL byte; one
+    inside a header (ActiveMQ keeps what another client sent) leaves a stump without the
+    rest of the headers and the body, and the rest is dropped as an unknown frame."""
+    headers = frame.headers
+    if "message-id" not in headers or "destination" not in headers:
+        return False
+    length = headers.get("content-length")
+    return length is None or length == str(len(frame.body))

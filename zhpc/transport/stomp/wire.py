@@ -7,7 +7,8 @@ what the broker's redelivery policy dead-letters (a workflows service's NACKs) a
 what zhpc dead-letters land in the same queue.
 
 STOMP headers are text. zhpc's structured headers (ints, lists, dicts, booleans)
-travel as JSON and bytes as base64; ``zhpc-json`` and ``zhpc-bytes`` list the keys
+travel as JSON and bytes as base64, and so does text STOMP cannot frame (a NUL byte);
+``zhpc-json`` and ``zhpc-bytes`` list the keys
 to decode, so a workflows client sees plain text and zhpc gets back exactly what
 was sent (bytes nested inside a list or dict come back as text).
 """
@@ -85,9 +86,9 @@ def encode_headers(headers: dict[str, Any]) -> dict[str, str]:
     as_json: list[str] = []
     as_bytes: list[str] = []
     for key, value in headers.items():
-        if key in FRAME_HEADERS or "," in key:
+        if key in FRAME_HEADERS or not _framable(key) or any(c in key for c in _KEY_BREAKERS):
             raise TransportError(f"header {key!r} cannot be sent over STOMP")
-        if isinstance(value, str):
+        if isinstance(value, str) and _framable(value):
             wire[key] = value
         elif isinstance(value, bytes):
             wire[key] = base64.b64encode(value).decode("ascii")
@@ -100,6 +101,24 @@ def encode_headers(headers: dict[str, Any]) -> dict[str, str]:
     if as_bytes:
         wire[BYTES_KEYS_HEADER] = ",".join(as_bytes)
     return wire
+
+
+#: stomp.py escapes none of these in a header key; ActiveMQ would split, refuse or
+#: unescape it (``,`` separates the keys of ``zhpc-json``).
+_KEY_BREAKERS = ":\n\r\\,"
+
+
+def _framable(text: str) -> bool:
+    """Whether STOMP carries this text as it is: a NUL ends a frame (ActiveMQ keeps it
+    inside a header and stomp.py then cuts the delivered frame there), and a header is
+    UTF-8. Other text travels as JSON, whose ASCII form escapes both."""
+    if "\0" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _jsonable(value: Any) -> Any:
