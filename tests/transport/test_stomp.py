@@ -7,20 +7,28 @@ can cut, as a network failure would; ActiveMQ itself keeps running.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from conformance_support import unique
 from testsupport import STOMP_URL, Forwarder, wait_until
 
-from zhpc.config import BrokerConfig
+from zhpc.config import BrokerConfig, TLSConfig
 from zhpc.errors import TransportError
 from zhpc.message import Message, Outgoing
 from zhpc.transport import get_transport
 from zhpc.transport.accounting import retry_name
 
 pytestmark = pytest.mark.activemq
+
+#: The STOMP+SSL connector of scripts/setup-activemq and the certificate it made.
+SSL_URL = os.environ.get("ZHPC_TEST_STOMP_SSL_URL", "stomp+ssl://127.0.0.1:61614")
+SSL_CA = Path(os.environ.get("ZHPC_TEST_STOMP_SSL_CA",
+                             "/var/lib/activemq/zhpc-test-cluster/tls/broker.pem"))
 
 
 @pytest.fixture
@@ -139,3 +147,35 @@ def test_a_frame_cut_by_another_clients_nul_header_is_not_settled() -> None:
         with contextlib.suppress(Exception):
             check.delete_queue(queue)
         check.close()
+
+
+def test_stomp_over_tls_verifies_the_broker_against_its_ca(activemq_up: None) -> None:
+    transport = get_transport(BrokerConfig(url=SSL_URL, tls=TLSConfig(ca_file=SSL_CA)))
+    transport.connect()
+    queue = unique("zt.tls")
+    try:
+        transport.publish(Outgoing(queue, b"over tls", message_id="m-tls"))
+        got: list[Message] = []
+        wait_until(lambda: bool(got.extend(filter(None, [transport.fetch(queue)])) or got), 30,
+                   what="the message back over TLS")
+        transport.ack(got[0])
+        assert (got[0].body, got[0].message_id) == (b"over tls", "m-tls")
+    finally:
+        with contextlib.suppress(Exception):
+            transport.delete_queue(queue)
+        transport.close()
+
+
+def test_a_broker_certificate_the_ca_does_not_verify_is_one_clear_error(
+        activemq_up: None, tmp_path: Path) -> None:
+    other = tmp_path / "other.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "other.key"),
+                    "-out", str(other)], check=True, capture_output=True)
+    transport = get_transport(BrokerConfig(url=SSL_URL, tls=TLSConfig(ca_file=other)))
+    with pytest.raises(TransportError) as caught:
+        transport.connect()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"is not verified by the CA in {other}" in message
+    assert "self-signed certificate" in message

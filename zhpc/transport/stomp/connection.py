@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class Connection(stomp.ConnectionListener):
                 key_file=str(tls.key_file) if tls and tls.key_file else None,
                 ssl_version=ssl.PROTOCOL_TLS_CLIENT,
             )
+        self._tls = (host, port, tls) if use_tls else None
         self._conn.set_listener("zhpc", self)
         self._send_lock = threading.RLock()
         self._receipts: dict[str, Future[None]] = {}
@@ -116,10 +118,30 @@ class Connection(stomp.ConnectionListener):
         try:
             self._conn.connect(self._user, self._password, wait=True)
         except (stomp.exception.StompException, OSError) as exc:
+            self._explain_tls_failure()
             raise _Connect(type(exc).__name__) from None
         if not self._conn.is_connected():
             raise _Connect("refused")
         self.connected.set()
+
+    def _explain_tls_failure(self) -> None:
+        """stomp.py logs why a TLS handshake failed and raises a bare ConnectFailedException;
+        one handshake of our own says it in the error (a wrong CA is not worth retrying)."""
+        if self._tls is None:
+            return
+        host, port, tls = self._tls
+        context = ssl.create_default_context(
+            cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+        try:
+            with socket.create_connection((host, port), timeout=10) as raw:
+                context.wrap_socket(raw, server_hostname=host).close()
+        except ssl.SSLCertVerificationError as exc:
+            where = f"the CA in {tls.ca_file}" if tls and tls.ca_file else "the system's CAs"
+            raise TransportError(
+                f"TLS: the certificate of ActiveMQ at {self.display_url} is not verified by "
+                f"{where}: {exc.verify_message}") from None
+        except (OSError, ssl.SSLError):
+            return
 
     def stop(self) -> None:
         self.closing = True
