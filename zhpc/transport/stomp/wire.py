@@ -22,8 +22,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from zhpc.errors import ConfigError, TransportError
-from zhpc.message import MESSAGE_ID_HEADER, Outgoing
-from zhpc.transport.accounting import DLQ_PREFIX, is_dead_letter_queue
+from zhpc.message import MESSAGE_ID_HEADER, Message, Outgoing
+from zhpc.transport.accounting import DLQ_PREFIX, is_dead_letter_queue, is_retry_lane
+from zhpc.transport.stomp.handles import Delivery
 
 #: ActiveMQ's prefix for a queue's individual dead-letter queue.
 ACTIVEMQ_DLQ_PREFIX = "ActiveMQ.DLQ.Queue."
@@ -152,6 +153,37 @@ def decode_headers(frame_headers: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 pass  # not ours after all: keep the text
         headers[key] = value
+    return headers
+
+
+def frame_message(
+    queue_name: str, generation: int, frame: Any, broadcast: bool, fetch_sub: str = ""
+) -> Message:
+    """A received MESSAGE frame as zhpc's Message, its delivery count as far as known
+    (ActiveMQ says only *whether* it was redelivered; a lane message carries its count)."""
+    wire = frame.headers
+    redelivered = wire.get("redelivered") == "true"
+    before = int_header(wire, DELIVERIES_HEADER) or 0
+    headers = decode_headers(wire)
+    return Message(
+        body=frame.body if isinstance(frame.body, bytes) else frame.body.encode(),
+        headers=headers,
+        queue=queue_name,
+        delivery_count=1 + int(redelivered) if not is_retry_lane(queue_name) else before + 1,
+        redelivered=redelivered or before > 0,
+        message_id=str(headers.get(MESSAGE_ID_HEADER) or wire.get("message-id", "")),
+        handle=Delivery(generation, wire.get("ack", ""), broadcast, dict(wire), fetch_sub,
+                        wire.get("subscription", "")),
+    )
+
+
+def with_death(headers: dict[str, Any], queue: str, count: int) -> dict[str, Any]:
+    """The headers with a delivery-limit ``x-death`` record first, as RabbitMQ writes it."""
+    found = headers.get("x-death")
+    death = {"reason": "delivery_limit", "queue": queue, "count": count}
+    headers["x-death"] = [death, *(found if isinstance(found, list) else [])]
+    headers.setdefault("x-first-death-reason", "delivery_limit")
+    headers.setdefault("x-first-death-queue", queue)
     return headers
 
 
