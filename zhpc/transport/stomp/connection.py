@@ -122,7 +122,18 @@ class Connection(stomp.ConnectionListener):
             raise _Connect(type(exc).__name__) from None
         if not self._conn.is_connected():
             raise _Connect("refused")
+        self._no_delay()
         self.connected.set()
+
+    def _no_delay(self) -> None:
+        """Small frames go out at once: with Nagle's algorithm a frame written right after
+        another (an UNSUBSCRIBE after an ACK) waits for the broker's delayed ACK, 40 ms."""
+        sock = getattr(self._conn.transport, "socket", None)
+        try:
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.debug("TCP_NODELAY: %s", exc)
 
     def _explain_tls_failure(self) -> None:
         """stomp.py logs why a TLS handshake failed and raises a bare ConnectFailedException;
