@@ -43,7 +43,7 @@ from zhpc.transport.stomp.browsing import ANSWER as _ANSWER
 from zhpc.transport.stomp.browsing import Browsing, drain
 from zhpc.transport.stomp.connection import Connection, ConnectionLostError
 from zhpc.transport.stomp.handles import Delivery, Subscription
-from zhpc.transport.stomp.sending import Sender, send_frame
+from zhpc.transport.stomp.sending import Sender, publish_chunks, send_frame
 from zhpc.transport.stomp.statistics import Statistics
 from zhpc.transport.stomp.wire import (
     DELIVERIES_HEADER,
@@ -61,9 +61,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import BrokerConfig, TLSConfig
 
 log = logging.getLogger(__package__)
-
-#: publish_many sends this many messages per transaction.
-_PUBLISH_CHUNK = 500
 
 
 class StompTransport(Transport):
@@ -160,7 +157,7 @@ class StompTransport(Transport):
         is awaited, so the broker's journal syncs overlap instead of adding up.
         """
         frames = [send_frame(m) for m in messages]
-        pending = [frames[i : i + _PUBLISH_CHUNK] for i in range(0, len(frames), _PUBLISH_CHUNK)]
+        pending = publish_chunks(frames)
         for attempt in range(1, 4):
             sent = [(chunk, self._sender.transaction(chunk, None)) for chunk in pending]
             pending, lost = [], None
@@ -450,5 +447,4 @@ class StompTransport(Transport):
     # == inspection ===========================================================
     def queue_depth(self, name: str) -> QueueDepth:
         return self._stats.depth(name)
-
 
