@@ -4,9 +4,9 @@ Both sides publish N persistent ~200-byte messages (confirmed: a receipt per SEN
 or one STOMP transaction whose COMMIT is receipted), consume them with
 client-individual acks at prefetch 100, and run one service step per message
 (consume, send one output, ack once the output is receipted). The step is timed
-with both commit modes of zhpc, which is how the default (a transaction) was
-chosen. Prints one JSON line; ``run(n)`` returns the same dict so that
-``bench/transport.py`` can merge it.
+with both commit modes of zhpc, which is how the default (receipts) was chosen.
+Prints one JSON line; ``run(n)`` returns the same dict so that ``bench/transport.py``
+can merge it.
 
 Usage: python bench/transport_stomp.py [N] [--url stomp://127.0.0.1:61613]
 """
