@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import queue
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -77,6 +78,7 @@ class Connection(stomp.ConnectionListener):
                 key_file=str(tls.key_file) if tls and tls.key_file else None,
                 ssl_version=ssl.PROTOCOL_TLS_CLIENT,
             )
+        self._tls = (host, port, tls) if use_tls else None
         self._conn.set_listener("zhpc", self)
         self._send_lock = threading.RLock()
         self._receipts: dict[str, Future[None]] = {}
@@ -116,10 +118,41 @@ class Connection(stomp.ConnectionListener):
         try:
             self._conn.connect(self._user, self._password, wait=True)
         except (stomp.exception.StompException, OSError) as exc:
+            self._explain_tls_failure()
             raise _Connect(type(exc).__name__) from None
         if not self._conn.is_connected():
             raise _Connect("refused")
+        self._no_delay()
         self.connected.set()
+
+    def _no_delay(self) -> None:
+        """Small frames go out at once: with Nagle's algorithm a frame written right after
+        another (an UNSUBSCRIBE after an ACK) waits for the broker's delayed ACK, 40 ms."""
+        sock = getattr(self._conn.transport, "socket", None)
+        try:
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.debug("TCP_NODELAY: %s", exc)
+
+    def _explain_tls_failure(self) -> None:
+        """stomp.py logs why a TLS handshake failed and raises a bare ConnectFailedException;
+        one handshake of our own says it in the error (a wrong CA is not worth retrying)."""
+        if self._tls is None:
+            return
+        host, port, tls = self._tls
+        context = ssl.create_default_context(
+            cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+        try:
+            with socket.create_connection((host, port), timeout=10) as raw:
+                context.wrap_socket(raw, server_hostname=host).close()
+        except ssl.SSLCertVerificationError as exc:
+            where = f"the CA in {tls.ca_file}" if tls and tls.ca_file else "the system's CAs"
+            raise TransportError(
+                f"TLS: the certificate of ActiveMQ at {self.display_url} is not verified by "
+                f"{where}: {exc.verify_message}") from None
+        except (OSError, ssl.SSLError):
+            return
 
     def stop(self) -> None:
         self.closing = True
@@ -166,6 +199,12 @@ class Connection(stomp.ConnectionListener):
     # -- listener (stomp.py's receiver thread) -------------------------------------
     def on_message(self, frame: Any) -> None:
         inbox = self.inboxes.get(frame.headers.get("subscription", ""))
+        if inbox is not None and not _whole(frame):
+            # Settling a stump would lose the message: it stays unacked on the broker.
+            log.error("a MESSAGE frame from %s arrived cut short (another client sent a NUL "
+                      "byte in a header); not delivered, left unacked on the broker",
+                      frame.headers.get("destination", "?"))
+            return
         if inbox is not None:
             inbox.put((self.generation, frame))
             self.arrived.set()
@@ -216,3 +255,14 @@ class Connection(stomp.ConnectionListener):
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def _whole(frame: Any) -> bool:
+    """Whether a MESSAGE arrived whole. stomp.py ends a frame at the first NUL byte; one
+    inside a header (ActiveMQ keeps what another client sent) leaves a stump without the
+    rest of the headers and the body, and the rest is dropped as an unknown frame."""
+    headers = frame.headers
+    if "message-id" not in headers or "destination" not in headers:
+        return False
+    length = headers.get("content-length")
+    return length is None or length == str(len(frame.body))

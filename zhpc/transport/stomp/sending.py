@@ -24,6 +24,25 @@ from zhpc.transport.stomp.wire import (
 
 Frame = tuple[dict[str, str], bytes]
 
+#: publish_many sends up to this many messages, or bytes, per transaction: ActiveMQ syncs
+#: its journal once per COMMIT, one COMMIT at a time per connection (500 a chunk halved
+#: the rate when the disk was busy), and holds a transaction's messages in memory.
+PUBLISH_CHUNK, PUBLISH_CHUNK_BYTES = 5000, 8 << 20
+
+
+def publish_chunks(frames: list[Frame]) -> list[list[Frame]]:
+    """The frames in order, cut into transactions of at most PUBLISH_CHUNK(_BYTES)."""
+    chunks: list[list[Frame]] = [[]]
+    size = 0
+    for frame in frames:
+        if chunks[-1] and (len(chunks[-1]) >= PUBLISH_CHUNK
+                           or size + len(frame[1]) > PUBLISH_CHUNK_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(frame)
+        size += len(frame[1])
+    return chunks if chunks[-1] else []
+
 
 def send_frame(out: Outgoing) -> Frame:
     """The SEND frame of an outgoing message (raises before anything is sent)."""

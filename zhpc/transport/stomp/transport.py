@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
-from queue import Empty, Queue
+from queue import Empty
 from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import TransportError
@@ -39,30 +39,28 @@ from zhpc.transport.accounting import (
     with_handback,
 )
 from zhpc.transport.base import Callback, QueueDepth, Transport
+from zhpc.transport.stomp.browsing import ANSWER as _ANSWER
+from zhpc.transport.stomp.browsing import Browsing, drain
 from zhpc.transport.stomp.connection import Connection, ConnectionLostError
 from zhpc.transport.stomp.handles import Delivery, Subscription
-from zhpc.transport.stomp.sending import Sender, send_frame
+from zhpc.transport.stomp.sending import Sender, publish_chunks, send_frame
 from zhpc.transport.stomp.statistics import Statistics
 from zhpc.transport.stomp.wire import (
     DELIVERIES_HEADER,
     LIMIT_HEADER,
     check_name,
-    decode_headers,
     encode_headers,
+    frame_message,
     int_header,
     queue_destination,
     topic_destination,
+    with_death,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import BrokerConfig, TLSConfig
 
 log = logging.getLogger(__package__)
-
-#: publish_many sends this many messages per transaction.
-_PUBLISH_CHUNK = 500
-#: How long to wait for the broker to answer a request (receipt, browse, statistics).
-_ANSWER = 30.0
 
 
 class StompTransport(Transport):
@@ -95,6 +93,7 @@ class StompTransport(Transport):
         self._failures: list[BaseException] = []
         self._state_lock = threading.Lock()
         self._stats = Statistics(self._conn)
+        self._browsing = Browsing(self._conn)
 
     @classmethod
     def from_config(cls, config: BrokerConfig) -> StompTransport:
@@ -145,26 +144,7 @@ class StompTransport(Transport):
     def delete_queue(self, name: str) -> None:
         """Drain the queue and its lane (STOMP cannot delete; ActiveMQ drops idle empty ones)."""
         for target in (name, retry_name(name)):
-            if self.queue_depth(target).ready == 0:
-                continue
-            sub = self._new_sub(target, None, 1000, False)
-            self._conn.request("SUBSCRIBE", {
-                "id": sub.sub_id, "destination": queue_destination(target), "ack": "auto",
-                "activemq.prefetchSize": "1000",
-            }).result(_ANSWER)
-            deadline = time.monotonic() + _ANSWER
-            while self.queue_depth(target).ready and time.monotonic() < deadline:
-                self._drain(sub.inbox, 0.05)
-            self._end_sub(sub.sub_id)
-
-    @staticmethod
-    def _drain(inbox: Queue[Any], timeout: float) -> None:
-        try:
-            while True:
-                inbox.get(timeout=timeout)
-                timeout = 0
-        except Empty:
-            return
+            self._browsing.empty(target, lambda n: self.queue_depth(n).ready)
 
     # == sending ==============================================================
     def publish(self, message: Outgoing) -> None:
@@ -177,7 +157,7 @@ class StompTransport(Transport):
         is awaited, so the broker's journal syncs overlap instead of adding up.
         """
         frames = [send_frame(m) for m in messages]
-        pending = [frames[i : i + _PUBLISH_CHUNK] for i in range(0, len(frames), _PUBLISH_CHUNK)]
+        pending = publish_chunks(frames)
         for attempt in range(1, 4):
             sent = [(chunk, self._sender.transaction(chunk, None)) for chunk in pending]
             pending, lost = [], None
@@ -194,30 +174,16 @@ class StompTransport(Transport):
             log.warning("publish interrupted (%s); publishing again", lost)
 
     # == receiving ============================================================
-    def _new_sub(
-        self, source: str, callback: Callback | None, prefetch: int, broadcast: bool
-    ) -> Subscription:
-        sub = Subscription(self._conn.new_id("zhpc-"), source, callback, prefetch, broadcast)
-        self._conn.inboxes[sub.sub_id] = sub.inbox
-        return sub
-
-    def _end_sub(self, sub_id: str) -> None:
-        try:
-            self._conn.request("UNSUBSCRIBE", {"id": sub_id}).result(_ANSWER)
-        except TransportError as exc:
-            log.warning("unsubscribing: %s", exc)
-        self._conn.inboxes.pop(sub_id, None)
-
     def subscribe(self, queue: str, callback: Callback, *, prefetch: int = 1) -> str:
         check_name(queue)
-        sub = self._new_sub(queue, callback, max(prefetch, 1), False)
+        sub = self._browsing.new_sub(queue, callback, max(prefetch, 1), False)
         self._subs[sub.sub_id] = sub
         self._send_subscribe(sub)
         return sub.sub_id
 
     def subscribe_broadcast(self, topic: str, callback: Callback) -> str:
         check_name(topic)
-        sub = self._new_sub(topic, callback, 0, True)
+        sub = self._browsing.new_sub(topic, callback, 0, True)
         self._subs[sub.sub_id] = sub
         self._send_subscribe(sub)
         return sub.sub_id
@@ -257,7 +223,7 @@ class StompTransport(Transport):
         except TransportError as exc:
             log.warning("unsubscribing from %r: %s", sub.source, exc)
         self._conn.inboxes.pop(sub.sub_id, None)
-        self._drain(sub.inbox, 0)  # the broker gives these out again (redelivered)
+        drain(sub.inbox, 0)  # the broker gives these out again (redelivered)
 
     def _settled(self, delivery: Delivery) -> None:
         sub = self._subs.get(delivery.sub_id)
@@ -313,21 +279,8 @@ class StompTransport(Transport):
         self, queue_name: str, generation: int, frame: Any, broadcast: bool, fetch_sub: str = ""
     ) -> Message | None:
         """A frame as zhpc's Message; None if it was moved on (see the module docstring)."""
-        wire = frame.headers
-        redelivered = wire.get("redelivered") == "true"
-        before = int_header(wire, DELIVERIES_HEADER) or 0
-        handle = Delivery(generation, wire.get("ack", ""), broadcast, dict(wire), fetch_sub,
-                          wire.get("subscription", ""))
-        headers = decode_headers(wire)
-        message = Message(
-            body=frame.body if isinstance(frame.body, bytes) else frame.body.encode(),
-            headers=headers,
-            queue=queue_name,
-            delivery_count=1 + int(redelivered) if not is_retry_lane(queue_name) else before + 1,
-            redelivered=redelivered or before > 0,
-            message_id=str(headers.get(MESSAGE_ID_HEADER) or wire.get("message-id", "")),
-            handle=handle,
-        )
+        message = frame_message(queue_name, generation, frame, broadcast, fetch_sub)
+        redelivered = frame.headers.get("redelivered") == "true"
         if broadcast:
             return message
         if is_dead_letter_queue(queue_name):
@@ -337,7 +290,6 @@ class StompTransport(Transport):
             self._to_lane(message)  # returned by a consumer that died or closed: uncounted
             return None
         if redelivered:  # a lane message whose process died: a crash, counted
-            message.delivery_count = before + 1
             self._lane_return(message)
             return None
         self._hold(message)
@@ -348,47 +300,20 @@ class StompTransport(Transport):
             self._held[message.handle.ack_id] = message
 
     def fetch(self, queue: str) -> Message | None:
-        """Browse for the first message, then take exactly that one (by a selector).
-
-        STOMP has no basic.get; a plain subscription with prefetch 1 would be given
-        the next message as soon as this one is acked, and return it redelivered.
-        """
+        """Browse for the first message, then take exactly that one (see :mod:`.browsing`)."""
         check_name(queue)
         for _ in range(10):
-            message_id = self._browse_first(queue)
+            message_id = self._browsing.first_message_id(queue)
             if message_id is None:
                 return None
-            sub = self._new_sub(queue, None, 1, False)
-            self._conn.request("SUBSCRIBE", {
-                "id": sub.sub_id, "destination": queue_destination(queue),
-                "ack": "client-individual", "activemq.prefetchSize": "1",
-                "selector": f"JMSMessageID = '{message_id}'",
-            }).result(_ANSWER)
-            try:
-                generation, frame = sub.inbox.get(timeout=2.0)
-            except Empty:
-                self._end_sub(sub.sub_id)  # someone else took it
-                continue
-            message = self._message(queue, generation, frame, False, fetch_sub=sub.sub_id)
+            taken = self._browsing.take(queue, message_id)
+            if taken is None:
+                continue  # someone else took it
+            sub_id, generation, frame = taken
+            message = self._message(queue, generation, frame, False, fetch_sub=sub_id)
             if message is not None:
                 return message
         return None
-
-    def _browse_first(self, queue_name: str) -> str | None:
-        sub = self._new_sub(queue_name, None, 1, False)
-        self._conn.send_frame("SUBSCRIBE", {
-            "id": sub.sub_id, "destination": queue_destination(queue_name), "ack": "auto",
-            "browser": "true", "activemq.prefetchSize": "1",
-        })
-        try:
-            _generation, frame = sub.inbox.get(timeout=_ANSWER)
-        except Empty:
-            raise TransportError(f"ActiveMQ did not answer a browse of {queue_name!r}") from None
-        finally:
-            self._end_sub(sub.sub_id)
-        if frame.headers.get("browser") == "end":
-            return None
-        return frame.headers.get("message-id")
 
     # == settling =============================================================
     def ack(self, message: Message) -> None:
@@ -415,11 +340,7 @@ class StompTransport(Transport):
 
     def _to_lane(self, message: Message) -> None:
         """Move a message from its work queue to the lane, uncounted, recorded as RabbitMQ does."""
-        headers = carried_headers(message)
-        death = {"reason": "delivery_limit", "queue": message.queue, "count": 1}
-        headers["x-death"] = [death, *_deaths(headers)]
-        headers.setdefault("x-first-death-reason", "delivery_limit")
-        headers.setdefault("x-first-death-queue", message.queue)
+        headers = with_death(carried_headers(message), message.queue, 1)
         self._move(message, retry_name(message.queue), headers, deliveries=0)
 
     def _lane_return(self, message: Message) -> None:
@@ -429,11 +350,7 @@ class StompTransport(Transport):
         limit = lane_limit(self._limit(message.queue) if limit is None else limit)
         headers = {k: v for k, v in message.headers.items() if k != "x-delivery-count"}
         if limit is None or message.delivery_count > limit:
-            death = {"reason": "delivery_limit", "queue": message.queue,
-                     "count": message.delivery_count}
-            headers["x-death"] = [death, *_deaths(headers)]
-            headers.setdefault("x-first-death-reason", "delivery_limit")
-            headers.setdefault("x-first-death-queue", message.queue)
+            headers = with_death(headers, message.queue, message.delivery_count)
             self._move(message, "dlq." + origin_queue(message.queue), headers, deliveries=None)
         else:
             self._move(message, message.queue, headers, deliveries=message.delivery_count)
@@ -530,10 +447,4 @@ class StompTransport(Transport):
     # == inspection ===========================================================
     def queue_depth(self, name: str) -> QueueDepth:
         return self._stats.depth(name)
-
-
-
-def _deaths(headers: dict[str, Any]) -> list[Any]:
-    found = headers.get("x-death")
-    return list(found) if isinstance(found, list) else []
 

@@ -7,7 +7,8 @@ what the broker's redelivery policy dead-letters (a workflows service's NACKs) a
 what zhpc dead-letters land in the same queue.
 
 STOMP headers are text. zhpc's structured headers (ints, lists, dicts, booleans)
-travel as JSON and bytes as base64; ``zhpc-json`` and ``zhpc-bytes`` list the keys
+travel as JSON and bytes as base64, and so does text STOMP cannot frame (a NUL byte);
+``zhpc-json`` and ``zhpc-bytes`` list the keys
 to decode, so a workflows client sees plain text and zhpc gets back exactly what
 was sent (bytes nested inside a list or dict come back as text).
 """
@@ -21,8 +22,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from zhpc.errors import ConfigError, TransportError
-from zhpc.message import MESSAGE_ID_HEADER, Outgoing
-from zhpc.transport.accounting import DLQ_PREFIX, is_dead_letter_queue
+from zhpc.message import MESSAGE_ID_HEADER, Message, Outgoing
+from zhpc.transport.accounting import DLQ_PREFIX, is_dead_letter_queue, is_retry_lane
+from zhpc.transport.stomp.handles import Delivery
 
 #: ActiveMQ's prefix for a queue's individual dead-letter queue.
 ACTIVEMQ_DLQ_PREFIX = "ActiveMQ.DLQ.Queue."
@@ -85,9 +87,9 @@ def encode_headers(headers: dict[str, Any]) -> dict[str, str]:
     as_json: list[str] = []
     as_bytes: list[str] = []
     for key, value in headers.items():
-        if key in FRAME_HEADERS or "," in key:
+        if key in FRAME_HEADERS or not _framable(key) or any(c in key for c in _KEY_BREAKERS):
             raise TransportError(f"header {key!r} cannot be sent over STOMP")
-        if isinstance(value, str):
+        if isinstance(value, str) and _framable(value):
             wire[key] = value
         elif isinstance(value, bytes):
             wire[key] = base64.b64encode(value).decode("ascii")
@@ -100,6 +102,24 @@ def encode_headers(headers: dict[str, Any]) -> dict[str, str]:
     if as_bytes:
         wire[BYTES_KEYS_HEADER] = ",".join(as_bytes)
     return wire
+
+
+#: stomp.py escapes none of these in a header key; ActiveMQ would split, refuse or
+#: unescape it (``,`` separates the keys of ``zhpc-json``).
+_KEY_BREAKERS = ":\n\r\\,"
+
+
+def _framable(text: str) -> bool:
+    """Whether STOMP carries this text as it is: a NUL ends a frame (ActiveMQ keeps it
+    inside a header and stomp.py then cuts the delivered frame there), and a header is
+    UTF-8. Other text travels as JSON, whose ASCII form escapes both."""
+    if "\0" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _jsonable(value: Any) -> Any:
@@ -133,6 +153,37 @@ def decode_headers(frame_headers: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 pass  # not ours after all: keep the text
         headers[key] = value
+    return headers
+
+
+def frame_message(
+    queue_name: str, generation: int, frame: Any, broadcast: bool, fetch_sub: str = ""
+) -> Message:
+    """A received MESSAGE frame as zhpc's Message, its delivery count as far as known
+    (ActiveMQ says only *whether* it was redelivered; a lane message carries its count)."""
+    wire = frame.headers
+    redelivered = wire.get("redelivered") == "true"
+    before = int_header(wire, DELIVERIES_HEADER) or 0
+    headers = decode_headers(wire)
+    return Message(
+        body=frame.body if isinstance(frame.body, bytes) else frame.body.encode(),
+        headers=headers,
+        queue=queue_name,
+        delivery_count=1 + int(redelivered) if not is_retry_lane(queue_name) else before + 1,
+        redelivered=redelivered or before > 0,
+        message_id=str(headers.get(MESSAGE_ID_HEADER) or wire.get("message-id", "")),
+        handle=Delivery(generation, wire.get("ack", ""), broadcast, dict(wire), fetch_sub,
+                        wire.get("subscription", "")),
+    )
+
+
+def with_death(headers: dict[str, Any], queue: str, count: int) -> dict[str, Any]:
+    """The headers with a delivery-limit ``x-death`` record first, as RabbitMQ writes it."""
+    found = headers.get("x-death")
+    death = {"reason": "delivery_limit", "queue": queue, "count": count}
+    headers["x-death"] = [death, *(found if isinstance(found, list) else [])]
+    headers.setdefault("x-first-death-reason", "delivery_limit")
+    headers.setdefault("x-first-death-queue", queue)
     return headers
 
 
