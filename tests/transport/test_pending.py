@@ -36,7 +36,7 @@ def test_flush_reports_failures_once() -> None:
         failed: Future[None] = Future()
         failed.set_exception(TransportError(text))
         pending.track(failed)
-    with pytest.raises(TransportError, match="first.*and 1 more"):
+    with pytest.raises(TransportError, match=r"first.*and 1 more"):
         pending.flush(0)
     pending.flush(0)  # reported once
 
