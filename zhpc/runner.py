@@ -63,7 +63,6 @@ from zhpc.status import (
 )
 from zhpc.transport import accounting
 from zhpc.transport.base import Transport
-from zhpc.transport.pending import PendingCommits
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.service import Service
@@ -123,21 +122,17 @@ class ServiceRunner:
         self._last_activity = self._started
         self._next_heartbeat = self._started
         self._host_id = host_id()
-        # Commit futures complete on the transport's I/O thread.
-        self._lock = threading.Lock()
-        self._commits = PendingCommits(remember_failures=False)  # _committed logs them
+        # Counts, and commits not yet settled: their futures complete on the I/O thread.
+        self._lock = threading.Condition()
+        self._unsettled = 0
         #: Messages handed back because their expected_runtime did not fit.
         self._left_alone: set[str] = set()
         self._set_up = False  # setup() ran and teardown() is still due
         self.lane = RetryLane(transport, self.queue, interval=service.settings.retry_interval,
                               clock=clock, owner=service.name)
         self.retry_lane = self.lane.name
-        self._where = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "job_id": self.job.job_id,
-            "service": service.name,
-        }
+        self._where = {"host": socket.gethostname(), "pid": os.getpid(),  # in failure records
+                       "job_id": self.job.job_id, "service": service.name}
 
     # -- deadlines ------------------------------------------------------------------
     def _on_alarm(self, signum: int, frame: object) -> None:
@@ -273,7 +268,8 @@ class ServiceRunner:
                           message.message_id, exc)
                 self._record_failure(message, exc)
             else:
-                self._commits.track(future)
+                with self._lock:
+                    self._unsettled += 1
                 future.add_done_callback(functools.partial(
                     self._committed, message=message, received=received_at, ref=ref))
         self._received = None
@@ -294,6 +290,9 @@ class ServiceRunner:
                 self._event(step_events.FAILED, message, ref, duration=took, returned=True,
                             exception=type(exc).__name__, error=step_events.excerpt(exc))
         with self._lock:
+            self._unsettled -= 1
+            if not self._unsettled:
+                self._lock.notify_all()
             if exc is None:
                 self.processed += 1
             else:
@@ -375,11 +374,14 @@ class ServiceRunner:
             self._stop_consuming()
             while self.transport.poll(0):
                 pass
-            late = self._commits.wait(timeout=max(self.service.settings.drain_grace, 5))
+            with self._lock:
+                self._lock.wait_for(lambda: not self._unsettled,
+                                    max(self.service.settings.drain_grace, 5))
+                late = self._unsettled
             if late:
                 code = 1
                 log.error("%s: %d commit(s) still unconfirmed at exit; the broker delivers "
-                          "those inputs again", self.service.name, len(late))
+                          "those inputs again", self.service.name, late)
             with contextlib.suppress(TransportError):
                 self.transport.flush(0)  # failures were counted and logged as they happened
         finally:

@@ -4,8 +4,9 @@ A transport's ``commit`` returns a future that its I/O side settles later.
 :class:`PendingCommits` keeps those futures in commit order so that ``flush``
 (and a draining service) can wait for all of them, and remembers the failures
 of the settled ones for ``flush`` to raise. It adds no callback to a future:
-settled futures are dropped in sweeps, once every thousand or so commits,
-which keeps a commit on the message path cheap.
+settled futures are dropped as new ones arrive: the oldest at once (confirms
+mostly come in commit order), the others in a sweep once over a thousand are
+kept, so that one commit that never settles does not keep every later one.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ _SWEEP_ABOVE = 1024
 class PendingCommits:
     """Futures of commits, oldest first; safe to use from any thread."""
 
-    def __init__(self, *, remember_failures: bool = True) -> None:
-        #: False where failures are reported as they happen (a service's runner does).
-        self.remember_failures = remember_failures
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._futures: collections.deque[Future[None]] = collections.deque()
         self._failures: list[BaseException] = []
@@ -38,8 +37,11 @@ class PendingCommits:
     def track(self, future: Future[None]) -> None:
         """Remember ``future`` until it settled and ``flush`` (or a sweep) saw it."""
         with self._lock:
-            self._futures.append(future)
-            if len(self._futures) > self._sweep_at:
+            futures = self._futures
+            while futures and futures[0].done():  # confirms mostly come in commit order
+                self._settled(futures.popleft())
+            futures.append(future)
+            if len(futures) > self._sweep_at:
                 self._sweep()
 
     def unsettled(self) -> list[Future[None]]:
@@ -76,5 +78,5 @@ class PendingCommits:
         self._sweep_at = max(_SWEEP_ABOVE, 2 * len(kept))
 
     def _settled(self, future: Future[None]) -> None:
-        if self.remember_failures and not future.cancelled() and future.exception() is not None:
+        if not future.cancelled() and future.exception() is not None:
             self._failures.append(future.exception())  # type: ignore[arg-type]
