@@ -122,6 +122,7 @@ class Recipe:
     def node(self, number: Any) -> Any:
         """Step ``number`` (None if there is none): ``nodes.get`` without building ``nodes``,
         which a running step asks for several times per message."""
+        # Keys are strings or node numbers (``plain`` refuses a bool, which would equal 1).
         return self.data.get(number) if is_node_number(number) else None
 
     @property
