@@ -27,10 +27,7 @@ then redelivered.
 
 Draining cancels the subscription before anything is handed back, so a handed
 back message goes to another consumer rather than straight back to this one.
-
-The retry lane (``retry.<queue>``) is read one message at a time with
-``Transport.fetch`` between deliveries: whenever the subscription has nothing to
-do, and at least every ``retry_interval`` seconds while it is busy.
+When to stop is :mod:`zhpc.deadlines`; how the retry lane is read, :mod:`zhpc.retrylane`.
 """
 
 from __future__ import annotations
@@ -45,14 +42,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
 from zhpc import events as step_events
 from zhpc import logfields, shutdown
+from zhpc.deadlines import Deadlines
 from zhpc.errors import Rejected, TransportError, ZhpcError
 from zhpc.jobenv import Drain, JobEnvironment
 from zhpc.message import Message, Outgoing
+from zhpc.retrylane import RetryLane
 from zhpc.status import (
     STATUS_END,
     STATUS_IDLE,
@@ -83,12 +81,10 @@ class DrainDeadline(BaseException):
 class ServiceRunner:
     """Runs one service on one queue until it drains; :meth:`run` returns the exit code.
 
-    Deadlines: the *end deadline* (``max_runtime``, the job's end time minus
-    ``end_margin``) stops the service taking messages; the *hard deadline*
-    (the end deadline, or ``drain_grace`` after a drain signal) interrupts a
-    message still in ``process`` with :class:`DrainDeadline` and hands it back.
-    The SIGALRM timer is armed once per deadline change, not per message, and
-    only ever raises while a message is being received.
+    Deadlines (:mod:`zhpc.deadlines`): past the *end deadline* the service takes no
+    more messages; at the *hard deadline* SIGALRM interrupts a message still in
+    ``process`` with :class:`DrainDeadline` (it only ever raises while a message is
+    being received), and the message is handed back.
     """
 
     def __init__(
@@ -105,6 +101,8 @@ class ServiceRunner:
         self.service = service
         #: Step events (zhpc.events): emitting only appends to a buffer, never blocks.
         self.events = events if events is not None else step_events.NoEvents()
+        #: Whether a ``received`` event carries the recipe's plan (no one reads it otherwise).
+        self._plans = not isinstance(self.events, step_events.NoEvents)
         self._received: tuple[Message, float] | None = None  # the message in hand, since when
         self.transport = transport
         self.queue = queue or service.settings.queue or service.queue or service.name
@@ -120,51 +118,23 @@ class ServiceRunner:
         self._deadline_passed = False
         self._subscription: str | None = None
         self._started = clock()
-        self._drain_started: float | None = None
-        self._end: float | None = None
+        self.deadlines = Deadlines(service.settings, self.job, clock, self._started)
         self._last_activity = self._started
         self._next_heartbeat = self._started
         self._host_id = host_id()
-        # Commit futures complete on the transport's I/O thread.
-        self._lock = threading.Lock()
-        self._pending: set[Future[None]] = set()
+        # Counts, and commits not yet settled: their futures complete on the I/O thread.
+        self._lock = threading.Condition()
+        self._unsettled = 0
         #: Messages handed back because their expected_runtime did not fit.
         self._left_alone: set[str] = set()
         self._set_up = False  # setup() ran and teardown() is still due
-        self.retry_lane = accounting.retry_name(self.queue)
-        self._next_lane_look = self._started
-        self._where = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "job_id": self.job.job_id,
-            "service": service.name,
-        }
+        self.lane = RetryLane(transport, self.queue, interval=service.settings.retry_interval,
+                              clock=clock, owner=service.name)
+        self.retry_lane = self.lane.name
+        self._where = {"host": socket.gethostname(), "pid": os.getpid(),  # in failure records
+                       "job_id": self.job.job_id, "service": service.name}
 
     # -- deadlines ------------------------------------------------------------------
-    def end_deadline(self) -> float | None:
-        """Monotonic time by which this service must have stopped processing, if any."""
-        config = self.service.settings
-        ends = []
-        if config.max_runtime is not None:
-            ends.append(self._started + config.max_runtime)
-        remaining = self.job.remaining()
-        if remaining is not None:
-            ends.append(self.clock() + remaining - config.end_margin)
-        return min(ends) if ends else None
-
-    def hard_deadline(self) -> float | None:
-        """When a message still in ``process`` must be handed back."""
-        deadline = self._end
-        if self._drain_started is not None:
-            after_signal = self._drain_started + self.service.settings.drain_grace
-            deadline = after_signal if deadline is None else min(deadline, after_signal)
-        return deadline
-
-    def _arm_alarm(self) -> None:
-        deadline = self.hard_deadline()
-        if deadline is not None:
-            signal.setitimer(signal.ITIMER_REAL, max(deadline - self.clock(), 0.001))
-
     def _on_alarm(self, signum: int, frame: object) -> None:
         if self._busy and not self._deadline_passed:
             self._deadline_passed = True
@@ -172,9 +142,7 @@ class ServiceRunner:
         # Between messages: the loop sees the deadline itself (``_should_stop``).
 
     def _on_drain_signal(self, sig: signal.Signals) -> None:
-        if self._drain_started is None:
-            self._drain_started = self.clock()
-            self._arm_alarm()
+        self.deadlines.drain_signalled()
 
     # -- the loop -----------------------------------------------------------------
     def run(self) -> int:
@@ -187,9 +155,9 @@ class ServiceRunner:
         self.drain.on_signal(self._on_drain_signal)
         self.drain.install()
         try:
-            self._refuse_dead_letter_queue()
-            self._end = self.end_deadline()
-            self._arm_alarm()
+            if not self.service.consumes_dead_letters:
+                accounting.refuse_as_work_queue(self.queue)
+            self.deadlines.start()
             self.service.setup()
             self._set_up = True
             self._subscription = self._subscribe()
@@ -234,7 +202,7 @@ class ServiceRunner:
         if self.drain.requested:
             return True
         now = self.clock()
-        if self._end is not None and now >= self._end:
+        if self.deadlines.ended(now):
             self.drain.request("end of the job's time")
             return True
         idle = self.service.settings.idle_timeout
@@ -246,8 +214,8 @@ class ServiceRunner:
     def _poll_timeout(self) -> float:
         now = self.clock()
         wake = min(now + 0.5, self._next_heartbeat)
-        if self._end is not None:
-            wake = min(wake, self._end)
+        if self.deadlines.end is not None:
+            wake = min(wake, self.deadlines.end)
         return max(wake - now, 0.0)
 
     def _on_message(self, message: Message) -> None:
@@ -256,7 +224,7 @@ class ServiceRunner:
             self._stop_consuming()
             self._hand_back(message)
             return
-        if self._too_long_for_the_time_left(message):
+        if self.deadlines.too_long(message):
             if message.message_id in self._left_alone:
                 # It came back to us: only work we cannot finish is left. Leave it to
                 # jobs with more time instead of handing it back and forth until the end.
@@ -301,20 +269,13 @@ class ServiceRunner:
                 self._record_failure(message, exc)
             else:
                 with self._lock:
-                    self._pending.add(future)
+                    self._unsettled += 1
                 future.add_done_callback(functools.partial(
                     self._committed, message=message, received=received_at, ref=ref))
         self._received = None
         logfields.clear_message()
         self._set_status(STATUS_IDLE)
         self._last_activity = self.clock()
-
-    def _too_long_for_the_time_left(self, message: Message) -> bool:
-        """True if the step declares an ``expected_runtime`` that no longer fits."""
-        if self._end is None:
-            return False
-        expected = _expected_runtime(message)
-        return expected is not None and self.clock() + expected > self._end
 
     def _committed(self, future: Future[None], message: Message | None = None,
                    received: float | None = None,
@@ -329,7 +290,9 @@ class ServiceRunner:
                 self._event(step_events.FAILED, message, ref, duration=took, returned=True,
                             exception=type(exc).__name__, error=step_events.excerpt(exc))
         with self._lock:
-            self._pending.discard(future)
+            self._unsettled -= 1
+            if not self._unsettled:
+                self._lock.notify_all()
             if exc is None:
                 self.processed += 1
             else:
@@ -361,18 +324,6 @@ class ServiceRunner:
         self.transport.hand_back(message)
 
     # -- failures and the retry lane ------------------------------------------------
-    def _refuse_dead_letter_queue(self) -> None:
-        queue = self.queue
-        if self.service.consumes_dead_letters:
-            return
-        if accounting.is_dead_letter_queue(queue) or accounting.is_retry_lane(queue):
-            raise ZhpcError(
-                f"queue {queue!r} holds dead or retried messages of "
-                f"{accounting.origin_queue(queue)!r}; a service consumes the work queue "
-                "(its retry lane is read by itself), and dead letters are for "
-                "schlockmeister and 'zhpc dlq'"
-            )
-
     def _record_failure(self, message: Message, error: BaseException) -> None:
         """Count a real failure in the message itself: to the retry lane, or past the limit
         to the dead-letter queue with its history and last error."""
@@ -406,33 +357,12 @@ class ServiceRunner:
         self.transport.dead_letter(message, reason, headers)
 
     def _lane_timeout(self) -> float:
-        """Poll no longer than until the next look at the retry lane is due."""
-        return max(min(self._poll_timeout(), self._next_lane_look - self.clock()), 0.0)
+        return self.lane.timeout(self._poll_timeout())
 
     def _read_lane(self, *, idle: bool) -> None:
-        """Process messages from the retry lane, one fetched at a time (see the module doc)."""
-        now = self.clock()
-        if not idle and now < self._next_lane_look:
-            return
-        self._next_lane_look = now + self.service.settings.retry_interval
-        for _ in range(_LANE_BATCH):
-            if self._should_stop():
-                return
-            try:
-                message = self.transport.fetch(self.retry_lane)
-            except TransportError as exc:
-                # The broker is away (the transport reconnects; poll raises once it gives
-                # up for good): the lane waits for the next look, the service keeps running.
-                log.warning("%s: cannot read %s now: %s", self.service.name, self.retry_lane, exc)
-                return
-            if message is None:
-                return
-            if accounting.exhausted(message, self.transport.delivery_limit):
-                self._dead_letter(
-                    message, f"delivery_limit: {accounting.spent(message)} failures or crashes"
-                )
-                continue
-            self._on_message(message)
+        """Process messages from the retry lane (the recorder's runner has none)."""
+        self.lane.read(idle=idle, should_stop=self._should_stop, process=self._on_message,
+                       dead_letter=self._dead_letter)
 
     def _shutdown(self) -> int:
         log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
@@ -445,12 +375,13 @@ class ServiceRunner:
             while self.transport.poll(0):
                 pass
             with self._lock:
-                pending = list(self._pending)
-            _done, late = wait_futures(pending, timeout=max(self.service.settings.drain_grace, 5))
+                self._lock.wait_for(lambda: not self._unsettled,
+                                    max(self.service.settings.drain_grace, 5))
+                late = self._unsettled
             if late:
                 code = 1
                 log.error("%s: %d commit(s) still unconfirmed at exit; the broker delivers "
-                          "those inputs again", self.service.name, len(late))
+                          "those inputs again", self.service.name, late)
             with contextlib.suppress(TransportError):
                 self.transport.flush(0)  # failures were counted and logged as they happened
         finally:
@@ -468,7 +399,7 @@ class ServiceRunner:
     def _event(self, kind: str, message: Message, ref: step_events.StepRef | None = None,
                **fields: Any) -> step_events.StepRef:
         if ref is None:
-            ref = step_events.StepRef.of(message, plan=kind == step_events.RECEIVED)
+            ref = step_events.StepRef.of(message, plan=self._plans and kind == step_events.RECEIVED)
         if kind != step_events.DONE:
             fields["delivery"] = message.delivery_count
         self.events.emit(kind, ref, message_id=message.message_id, **fields)
@@ -518,16 +449,3 @@ class ServiceRunner:
         except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
             log.warning("%s: status heartbeat not sent: %s", self.service.name, exc)
 
-
-#: Lane messages processed per look before the subscription gets its turn again.
-_LANE_BATCH = 100
-
-
-def _expected_runtime(message: Message) -> float | None:
-    try:
-        body = message.json()
-        step = body["recipe"][str(body["recipe-pointer"])]
-        value = step.get("parameters", {}).get("expected_runtime")
-        return float(value) if value is not None else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None

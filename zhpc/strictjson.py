@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 
@@ -57,13 +58,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 #: One decoder for every message: ``json.loads`` with hooks builds a new one per call.
 _DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float, parse_int=_int)
+#: Without the integer hook (a Python call per integer) for text that cannot hold a long one.
+_FAST_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
+_LONG_DIGITS = re.compile(f"[0-9]{{{MAX_INT_DIGITS + 1}}}")
 
 
 def loads(text: str | bytes, *, unique_keys: bool = False, **kwargs: Any) -> Any:
     """``json.loads`` refusing non-finite numbers and huge integers (NonFiniteNumber,
     a ValueError); with ``unique_keys``, also an object with a key twice (DuplicateKey)."""
     if isinstance(text, str) and not kwargs and not unique_keys:
-        return _DECODER.decode(text)
+        # No run of more digits than allowed anywhere (in a string or not): no such integer.
+        decoder = _DECODER if _LONG_DIGITS.search(text) else _FAST_DECODER
+        return decoder.decode(text)
     if unique_keys:
         kwargs.setdefault("object_pairs_hook", _no_duplicates)
     return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,

@@ -29,7 +29,7 @@ def short(value: Any, limit: int = 60) -> str:
 
 def is_node_number(value: Any) -> bool:
     """An int that is not a bool: what workflows accepts as a node."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def plain(value: Any, where: str) -> Any:

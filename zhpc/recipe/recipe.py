@@ -119,6 +119,12 @@ class Recipe:
         """The numbered steps (values are mappings in a valid recipe)."""
         return {k: v for k, v in self.data.items() if is_node_number(k)}
 
+    def node(self, number: Any) -> Any:
+        """Step ``number`` (None if there is none): ``nodes.get`` without building ``nodes``,
+        which a running step asks for several times per message."""
+        # Keys are strings or node numbers (``plain`` refuses a bool, which would equal 1).
+        return self.data.get(number) if is_node_number(number) else None
+
     @property
     def start(self) -> list[Any]:
         start = self.data.get("start")
@@ -159,7 +165,7 @@ class Recipe:
         Shows whatever makes sense, even in an invalid recipe: a channel whose
         targets are neither a node number nor a list is left out.
         """
-        step = self.nodes.get(node)
+        step = self.node(node)
         return parse_links(step.get(kind)).by_channel() if isinstance(step, dict) else {}
 
     # validation -------------------------------------------------------------

@@ -60,7 +60,7 @@ class RecipeWrapper:
         message_id: str | None = None,
     ) -> None:
         self.recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
-        if pointer is not None and not isinstance(self.recipe.nodes.get(pointer), dict):
+        if pointer is not None and not isinstance(self.recipe.node(pointer), dict):
             raise RecipeError(f"recipe-pointer {pointer} names no step of the recipe")
         self.recipe_pointer = pointer
         self.recipe_path: list[int] = list(path or [])
@@ -71,6 +71,8 @@ class RecipeWrapper:
         self.emit: Callable[[Outgoing], None] = emit or self.outbox.append
         self._id_base = message_id or uuid.uuid4().hex
         self._sequence = 0
+        #: The current step's checked links by kind, read once (``from_body`` checks them).
+        self._links: dict[str, dict[Any, list[int]]] = {}
 
     # construction -----------------------------------------------------------
 
@@ -146,17 +148,21 @@ class RecipeWrapper:
             raise RecipeError(f"recipe message: environment must be an object, "
                               f"not {type(environment).__name__}")
         recipe = Recipe(body["recipe"], source="recipe message", _decoded=decoded)
-        step = recipe.nodes.get(pointer)
+        step = recipe.node(pointer)
         if not isinstance(step, dict):
             raise RecipeError(f"recipe message: recipe-pointer {pointer} names no step "
                               f"(steps: {sorted(recipe.nodes)})")
+        links = {}
         for kind in ("output", "error"):
-            for name, targets in _checked_links(pointer, step, kind).items():
+            links[kind] = _checked_links(pointer, step, kind)
+            for name, targets in links[kind].items():
                 for target in targets:
                     _destination_problem(recipe, target, f"step {pointer} {kind}"
                                          + (f" {name!r}" if name else ""))
-        return cls(recipe, pointer=pointer, path=path, environment=environment,
-                   payload=body.get("payload"), emit=emit, message_id=message_id)
+        wrapper = cls(recipe, pointer=pointer, path=path, environment=environment,
+                      payload=body.get("payload"), emit=emit, message_id=message_id)
+        wrapper._links = links
+        return wrapper
 
     # state ------------------------------------------------------------------
 
@@ -165,7 +171,7 @@ class RecipeWrapper:
         """The current step's mapping (None before :meth:`start`)."""
         if self.recipe_pointer is None:
             return None
-        return self.recipe.nodes[self.recipe_pointer]
+        return self.recipe.data[self.recipe_pointer]
 
     @property
     def recipe_id(self) -> str | None:
@@ -217,7 +223,7 @@ class RecipeWrapper:
                     "channel: use send_to(name, ...) or set_default_channel(name)")
             return self.send_to(self.default_channel, payload, headers=headers,
                                 delay=delay, expiration=expiration)
-        targets = _checked_links(self.recipe_pointer, step, "output").get(None, [])
+        targets = self._step_links(step, "output").get(None, [])
         return self._emit_all([(t, payload) for t in targets], headers, delay, expiration)
 
     def send_to(self, channel: str, payload: Any, *, headers: Mapping[str, Any] | None = None,
@@ -237,7 +243,7 @@ class RecipeWrapper:
             return []
         if channel not in output:
             return []
-        targets = _checked_links(self.recipe_pointer, step, "output").get(channel, [])
+        targets = self._step_links(step, "output").get(channel, [])
         return self._emit_all([(t, payload) for t in targets], headers, delay, expiration)
 
     def checkpoint(self, payload: Any, *, delay: float = 0,
@@ -256,7 +262,7 @@ class RecipeWrapper:
         """Where :meth:`send_error` goes: the step's ``error`` nodes, else the recipe's."""
         step = self._step()
         if "error" in step:
-            return _checked_links(self.recipe_pointer, step, "error").get(None, [])
+            return list(self._step_links(step, "error").get(None, []))
         targets = self.recipe.data.get("error", [])
         return list(targets) if isinstance(targets, list) else []
 
@@ -274,6 +280,13 @@ class RecipeWrapper:
         if step is None:
             raise RecipeError("this recipe wrapper has no current step (call start() first)")
         return step
+
+    def _step_links(self, step: dict[str, Any], kind: str) -> dict[Any, list[int]]:
+        """The current step's ``kind`` links, checked (once per wrapper)."""
+        links = self._links.get(kind)
+        if links is None:
+            links = self._links[kind] = _checked_links(self.recipe_pointer, step, kind)
+        return links
 
     def body(self, destination: int, payload: Any, add_path_step: bool = True) -> dict[str, Any]:
         """The message body for ``destination``, with workflows' keys in workflows' order."""
@@ -362,7 +375,7 @@ def _checked_links(pointer: Any, step: dict[str, Any], kind: str) -> dict[Any, l
 
 def _destination_problem(recipe: Recipe, target: Any, where: str) -> dict[str, Any]:
     """The node a message goes to; RecipeError if it cannot receive one."""
-    node = recipe.nodes.get(target) if is_node_number(target) else None
+    node = recipe.node(target)
     if not isinstance(node, dict):
         raise RecipeError(f"{where}: link to node {short(target)}, which does not exist")
     if not (isinstance(node.get("queue"), str) and node["queue"]) and not (

@@ -42,6 +42,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from zhpc.errors import ZhpcError
 from zhpc.message import Message
 
 #: The lane between a work queue and its dead-letter queue.
@@ -86,6 +87,17 @@ def is_retry_lane(queue: str) -> bool:
 
 def is_dead_letter_queue(queue: str) -> bool:
     return queue.startswith(DLQ_PREFIX)
+
+
+def refuse_as_work_queue(queue: str) -> None:
+    """Refuse a lane or dead-letter queue as an ordinary service's input: it would fail
+    every message again, in a hot loop (Schlockmeister may: it files them)."""
+    if is_dead_letter_queue(queue) or is_retry_lane(queue):
+        raise ZhpcError(
+            f"queue {queue!r} holds dead or retried messages of {origin_queue(queue)!r}; "
+            "a service consumes the work queue (its retry lane is read by itself), and "
+            "dead letters are for schlockmeister and 'zhpc dlq'"
+        )
 
 
 def lane_limit(delivery_limit: int) -> int | None:

@@ -171,6 +171,22 @@ class _TopologyOp:
 RawDelivery = tuple[str, int, Any, Any, bytes]
 
 
+class _Connection(pika.SelectConnection):
+    """pika's SelectConnection, writing the frames of one message as one buffer.
+
+    pika buffers a publish's method, header and body frames separately and sends
+    each with its own ``send()``. Every such call lets the service's thread take
+    the GIL, and the I/O thread then waits for it back: joined, a message costs
+    one call instead of three (same bytes, same order; only ``frames_sent``, a
+    statistic, counts the joined buffer once).
+    """
+
+    def _output_marshaled_frames(self, marshaled_frames: Sequence[bytes]) -> None:
+        if len(marshaled_frames) > 1:
+            marshaled_frames = [b"".join(marshaled_frames)]
+        super()._output_marshaled_frames(marshaled_frames)
+
+
 class IOThread:
     """The I/O thread of one transport and every pika object it uses (one connection).
 
@@ -457,7 +473,7 @@ class IOThread:
         assert self._ioloop is not None
         self.node = self._display_urls[index]
         self._open_error = None
-        self._conn = pika.SelectConnection(
+        self._conn = _Connection(
             connection_parameters(self._urls[index], self._heartbeat, self._tls,
                                   self._blocked_timeout),
             on_open_callback=self._on_connection_open,

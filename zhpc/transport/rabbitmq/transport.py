@@ -7,8 +7,8 @@ for the whole threading contract). What this side owns, and who may use it:
 * ``_subs`` (subscriptions): written by caller threads; read by the polling
   thread, and snapshotted by the I/O thread's ``on_channel`` hook to start a
   recovery thread.
-* ``_pending``/``_failures`` (commits not yet settled), under ``_state_lock``:
-  commits add to it, their futures' callbacks (on the I/O thread) remove.
+* ``_commits`` (:class:`PendingCommits`, commits not yet settled, with its own lock):
+  commits add to it, ``flush`` and ``on_abandon`` (on the I/O thread) read it.
 * :class:`Topology` (what was declared), with its own lock.
 """
 
@@ -21,13 +21,13 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
 from typing import TYPE_CHECKING, Any
 
 from zhpc.errors import TransportError
 from zhpc.message import Message, Outgoing
 from zhpc.transport.accounting import with_handback
 from zhpc.transport.base import Callback, QueueDepth, Transport
+from zhpc.transport.pending import PendingCommits
 from zhpc.transport.rabbitmq.iothread import (
     Batch,
     ConnectionLostError,
@@ -102,9 +102,7 @@ class RabbitMQTransport(Transport):
         self._topology = Topology(self._io, quorum_group_size=quorum_group_size)
         self._subs: dict[str, Subscription] = {}
         self._sub_ids = itertools.count(1)
-        self._pending: set[Future[None]] = set()
-        self._failures: list[BaseException] = []
-        self._state_lock = threading.Lock()
+        self._commits = PendingCommits()
         self._fetch_lock = threading.Lock()  # one basic.get in flight (pika's rule)
 
     @classmethod
@@ -136,9 +134,7 @@ class RabbitMQTransport(Transport):
 
     def _fail_pending(self, error: TransportError) -> None:
         """Every unsettled commit fails: the I/O thread gave up or was stopped."""
-        with self._state_lock:
-            pending = list(self._pending)
-        for future in pending:
+        for future in self._commits.unsettled():
             fail(future, error)
 
     # == topology =============================================================
@@ -403,32 +399,12 @@ class RabbitMQTransport(Transport):
         future: Future[None] = Future()
         pubs = [self._to_pub(o) for o in outputs]  # raises before anything is sent
         batch = Batch(pubs, future, ack=None if delivery.broadcast else delivery)
-        self._track(future)
+        self._commits.track(future)
         self._io.send(batch)
         return future
 
-    def _track(self, future: Future[None]) -> None:
-        with self._state_lock:
-            self._pending.add(future)
-        future.add_done_callback(self._untrack)
-
-    def _untrack(self, future: Future[None]) -> None:
-        with self._state_lock:
-            self._pending.discard(future)
-            if future.exception() is not None:
-                self._failures.append(future.exception())  # type: ignore[arg-type]
-
     def flush(self, timeout: float | None = None) -> None:
-        with self._state_lock:
-            pending = list(self._pending)
-        _done, not_done = wait_futures(pending, timeout=timeout)
-        with self._state_lock:
-            failures, self._failures = self._failures, []
-        if not_done:
-            raise TransportError(f"{len(not_done)} commit(s) still unconfirmed after {timeout} s")
-        if failures:
-            extra = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise TransportError(f"a commit failed: {failures[0]}{extra}")
+        self._commits.flush(timeout)
 
     def move(self, message: Message, queue: str, headers: dict[str, Any]) -> None:
         self._ensure_queue(queue)

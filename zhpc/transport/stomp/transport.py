@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from zhpc.transport.accounting import (
     with_handback,
 )
 from zhpc.transport.base import Callback, QueueDepth, Transport
+from zhpc.transport.pending import PendingCommits
 from zhpc.transport.stomp.browsing import ANSWER as _ANSWER
 from zhpc.transport.stomp.browsing import Browsing, drain
 from zhpc.transport.stomp.connection import Connection, ConnectionLostError
@@ -89,8 +89,7 @@ class StompTransport(Transport):
         self._subs: dict[str, Subscription] = {}
         self._limits: dict[str, int] = {}
         self._held: dict[str, Message] = {}  # unsettled deliveries, by ack id
-        self._pending: set[Future[None]] = set()
-        self._failures: list[BaseException] = []
+        self._commits = PendingCommits()
         self._state_lock = threading.Lock()
         self._stats = Statistics(self._conn)
         self._browsing = Browsing(self._conn)
@@ -365,28 +364,11 @@ class StompTransport(Transport):
             future.add_done_callback(lambda _f: self._release(delivery))
         if delivery.fetch_sub:
             future.add_done_callback(lambda _f: self._end_fetch(delivery))
-        with self._state_lock:
-            self._pending.add(future)
-        future.add_done_callback(self._untrack)
+        self._commits.track(future)
         return future
 
-    def _untrack(self, future: Future[None]) -> None:
-        with self._state_lock:
-            self._pending.discard(future)
-            if future.exception() is not None:
-                self._failures.append(future.exception())  # type: ignore[arg-type]
-
     def flush(self, timeout: float | None = None) -> None:
-        with self._state_lock:
-            pending = list(self._pending)
-        _done, not_done = wait_futures(pending, timeout=timeout)
-        with self._state_lock:
-            failures, self._failures = self._failures, []
-        if not_done:
-            raise TransportError(f"{len(not_done)} commit(s) still unconfirmed after {timeout} s")
-        if failures:
-            extra = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise TransportError(f"a commit failed: {failures[0]}{extra}")
+        self._commits.flush(timeout)
 
     def move(self, message: Message, queue: str, headers: dict[str, Any]) -> None:
         self._move(message, queue, headers, deliveries=0 if is_retry_lane(queue) else None)
