@@ -13,6 +13,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from zhpc.jobenv import end_deadline
 from zhpc.message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,13 +43,9 @@ class Deadlines:
 
     def end_deadline(self) -> float | None:
         """Monotonic time by which this service must have stopped processing, if any."""
-        ends = []
-        if self.settings.max_runtime is not None:
-            ends.append(self.started + self.settings.max_runtime)
-        remaining = self.job.remaining()
-        if remaining is not None:
-            ends.append(self.clock() + remaining - self.settings.end_margin)
-        return min(ends) if ends else None
+        return end_deadline(self.job, started=self.started, now=self.clock(),
+                            max_runtime=self.settings.max_runtime,
+                            end_margin=self.settings.end_margin)
 
     def hard_deadline(self) -> float | None:
         """When a message still in ``process`` must be handed back."""
@@ -68,9 +65,6 @@ class Deadlines:
         if self.drain_started is None:
             self.drain_started = self.clock()
             self.arm_alarm()
-
-    def ended(self, now: float) -> bool:
-        return self.end is not None and now >= self.end
 
     def too_long(self, message: Message) -> bool:
         """True if the step declares an ``expected_runtime`` that no longer fits."""

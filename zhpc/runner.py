@@ -48,7 +48,7 @@ from zhpc import events as step_events
 from zhpc import logfields, shutdown
 from zhpc.deadlines import Deadlines
 from zhpc.errors import Rejected, TransportError, ZhpcError
-from zhpc.jobenv import Drain, JobEnvironment
+from zhpc.jobenv import Drain, JobEnvironment, poll_timeout, stop_reason
 from zhpc.message import Message, Outgoing
 from zhpc.retrylane import RetryLane
 from zhpc.status import (
@@ -201,22 +201,16 @@ class ServiceRunner:
     def _should_stop(self) -> bool:
         if self.drain.requested:
             return True
-        now = self.clock()
-        if self.deadlines.ended(now):
-            self.drain.request("end of the job's time")
-            return True
-        idle = self.service.settings.idle_timeout
-        if idle is not None and now - self._last_activity >= idle:
-            self.drain.request(f"idle for {idle:g} s")
+        reason = stop_reason(now=self.clock(), end=self.deadlines.end,
+                             last_activity=self._last_activity,
+                             idle_timeout=self.service.settings.idle_timeout)
+        if reason is not None:
+            self.drain.request(reason)
             return True
         return False
 
     def _poll_timeout(self) -> float:
-        now = self.clock()
-        wake = min(now + 0.5, self._next_heartbeat)
-        if self.deadlines.end is not None:
-            wake = min(wake, self.deadlines.end)
-        return max(wake - now, 0.0)
+        return poll_timeout(self.clock(), self._next_heartbeat, self.deadlines.end)
 
     def _on_message(self, message: Message) -> None:
         self._last_activity = self.clock()
