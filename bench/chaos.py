@@ -35,20 +35,32 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=100.0, help="messages/s published")
     parser.add_argument("--repeats", type=int, default=3, help="faults of each kind")
-    parser.add_argument("--faults", default="default",
-                        help="comma-separated kinds, 'all', or 'default' (all but slurmd): "
-                        + ", ".join(faults.KINDS))
-    parser.add_argument("--count", action="append", default=[], metavar="KIND=N",
-                        help="this many faults of KIND instead of --repeats (repeatable)")
+    parser.add_argument(
+        "--faults",
+        default="default",
+        help="comma-separated kinds, 'all', or 'default' (all but slurmd): "
+        + ", ".join(faults.KINDS),
+    )
+    parser.add_argument(
+        "--count",
+        action="append",
+        default=[],
+        metavar="KIND=N",
+        help="this many faults of KIND instead of --repeats (repeatable)",
+    )
     parser.add_argument("--tasks", type=int, default=2, help="array tasks per service")
     parser.add_argument("--task-time", default="00:10:00")
     parser.add_argument("--drain-timeout", type=float, default=900.0)
     parser.add_argument("--soak", type=float, metavar="MINUTES")
     parser.add_argument("--fault-every", type=float, default=5.0, help="soak: seconds")
     parser.add_argument("--port", type=int, default=5690, help="private AMQP port")
-    parser.add_argument("--workflows", default="", metavar="MODES",
-                        help="then the same against python-workflows under zocalo.service: "
-                        "comma-separated plain,transactional")
+    parser.add_argument(
+        "--workflows",
+        default="",
+        metavar="MODES",
+        help="then the same against python-workflows under zocalo.service: "
+        "comma-separated plain,transactional",
+    )
     parser.add_argument("--no-zhpc", action="store_true", help="only the workflows runs")
     parser.add_argument("--base", type=Path, help="run directory (default: a new /tmp dir)")
     args = parser.parse_args()
@@ -69,11 +81,21 @@ def main() -> int:
     unknown = sorted((set(kinds) | set(counts)) - set(faults.KINDS))
     if unknown:
         parser.error(f"unknown fault kind(s): {', '.join(unknown)}")
-    settings = Settings(messages=args.messages, seed=args.seed, rate=args.rate, kinds=kinds,
-                        repeats=args.repeats, counts=counts, tasks=args.tasks,
-                        task_time=args.task_time,
-                        drain_timeout=args.drain_timeout, soak_minutes=args.soak,
-                        fault_every=args.fault_every, base=args.base, port=args.port)
+    settings = Settings(
+        messages=args.messages,
+        seed=args.seed,
+        rate=args.rate,
+        kinds=kinds,
+        repeats=args.repeats,
+        counts=counts,
+        tasks=args.tasks,
+        task_time=args.task_time,
+        drain_timeout=args.drain_timeout,
+        soak_minutes=args.soak,
+        fault_every=args.fault_every,
+        base=args.base,
+        port=args.port,
+    )
     report: dict = {"bench": "chaos", "ok": True} if args.no_zhpc else ChaosRun(settings).run()
     modes = [m for m in args.workflows.split(",") if m]
     if modes:

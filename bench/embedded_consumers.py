@@ -75,8 +75,10 @@ def run(count: int, messages: int, directory: Path) -> dict[str, Any]:
         transport.declare_queue(QUEUE)
     context = mp.get_context("fork")
     acked, stop, results = context.Value("i", 0), context.Event(), context.Queue()
-    workers = [context.Process(target=_consume, args=(str(path), acked, stop, results))
-               for _ in range(count)]
+    workers = [
+        context.Process(target=_consume, args=(str(path), acked, stop, results))
+        for _ in range(count)
+    ]
     for worker in workers:
         worker.start()
     window = 4 * count
@@ -86,8 +88,9 @@ def run(count: int, messages: int, directory: Path) -> dict[str, Any]:
         while acked.value < messages:
             room = min(window - (sent - acked.value), messages - sent)
             if room > 0:
-                transport.publish_many([Outgoing.json(QUEUE, {"t": time.time(), "i": sent + i})
-                                        for i in range(room)])
+                transport.publish_many(
+                    [Outgoing.json(QUEUE, {"t": time.time(), "i": sent + i}) for i in range(room)]
+                )
                 sent += room
             else:
                 time.sleep(0.001)

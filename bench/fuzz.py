@@ -40,12 +40,15 @@ def main() -> int:
         base = Path(tmp)
         recipes = base / "recipes"
         recipes.mkdir()
-        rabbit = PrivateRabbit(base / "rabbit", port=args.port, dist_port=args.port + 20000,
-                               management_port=None)
+        rabbit = PrivateRabbit(
+            base / "rabbit", port=args.port, dist_port=args.port + 20000, management_port=None
+        )
         rabbit.start()
         try:
-            for kind, url in (("embedded", f"sqlite://{base / 'broker.sqlite'}"),
-                              ("rabbitmq", rabbit.url)):
+            for kind, url in (
+                ("embedded", f"sqlite://{base / 'broker.sqlite'}"),
+                ("rabbitmq", rabbit.url),
+            ):
                 for target in ("service", "dispatcher"):
                     out = f"fuzz.out.{uuid.uuid4().hex[:8]}"
                     (recipes / "fuzz.json").write_text(json.dumps(good_recipe(out, out)))
@@ -56,14 +59,25 @@ def main() -> int:
                         return transport
 
                     started = time.monotonic()
-                    report = fuzz(target, connect, f"fuzz.{target}.{uuid.uuid4().hex[:8]}", out,
-                                  per_run, args.seed, recipes_dir=recipes)
+                    report = fuzz(
+                        target,
+                        connect,
+                        f"fuzz.{target}.{uuid.uuid4().hex[:8]}",
+                        out,
+                        per_run,
+                        args.seed,
+                        recipes_dir=recipes,
+                    )
                     report.update(broker=kind, seconds=round(time.monotonic() - started, 1))
                     results.append(report)
         finally:
             rabbit.stop()
-    summary = {"bench": "fuzz", "cases": sum(r["cases"] for r in results),
-               "problems": sum(r["problem_count"] for r in results), "runs": results}
+    summary = {
+        "bench": "fuzz",
+        "cases": sum(r["cases"] for r in results),
+        "problems": sum(r["problem_count"] for r in results),
+        "runs": results,
+    }
     print(json.dumps(summary, separators=(",", ":")))
     return 0 if summary["problems"] == 0 else 1
 

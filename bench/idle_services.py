@@ -139,9 +139,11 @@ def _window(broker: int | None, pids: list[int], seconds: float) -> dict[str, An
     elapsed = time.monotonic() - t0
     cpu = (_cpu_s(broker) - cpu0) / elapsed if broker else None
     io = (_io_bytes(pids) - io0) / elapsed
-    return {"broker_cpu_cores": None if cpu is None else round(cpu, 3),
-            "client_io_bytes_per_s": round(io, 1),
-            "client_io_bytes_per_s_per_service": round(io / len(pids), 1) if pids else 0.0}
+    return {
+        "broker_cpu_cores": None if cpu is None else round(cpu, 3),
+        "client_io_bytes_per_s": round(io, 1),
+        "client_io_bytes_per_s_per_service": round(io / len(pids), 1) if pids else 0.0,
+    }
 
 
 def main() -> int:
@@ -163,28 +165,49 @@ def main() -> int:
     transport.connect()
     for queue in (inq, outq):
         transport.declare_queue(queue)
-    recipe = {"1": {"service": "double", "queue": inq, "output": 2},
-              "2": {"service": "sink", "queue": outq}, "start": [[1, {"value": 21}]]}
+    recipe = {
+        "1": {"service": "double", "queue": inq, "output": 2},
+        "2": {"service": "sink", "queue": outq},
+        "start": [[1, {"value": 21}]],
+    }
     body = RecipeWrapper.from_recipe(recipe).start()[0].body
     broker = _broker_pid()
     procs: list[subprocess.Popen] = []
-    line: dict[str, Any] = {"benchmark": "idle_services", "broker": "rabbitmq",
-                            "broker_pid_found": broker is not None,
-                            "messages": args.messages, "idle_window_s": args.idle}
+    line: dict[str, Any] = {
+        "benchmark": "idle_services",
+        "broker": "rabbitmq",
+        "broker_pid_found": broker is not None,
+        "messages": args.messages,
+        "idle_window_s": args.idle,
+    }
     tmp = tempfile.TemporaryDirectory()
     config = Path(tmp.name) / "zhpc.yaml"
     config.write_text(f"broker: {{url: '{AMQP_URL}'}}\n")
     env = {**os.environ, "ZHPC_HOME": tmp.name}
-    zhpc = [sys.executable, "-m", "zhpc", "--config", str(config), "-q", "service", "-s",
-            "double", "--queue", inq]
+    zhpc = [
+        sys.executable,
+        "-m",
+        "zhpc",
+        "--config",
+        str(config),
+        "-q",
+        "service",
+        "-s",
+        "double",
+        "--queue",
+        inq,
+    ]
     try:
         line["baseline"] = {**_window(broker, [], args.idle), "broker_mem_mb": _broker_mem_mb()}
         results = []
         for step in steps:
             began = time.monotonic()
             while len(procs) < step:
-                procs.append(subprocess.Popen(zhpc, env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
+                procs.append(
+                    subprocess.Popen(
+                        zhpc, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                    )
+                )
             deadline = time.monotonic() + 60 + 5 * step
             while transport.queue_depth(inq).consumers < step:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -193,12 +216,19 @@ def main() -> int:
             started_s = time.monotonic() - began
             time.sleep(2.0)  # settle
             pids = [p.pid for p in procs]
-            result: dict[str, Any] = {"services": step, "start_s": round(started_s, 1),
-                                      **_window(broker, pids, args.idle),
-                                      "broker_mem_mb": _broker_mem_mb(),
-                                      "services_rss_mb": _rss_mb(pids)}
-            transport.publish_many([Outgoing(inq, body, headers={"workflows-recipe": True})
-                                    for _ in range(args.messages)])
+            result: dict[str, Any] = {
+                "services": step,
+                "start_s": round(started_s, 1),
+                **_window(broker, pids, args.idle),
+                "broker_mem_mb": _broker_mem_mb(),
+                "services_rss_mb": _rss_mb(pids),
+            }
+            transport.publish_many(
+                [
+                    Outgoing(inq, body, headers={"workflows-recipe": True})
+                    for _ in range(args.messages)
+                ]
+            )
             first = None
             deadline = time.monotonic() + 600
             while True:

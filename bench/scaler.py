@@ -78,13 +78,26 @@ def child(tool: str, opts: dict[str, Any]) -> int:
         from parsl.executors import HighThroughputExecutor
         from parsl.providers import SlurmProvider
 
-        provider = SlurmProvider(init_blocks=0, min_blocks=0, max_blocks=opts["max_jobs"],
-                                 nodes_per_block=1, cores_per_node=1, exclusive=False,
-                                 walltime="00:10:00")
-        executor = HighThroughputExecutor(label=opts["tag"], address="127.0.0.1",
-                                          max_workers_per_node=1, provider=provider)
-        parsl.load(Config(executors=[executor], strategy="htex_auto_scale",
-                          max_idletime=opts["idle_timeout"], run_dir=opts["run_dir"]))
+        provider = SlurmProvider(
+            init_blocks=0,
+            min_blocks=0,
+            max_blocks=opts["max_jobs"],
+            nodes_per_block=1,
+            cores_per_node=1,
+            exclusive=False,
+            walltime="00:10:00",
+        )
+        executor = HighThroughputExecutor(
+            label=opts["tag"], address="127.0.0.1", max_workers_per_node=1, provider=provider
+        )
+        parsl.load(
+            Config(
+                executors=[executor],
+                strategy="htex_auto_scale",
+                max_idletime=opts["idle_timeout"],
+                run_dir=opts["run_dir"],
+            )
+        )
         app = parsl.python_app(_task)
         say(event="ready")
         time.sleep(opts["idle"])
@@ -98,9 +111,15 @@ def child(tool: str, opts: dict[str, Any]) -> int:
     from dask.distributed import Client
     from dask_jobqueue import SLURMCluster
 
-    cluster = SLURMCluster(cores=1, processes=1, memory="1GB", walltime="00:10:00",
-                           job_name=opts["tag"], scheduler_options={"host": "127.0.0.1"},
-                           log_directory=opts["run_dir"])
+    cluster = SLURMCluster(
+        cores=1,
+        processes=1,
+        memory="1GB",
+        walltime="00:10:00",
+        job_name=opts["tag"],
+        scheduler_options={"host": "127.0.0.1"},
+        log_directory=opts["run_dir"],
+    )
     cluster.adapt(minimum_jobs=0, maximum_jobs=opts["max_jobs"])
     with Client(cluster) as client:
         say(event="ready")
@@ -131,8 +150,10 @@ class Shim:
                     continue
                 raise SystemExit(f"{command} not found: the benchmark needs Slurm")
             script = self.dir / command
-            script.write_text(f'#!/bin/sh\necho "$(date +%s.%N) {command} '
-                              f'${{SLURM_JOB_ID:-scaler}}" >> {self.log}\nexec {real} "$@"\n')
+            script.write_text(
+                f'#!/bin/sh\necho "$(date +%s.%N) {command} '
+                f'${{SLURM_JOB_ID:-scaler}}" >> {self.log}\nexec {real} "$@"\n'
+            )
             script.chmod(0o755)
 
     def env(self) -> dict[str, str]:
@@ -164,8 +185,13 @@ class JobWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            out = subprocess.run([self.squeue, "--me", "--noheader", "--array", "-o", "%i %j %T"],
-                                 capture_output=True, text=True, timeout=30, check=False).stdout
+            out = subprocess.run(
+                [self.squeue, "--me", "--noheader", "--array", "-o", "%i %j %T"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout
             pending = alive = 0
             for line in out.splitlines():
                 job_id, name, state = line.split()
@@ -192,8 +218,16 @@ class JobWatch(threading.Thread):
         return None
 
 
-def _result(watch: JobWatch, shim: Shim, started: float, burst: float, first_done: float,
-            all_done: float, release: float | None, max_jobs: int) -> dict[str, Any]:
+def _result(
+    watch: JobWatch,
+    shim: Shim,
+    started: float,
+    burst: float,
+    first_done: float,
+    all_done: float,
+    release: float | None,
+    max_jobs: int,
+) -> dict[str, Any]:
     ended = time.time()
     calls = shim.calls()
     sbatch = [t for t, c in calls if c == "sbatch" and t >= burst]
@@ -226,31 +260,67 @@ def run_zhpc(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     (plugins / f"{service}_plugin.py").write_text(PLUGIN)
     (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {service}\nVersion: 0\n")
     (dist / "entry_points.txt").write_text(
-        f"[zhpc.services]\n{service} = {service}_plugin:Sleeper\n")
+        f"[zhpc.services]\n{service} = {service}_plugin:Sleeper\n"
+    )
     config = root / "zhpc.yaml"
-    config.write_text(json.dumps({
-        "broker": {"url": AMQP_URL},
-        "cluster": {"backend": "slurm", "workdir": str(root / "jobs")},
-        "services": {service: {"queue": queue, "prefetch": 1, "idle_timeout": args.idle_timeout,
-                               "drain_grace": 2, "end_margin": 5}},
-        "scaler": {service: {"max_jobs": args.max_jobs, "max_pending": args.max_jobs,
-                             "messages_per_job": max(1, args.n // args.max_jobs),
-                             "time": "00:10:00", "interval": args.interval}},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "broker": {"url": AMQP_URL},
+                "cluster": {"backend": "slurm", "workdir": str(root / "jobs")},
+                "services": {
+                    service: {
+                        "queue": queue,
+                        "prefetch": 1,
+                        "idle_timeout": args.idle_timeout,
+                        "drain_grace": 2,
+                        "end_margin": 5,
+                    }
+                },
+                "scaler": {
+                    service: {
+                        "max_jobs": args.max_jobs,
+                        "max_pending": args.max_jobs,
+                        "messages_per_job": max(1, args.n // args.max_jobs),
+                        "time": "00:10:00",
+                        "interval": args.interval,
+                    }
+                },
+            }
+        )
+    )
     shim = Shim(root, "zhpc")
     env = shim.env()
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(plugins),
-                                                        os.environ.get("PYTHONPATH")])),
-               ZHPC_HOME=str(root / "home"))
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])),
+        ZHPC_HOME=str(root / "home"),
+    )
     watch = JobWatch(f"zhpc-svc-{service}")
     watch.start()
     started = time.time()
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "zhpc", "--config", str(config), "scale", "--daemon", "--json",
-         "--poll", "0.5", "-s", service], stdout=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "zhpc",
+            "--config",
+            str(config),
+            "scale",
+            "--daemon",
+            "--json",
+            "--poll",
+            "0.5",
+            "-s",
+            service,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list[dict[str, Any]] = []
-    reader = threading.Thread(target=lambda: lines.extend(
-        json.loads(line) for line in daemon.stdout or ()), daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend(json.loads(line) for line in daemon.stdout or ()), daemon=True
+    )
     reader.start()
     done: list[float] = []
     with get_transport(BrokerConfig(url=AMQP_URL)) as broker:
@@ -258,9 +328,12 @@ def run_zhpc(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             broker.declare_queue(queue)
             broker.declare_queue(out)
             recipe = {"1": {"queue": queue, "output": 2}, "2": {"queue": out}}
-            messages = [RecipeWrapper.from_recipe(
-                {**recipe, "start": [[1, {"n": n, "sleep": args.task}]]}).start()[0]
-                for n in range(args.n)]
+            messages = [
+                RecipeWrapper.from_recipe(
+                    {**recipe, "start": [[1, {"n": n, "sleep": args.task}]]}
+                ).start()[0]
+                for n in range(args.n)
+            ]
             time.sleep(args.idle)
 
             def arrived(message: Any) -> None:
@@ -276,8 +349,9 @@ def run_zhpc(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             if len(done) < args.n:
                 raise RuntimeError(f"only {len(done)} of {args.n} messages processed")
             release = watch.gone_after(max(done), timeout=120)
-            result = _result(watch, shim, started, burst, min(done), max(done), release,
-                             args.max_jobs)
+            result = _result(
+                watch, shim, started, burst, min(done), max(done), release, args.max_jobs
+            )
             result["daemon_cycles"] = len(lines)
             result["submitted_by_daemon"] = sum(line["submitted"] for line in lines)
             return result
@@ -285,35 +359,53 @@ def run_zhpc(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             daemon.terminate()
             daemon.wait(30)
             watch.stop.set()
-            subprocess.run([shutil.which("scancel") or "scancel", f"--name=zhpc-svc-{service}"],
-                           check=False)
+            subprocess.run(
+                [shutil.which("scancel") or "scancel", f"--name=zhpc-svc-{service}"], check=False
+            )
             for name in (queue, out, dlq_name(queue), dlq_name(out)):
                 broker.delete_queue(name)  # type: ignore[attr-defined]
 
 
 def run_other(tool: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
     module = "parsl" if tool == "parsl" else "dask_jobqueue"
-    probe = subprocess.run([args.other_python, "-c", f"import {module}"], capture_output=True,
-                           text=True, check=False)
+    probe = subprocess.run(
+        [args.other_python, "-c", f"import {module}"], capture_output=True, text=True, check=False
+    )
     if probe.returncode != 0:
-        return {"skipped": f"{module} is not importable by {args.other_python} "
-                f"(pip install parsl dask-jobqueue there, or pass --other-python)"}
+        return {
+            "skipped": f"{module} is not importable by {args.other_python} "
+            f"(pip install parsl dask-jobqueue there, or pass --other-python)"
+        }
     tag = f"zb{uuid.uuid4().hex[:8]}"
     run_dir = root / f"run-{tool}"
     run_dir.mkdir()
-    opts = {"tag": tag, "max_jobs": args.max_jobs, "idle": args.idle, "task": args.task,
-            "n": args.n, "idle_timeout": args.idle_timeout, "run_dir": str(run_dir)}
+    opts = {
+        "tag": tag,
+        "max_jobs": args.max_jobs,
+        "idle": args.idle,
+        "task": args.task,
+        "n": args.n,
+        "idle_timeout": args.idle_timeout,
+        "run_dir": str(run_dir),
+    }
     shim = Shim(root, tool)
     env = shim.env()
     # The tools start helpers (parsl's interchange.py, its workers) from their own bin/.
-    env["PATH"] = f"{shim.dir}{os.pathsep}{Path(args.other_python).parent}{os.pathsep}" \
-        f"{os.environ['PATH']}"
+    env["PATH"] = (
+        f"{shim.dir}{os.pathsep}{Path(args.other_python).parent}{os.pathsep}{os.environ['PATH']}"
+    )
     watch = JobWatch(tag)
     watch.start()
     started = time.time()
-    proc = subprocess.Popen([args.other_python, __file__, "--child", tool, json.dumps(opts)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=env, cwd=run_dir, start_new_session=True)
+    proc = subprocess.Popen(
+        [args.other_python, __file__, "--child", tool, json.dumps(opts)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=run_dir,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None and proc.stdin is not None
         events = []
@@ -326,8 +418,16 @@ def run_other(tool: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
             return {"skipped": f"{tool} did not finish the burst (see {run_dir})"}
         done = events[-1]
         release = watch.gone_after(done["all_done"], timeout=300)
-        return _result(watch, shim, started, done["burst"], done["first_done"],
-                       done["all_done"], release, args.max_jobs)
+        return _result(
+            watch,
+            shim,
+            started,
+            done["burst"],
+            done["first_done"],
+            done["all_done"],
+            release,
+            args.max_jobs,
+        )
     finally:
         if proc.stdin:
             proc.stdin.close()
@@ -338,8 +438,9 @@ def run_other(tool: str, args: argparse.Namespace, root: Path) -> dict[str, Any]
         watch.stop.set()
         leftovers = sorted(watch.seen)
         if leftovers:
-            subprocess.run([shutil.which("scancel") or "scancel", *leftovers], check=False,
-                           capture_output=True)
+            subprocess.run(
+                [shutil.which("scancel") or "scancel", *leftovers], check=False, capture_output=True
+            )
 
 
 def main() -> int:
@@ -352,20 +453,27 @@ def main() -> int:
     parser.add_argument("--idle-timeout", type=float, default=5)
     parser.add_argument("--interval", type=float, default=60)
     parser.add_argument("--only", default=",".join(TOOLS))
-    parser.add_argument("--other-python",
-                        default=os.environ.get("ZHPC_BENCH_OTHER_PYTHON") or sys.executable)
+    parser.add_argument(
+        "--other-python", default=os.environ.get("ZHPC_BENCH_OTHER_PYTHON") or sys.executable
+    )
     args = parser.parse_args()
     if args.child:
         return child(args.child[0], json.loads(args.child[1]))
-    results: dict[str, Any] = {"n": args.n, "task_s": args.task, "idle_s": args.idle,
-                               "max_jobs": args.max_jobs, "idle_timeout_s": args.idle_timeout}
+    results: dict[str, Any] = {
+        "n": args.n,
+        "task_s": args.task,
+        "idle_s": args.idle,
+        "max_jobs": args.max_jobs,
+        "idle_timeout_s": args.idle_timeout,
+    }
     with tempfile.TemporaryDirectory(prefix="zhpc-bench-scaler-") as tmp:
         for tool in args.only.split(","):
             root = Path(tmp) / tool
             root.mkdir()
             try:
-                results[tool] = run_zhpc(args, root) if tool == "zhpc" else run_other(
-                    tool, args, root)
+                results[tool] = (
+                    run_zhpc(args, root) if tool == "zhpc" else run_other(tool, args, root)
+                )
             except Exception as exc:  # one tool failing must not lose the others' figures
                 results[tool] = {"skipped": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(results))

@@ -90,8 +90,7 @@ def child_zhpc(queue: str, events: bool = False) -> int:
             from zhpc.events import emitter_for
 
             emitter = emitter_for(config, "double")
-        return ServiceRunner(Double("double", settings, config), transport,
-                             events=emitter).run()
+        return ServiceRunner(Double("double", settings, config), transport, events=emitter).run()
 
 
 def child_raw_pika(queue: str) -> int:
@@ -165,7 +164,10 @@ def child_workflows(queue: str, transactional: bool) -> int:
 
         def initializing(self) -> None:
             workflows.recipe.wrap_subscribe(
-                self._transport, queue, self.receive, acknowledgement=True,
+                self._transport,
+                queue,
+                self.receive,
+                acknowledgement=True,
                 prefetch_count=PREFETCH,
             )
 
@@ -245,15 +247,16 @@ class Client:
             return
         self.conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
         self.channel = self.conn.channel()
-        self.properties = pika.BasicProperties(
-            headers={"workflows-recipe": True}, delivery_mode=2
-        )
+        self.properties = pika.BasicProperties(headers={"workflows-recipe": True}, delivery_mode=2)
 
     def recipe_body(self, inq: str, outq: str) -> bytes:
         from zhpc.recipe import RecipeWrapper
 
-        recipe = {"1": {"service": "double", "queue": inq, "output": 2},
-                  "2": {"service": "sink", "queue": outq}, "start": [[1, {"value": 21}]]}
+        recipe = {
+            "1": {"service": "double", "queue": inq, "output": 2},
+            "2": {"service": "sink", "queue": outq},
+            "start": [[1, {"value": 21}]],
+        }
         return RecipeWrapper.from_recipe(recipe).start()[0].body
 
     def backlog(self, inq: str, outq: str, count: int) -> None:
@@ -272,8 +275,9 @@ class Client:
             time.sleep(0.01)
         return time.monotonic() - began
 
-    def drain_rate(self, outq: str, count: int, pid: int,
-                   timeout: float = 300) -> tuple[float, float]:
+    def drain_rate(
+        self, outq: str, count: int, pid: int, timeout: float = 300
+    ) -> tuple[float, float]:
         """Outputs per second between the first and the count-th arriving on ``outq``, and
         the service's CPU time per message over the same span (what load does not skew)."""
         deadline = time.monotonic() + timeout
@@ -366,7 +370,9 @@ class Client:
 def start(kind: str, queue: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, __file__, "--child", kind, queue],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -459,19 +465,24 @@ def main() -> int:
     raw = results.get("raw_pika_safe_hop")
     if "zhpc" in results and raw:
         line["zhpc_vs_raw_pika_safe_hop"] = round(
-            results["zhpc"]["msgs_per_s"] / raw["msgs_per_s"], 2)
+            results["zhpc"]["msgs_per_s"] / raw["msgs_per_s"], 2
+        )
         line["cpu_raw_over_zhpc"] = round(
-            raw["cpu_us_per_msg"] / results["zhpc"]["cpu_us_per_msg"], 2)
+            raw["cpu_us_per_msg"] / results["zhpc"]["cpu_us_per_msg"], 2
+        )
     if "zhpc" in results and "zhpc_events" in results:
         line["events_cost"] = round(
-            1 - results["zhpc_events"]["msgs_per_s"] / results["zhpc"]["msgs_per_s"], 3)
-        line["events_cpu_cost"] = round(results["zhpc_events"]["cpu_us_per_msg"]
-                                        / results["zhpc"]["cpu_us_per_msg"] - 1, 3)
+            1 - results["zhpc_events"]["msgs_per_s"] / results["zhpc"]["msgs_per_s"], 3
+        )
+        line["events_cpu_cost"] = round(
+            results["zhpc_events"]["cpu_us_per_msg"] / results["zhpc"]["cpu_us_per_msg"] - 1, 3
+        )
     wf = [results[k] for k in ("workflows_plain", "workflows_tx") if k in results]
     if "zhpc" in results and wf:
         zhpc = results["zhpc"]
         line["zhpc_vs_fastest_workflows"] = round(
-            zhpc["msgs_per_s"] / max(r["msgs_per_s"] for r in wf), 2)
+            zhpc["msgs_per_s"] / max(r["msgs_per_s"] for r in wf), 2
+        )
         line["targets"] = {
             "throughput_2x_workflows": line["zhpc_vs_fastest_workflows"] >= 2.0,
             "throughput_0.8_raw": line.get("zhpc_vs_raw_pika_safe_hop", 0) >= 0.8,

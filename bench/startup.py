@@ -84,15 +84,23 @@ def _interleaved(commands: dict[str, list[str]], runs: int) -> dict[str, dict[st
     for _ in range(runs):
         for name, argv in commands.items():
             times[name].append(_run_ms(argv))
-    return {name: {"median": round(statistics.median(w for w, _c in t), 1),
-                   "min": round(min(w for w, _c in t), 1),
-                   "cpu": round(statistics.median(c for _w, c in t), 1)}
-            for name, t in times.items()}
+    return {
+        name: {
+            "median": round(statistics.median(w for w, _c in t), 1),
+            "min": round(min(w for w, _c in t), 1),
+            "cpu": round(statistics.median(c for _w, c in t), 1),
+        }
+        for name, t in times.items()
+    }
 
 
 def _heavy_imports(args: list[str]) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     for line in proc.stderr.splitlines():
         if line.startswith("HEAVY"):
             return line.split()[1:]
@@ -117,8 +125,11 @@ def _idle_service_rss(zhpc: list[str]) -> dict[str, float]:
         env = {**os.environ, "ZHPC_HOME": tmp}
         bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         service = subprocess.Popen(
-            [*zhpc, "--config", str(config), "-q", "service", "-s", "double",
-             "--queue", queue], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [*zhpc, "--config", str(config), "-q", "service", "-s", "double", "--queue", queue],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         transport = get_transport(BrokerConfig(url=AMQP_URL))
         transport.connect()
         try:
@@ -133,8 +144,10 @@ def _idle_service_rss(zhpc: list[str]) -> dict[str, float]:
                     raise SystemExit("the service did not start consuming")
                 time.sleep(0.05)
             time.sleep(1.0)  # let start-up allocations settle
-            return {"service_idle_rss_mb": _rss_mb(service.pid), "python_idle_rss_mb":
-                    _rss_mb(bare.pid)}
+            return {
+                "service_idle_rss_mb": _rss_mb(service.pid),
+                "python_idle_rss_mb": _rss_mb(bare.pid),
+            }
         finally:
             for proc in (service, bare):
                 proc.terminate()
@@ -149,19 +162,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=21)
     parser.add_argument("--no-service", action="store_true", help="skip the idle-RSS part")
-    parser.add_argument("--module", action="store_true",
-                        help="run 'python -m zhpc' (honours PYTHONPATH, e.g. an older checkout)")
+    parser.add_argument(
+        "--module",
+        action="store_true",
+        help="run 'python -m zhpc' (honours PYTHONPATH, e.g. an older checkout)",
+    )
     args = parser.parse_args()
     _compile_zhpc()
     zhpc = [sys.executable, "-m", "zhpc"] if args.module else _zhpc_script()
     true = shutil.which("true") or "true"
-    times = _interleaved({
-        "python": [sys.executable, "-c", "pass"],
-        "version": [*zhpc, "--version"],
-        "go_help": [*zhpc, "go", "--help"],
-        "true": [true],
-        "wrap_true": [*zhpc, "wrap", "--", true],
-    }, args.runs)
+    times = _interleaved(
+        {
+            "python": [sys.executable, "-c", "pass"],
+            "version": [*zhpc, "--version"],
+            "go_help": [*zhpc, "go", "--help"],
+            "true": [true],
+            "wrap_true": [*zhpc, "wrap", "--", true],
+        },
+        args.runs,
+    )
     python = times["python"]["median"]
     line: dict[str, object] = {
         "benchmark": "startup",

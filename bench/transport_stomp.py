@@ -99,8 +99,12 @@ def raw_consume(raw: _Raw, queue: str, n: int, *, out: str | None) -> float:
 
     raw.handler = handle
     start = time.perf_counter()
-    raw.conn.subscribe("/queue/" + queue, "bench", ack="client-individual",
-                       headers={"activemq.prefetchSize": str(PREFETCH)})
+    raw.conn.subscribe(
+        "/queue/" + queue,
+        "bench",
+        ack="client-individual",
+        headers={"activemq.prefetchSize": str(PREFETCH)},
+    )
     if not done.wait(300):
         raise RuntimeError(f"raw consume stalled at {count[0]} of {n}")
     if out is not None:
@@ -148,15 +152,17 @@ def run(n: int, url: str = DEFAULT_URL) -> dict[str, Any]:
     raw_publish(raw, warm, min(n, 2000), transaction=True)
     raw_consume(raw, warm, min(n, 2000), out=None)
     result["stomp_raw_publish_receipts_per_s"] = round(
-        raw_publish(raw, q("raw-r"), n, transaction=False), 1)
+        raw_publish(raw, q("raw-r"), n, transaction=False), 1
+    )
     result["stomp_raw_publish_tx_per_s"] = round(
-        raw_publish(raw, q("raw-t"), n, transaction=True), 1)
-    result["stomp_raw_consume_ack_per_s"] = round(
-        raw_consume(raw, queues[1], n, out=None), 1)
+        raw_publish(raw, q("raw-t"), n, transaction=True), 1
+    )
+    result["stomp_raw_consume_ack_per_s"] = round(raw_consume(raw, queues[1], n, out=None), 1)
     result["stomp_raw_step_per_s"] = round(raw_consume(raw, queues[2], n, out=q("raw-o")), 1)
 
-    transports = {mode: StompTransport(url, commit_mode=mode) for mode in ("transaction",
-                                                                          "receipts")}
+    transports = {
+        mode: StompTransport(url, commit_mode=mode) for mode in ("transaction", "receipts")
+    }
     for transport in transports.values():
         transport.connect()
     zhpc = transports["transaction"]
@@ -167,25 +173,33 @@ def run(n: int, url: str = DEFAULT_URL) -> dict[str, Any]:
     start = time.perf_counter()
     for _ in range(min(n, 1000)):
         zhpc.publish(Outgoing(destination=stepped_tx, body=BODY))
-    result["stomp_zhpc_publish_one_per_s"] = round(min(n, 1000) / (time.perf_counter() - start),
-                                                   1)
-    zhpc.publish_many([Outgoing(destination=stepped_tx, body=BODY)
-                       for _ in range(n - min(n, 1000))])
+    result["stomp_zhpc_publish_one_per_s"] = round(min(n, 1000) / (time.perf_counter() - start), 1)
+    zhpc.publish_many(
+        [Outgoing(destination=stepped_tx, body=BODY) for _ in range(n - min(n, 1000))]
+    )
     zhpc.publish_many([Outgoing(destination=stepped_r, body=BODY) for _ in range(n)])
     result["stomp_zhpc_consume_ack_per_s"] = round(zhpc_consume(zhpc, acked, n, out=None), 1)
     result["stomp_zhpc_step_tx_per_s"] = round(
-        zhpc_consume(zhpc, stepped_tx, n, out=q("z-out-t")), 1)
+        zhpc_consume(zhpc, stepped_tx, n, out=q("z-out-t")), 1
+    )
     result["stomp_zhpc_step_receipts_per_s"] = round(
-        zhpc_consume(transports["receipts"], stepped_r, n, out=q("z-out-r")), 1)
+        zhpc_consume(transports["receipts"], stepped_r, n, out=q("z-out-r")), 1
+    )
     result["stomp_publish_ratio"] = round(
-        result["stomp_zhpc_publish_many_per_s"] / result["stomp_raw_publish_tx_per_s"], 2)
+        result["stomp_zhpc_publish_many_per_s"] / result["stomp_raw_publish_tx_per_s"], 2
+    )
     result["stomp_consume_ratio"] = round(
-        result["stomp_zhpc_consume_ack_per_s"] / result["stomp_raw_consume_ack_per_s"], 2)
+        result["stomp_zhpc_consume_ack_per_s"] / result["stomp_raw_consume_ack_per_s"], 2
+    )
     result["stomp_step_ratio"] = round(
-        result["stomp_zhpc_step_tx_per_s"] / result["stomp_raw_step_per_s"], 2)
-    result["stomp_target_met"] = min(result["stomp_publish_ratio"],
-                                     result["stomp_consume_ratio"],
-                                     result["stomp_step_ratio"]) >= 0.7
+        result["stomp_zhpc_step_tx_per_s"] / result["stomp_raw_step_per_s"], 2
+    )
+    result["stomp_target_met"] = (
+        min(
+            result["stomp_publish_ratio"], result["stomp_consume_ratio"], result["stomp_step_ratio"]
+        )
+        >= 0.7
+    )
     for name in queues:  # leave nothing behind on the shared broker
         zhpc.delete_queue(name)
     for transport in transports.values():

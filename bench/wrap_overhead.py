@@ -40,16 +40,31 @@ def _recipewrapper_run(directory: Path) -> list[str]:
     from zhpc.jobfiles import write_recipewrapper
     from zhpc.recipe import RecipeWrapper
 
-    recipe = {"1": {"queue": "bench.wrap", "output": {"success": 2, "done": 2}},
-              "2": {"queue": "bench.results"}, "start": [[1, {}]]}
+    recipe = {
+        "1": {"queue": "bench.wrap", "output": {"success": 2, "done": 2}},
+        "2": {"queue": "bench.results"},
+        "start": [[1, {}]],
+    }
     (start,) = RecipeWrapper.from_recipe(recipe).start()
     rwfile = directory / "recipewrapper.json"
     write_recipewrapper(rwfile, json.loads(start.body), start.message_id)
     config = directory / "zhpc.yaml"
     config.write_text(f"broker: {{url: 'sqlite:///{directory / 'broker.sqlite'}'}}\n")
     true = shutil.which("true") or "true"
-    return [sys.executable, "-m", "zhpc", "--config", str(config), "wrap", "--recipewrapper",
-            str(rwfile), "--workdir", str(directory), "--", true]
+    return [
+        sys.executable,
+        "-m",
+        "zhpc",
+        "--config",
+        str(config),
+        "wrap",
+        "--recipewrapper",
+        str(rwfile),
+        "--workdir",
+        str(directory),
+        "--",
+        true,
+    ]
 
 
 def main() -> None:
@@ -70,7 +85,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         result["zhpc_wrap_recipewrapper_embedded_ms"] = _median_ms(
-            _recipewrapper_run(Path(tmp)), max(3, args.runs // 3))
+            _recipewrapper_run(Path(tmp)), max(3, args.runs // 3)
+        )
     zocalo_wrap = shutil.which("zocalo.wrap") or str(Path(sys.executable).parent / "zocalo.wrap")
     if Path(zocalo_wrap).exists():
         result["zocalo_wrap_help_ms"] = _median_ms([zocalo_wrap, "--help"], args.runs)

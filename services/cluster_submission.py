@@ -79,10 +79,15 @@ class ClusterSubmission(Service):
 
     def setup(self) -> None:
         self.cluster: Cluster = get_cluster(self.config.cluster)
-        self.watch = JobWatch(self.cluster, self.config.cluster.job_workdir(), JOB_PREFIX,
-                              recipewrapper_file=RECIPEWRAPPER_FILE, job_id_file=JOB_ID_FILE,
-                              watch_file=WATCH_FILE,
-                              interval=WATCH_INTERVAL)
+        self.watch = JobWatch(
+            self.cluster,
+            self.config.cluster.job_workdir(),
+            JOB_PREFIX,
+            recipewrapper_file=RECIPEWRAPPER_FILE,
+            job_id_file=JOB_ID_FILE,
+            watch_file=WATCH_FILE,
+            interval=WATCH_INTERVAL,
+        )
 
     def tick(self, transport: Transport) -> None:
         """Between messages: report for jobs that ended without a report (NODE_FAIL, OOM...)."""
@@ -109,15 +114,21 @@ class ClusterSubmission(Service):
             (jobdir / WATCH_FILE).touch()  # the job watch reports if the job cannot
             self.log.info("submitted job %s (%s) for recipe %s", job_id, name, rw.recipe_id)
         else:
-            self.log.warning("message %s was submitted before as job %s: not submitting again",
-                             message_id, job_id)
-        rw.send_to("job_submitted", {
-            "job_id": job_id,
-            "job_name": name,
-            "workdir": str(jobdir),
-            "recipewrapper": str(rwfile),
-            "resubmission": resubmission,
-        })
+            self.log.warning(
+                "message %s was submitted before as job %s: not submitting again",
+                message_id,
+                job_id,
+            )
+        rw.send_to(
+            "job_submitted",
+            {
+                "job_id": job_id,
+                "job_name": name,
+                "workdir": str(jobdir),
+                "recipewrapper": str(rwfile),
+                "resubmission": resubmission,
+            },
+        )
 
     def _submit(self, spec: JobSpec) -> str:
         """Submit; after an answer that leaves it open (a time-out), look for the job first.
@@ -175,8 +186,9 @@ class ClusterSubmission(Service):
             return recorded
         return self._listed(name)
 
-    def _spec(self, section: dict[str, Any], name: str, jobdir: Path, rwfile: Path,
-              message_id: str) -> JobSpec:
+    def _spec(
+        self, section: dict[str, Any], name: str, jobdir: Path, rwfile: Path, message_id: str
+    ) -> JobSpec:
         argv = [*zhpc_command(self.config), "wrap", "--recipewrapper", str(rwfile)]
         if section.get("wrapper"):
             argv += ["--wrap", section["wrapper"]]

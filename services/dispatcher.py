@@ -69,8 +69,10 @@ class DispatchInfo:
 
     def __call__(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
         now = datetime.datetime.now(datetime.UTC)
-        return {"dispatch_time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "dispatch_host": self.host}
+        return {
+            "dispatch_time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "dispatch_host": self.host,
+        }
 
 
 # --------------------------------------------------------------------------
@@ -86,8 +88,9 @@ class Dispatcher(Service):
         self.recipes = RecipeCache(self.config.recipes.directory)
         self.lookups: list[tuple[str, Lookup]] = []
         wanted = self.parameters.get("lookups")
-        if wanted is not None and not (isinstance(wanted, list)
-                                       and all(isinstance(n, str) for n in wanted)):
+        if wanted is not None and not (
+            isinstance(wanted, list) and all(isinstance(n, str) for n in wanted)
+        ):
             raise ZhpcError("services.dispatcher.parameters.lookups must be a list of names")
         installed = plugins.available(plugins.LOOKUPS)
         names = list(installed) if wanted is None else list(wanted)
@@ -100,9 +103,11 @@ class Dispatcher(Service):
             except Exception as exc:
                 raise ZhpcError(f"lookup {name!r} could not start: {exc}") from exc
             self.lookups.append((name, lookup))
-        self.log.info("dispatcher: recipes from %s; lookups: %s",
-                      self.config.recipes.directory or "zhpc's examples",
-                      ", ".join(n for n, _ in self.lookups) or "none")
+        self.log.info(
+            "dispatcher: recipes from %s; lookups: %s",
+            self.config.recipes.directory or "zhpc's examples",
+            ", ".join(n for n, _ in self.lookups) or "none",
+        )
 
     def teardown(self) -> None:
         for name, lookup in getattr(self, "lookups", []):
@@ -120,8 +125,10 @@ class Dispatcher(Service):
         """
         limits = self.config.limits
         if len(message.body) > limits.max_message_bytes:
-            raise Rejected(f"request is {len(message.body)} bytes; at most "
-                           f"{limits.max_message_bytes} are allowed (limits.max_message_bytes)")
+            raise Rejected(
+                f"request is {len(message.body)} bytes; at most "
+                f"{limits.max_message_bytes} are allowed (limits.max_message_bytes)"
+            )
         if message.malformed:
             raise Rejected(f"request is not JSON: {message.malformed}")
         try:
@@ -130,19 +137,32 @@ class Dispatcher(Service):
                 seed = message.message_id or uuid.uuid4().hex
                 request.parameters["guid"] = str(uuid.uuid5(GUID_NAMESPACE, seed))
             started: list[Outgoing] = []
-            rw = prepare(request, self.recipes.get, lookups=self.lookups,
-                         message_id=message.message_id, emit=started.append, limits=limits)
+            rw = prepare(
+                request,
+                self.recipes.get,
+                lookups=self.lookups,
+                message_id=message.message_id,
+                emit=started.append,
+                limits=limits,
+            )
             rw.start()
         except RecipeError as exc:
             raise Rejected(str(exc)) from None
         outputs.extend(started)
         if rw.recipe.unfilled:
-            self.log.warning("recipe %s still has unfilled templates: %s", rw.recipe_id,
-                             ", ".join(rw.recipe.unfilled[:10]))
+            self.log.warning(
+                "recipe %s still has unfilled templates: %s",
+                rw.recipe_id,
+                ", ".join(rw.recipe.unfilled[:10]),
+            )
         sender = _text(message.headers.get(USER_HEADER)), _text(message.headers.get(HOST_HEADER))
-        self.log.info("dispatched recipe %s (%s) with %d start message(s)%s", rw.recipe_id,
-                      request.describe(), len(started),
-                      f" for {sender[0]}@{sender[1]}" if all(sender) else "")
+        self.log.info(
+            "dispatched recipe %s (%s) with %d start message(s)%s",
+            rw.recipe_id,
+            request.describe(),
+            len(started),
+            f" for {sender[0]}@{sender[1]}" if all(sender) else "",
+        )
 
 
 def _text(value: Any) -> str:

@@ -49,8 +49,10 @@ class JSONLines(Service):
             raise Rejected("parameter output_filename contains a NUL byte")
         unfilled = _UNFILLED.search(filename)
         if unfilled:
-            raise Rejected(f"output_filename {filename[:200]!r} holds the unfilled template "
-                           f"{unfilled.group()[:60]}: the request did not set it")
+            raise Rejected(
+                f"output_filename {filename[:200]!r} holds the unfilled template "
+                f"{unfilled.group()[:60]}: the request did not set it"
+            )
         path = Path(filename).expanduser()
         if not path.is_absolute():
             path = self.roots[0] / path

@@ -87,8 +87,11 @@ class Recorder(Service):
         self._next_expiry = time.monotonic() + EXPIRE_INTERVAL
         gone = self.store.expire(self.config.events.retention_days)
         if gone:
-            log.info("recorder: deleted %d events older than %g days", gone,
-                     self.config.events.retention_days)
+            log.info(
+                "recorder: deleted %d events older than %g days",
+                gone,
+                self.config.events.retention_days,
+            )
 
     def process(self, rw: RecipeWrapper, payload: Any) -> None:
         raise RuntimeError("the recorder stores broadcasts; run it with its runner_class")

@@ -75,12 +75,17 @@ class SchlockmeisterRunner:
         self.drain.install()
         store: QuarantineStore | None = None
         try:
-            self._end = end_deadline(self.job, started=self._started, now=self.clock(),
-                                     max_runtime=self.settings.max_runtime,
-                                     end_margin=self.settings.end_margin)
+            self._end = end_deadline(
+                self.job,
+                started=self._started,
+                now=self.clock(),
+                max_runtime=self.settings.max_runtime,
+                end_margin=self.settings.end_margin,
+            )
             store = open_store(self.service.config.quarantine)
             self.quarantiner = Quarantiner(
-                store, self.transport, notify_queue=self.service.config.quarantine.notify_queue)
+                store, self.transport, notify_queue=self.service.config.quarantine.notify_queue
+            )
             log.info("schlockmeister: filing dead letters in %s", store.where)
             while not self._should_stop():
                 if self.clock() >= self._next_scan:
@@ -98,7 +103,8 @@ class SchlockmeisterRunner:
         for queue in sorted(self.finder.find() - set(self.watching)):
             try:
                 self.watching[queue] = self.transport.subscribe(
-                    queue, self._on_message, prefetch=self.settings.prefetch)
+                    queue, self._on_message, prefetch=self.settings.prefetch
+                )
             except TransportError as exc:
                 log.warning("schlockmeister: cannot consume %s: %s", queue, exc)
                 continue
@@ -115,11 +121,18 @@ class SchlockmeisterRunner:
         except Exception as exc:  # StoreError, or a bug: never loop on it, never lose it
             self._code = 1
             if isinstance(exc, StoreError):
-                log.error("schlockmeister: %s; message %s stays in %s, stopping", exc,
-                          message.message_id, message.queue)
+                log.error(
+                    "schlockmeister: %s; message %s stays in %s, stopping",
+                    exc,
+                    message.message_id,
+                    message.queue,
+                )
             else:
-                log.exception("schlockmeister: filing message %s from %s failed; it stays "
-                              "there, stopping", message.message_id, message.queue)
+                log.exception(
+                    "schlockmeister: filing message %s from %s failed; it stays there, stopping",
+                    message.message_id,
+                    message.queue,
+                )
             self.drain.request("the quarantine store failed")
             self._stop_consuming()
             self._hand_back(message)
@@ -138,8 +151,12 @@ class SchlockmeisterRunner:
     def _should_stop(self) -> bool:
         if self.drain.requested:
             return True
-        reason = stop_reason(now=self.clock(), end=self._end, last_activity=self._last_activity,
-                             idle_timeout=self.settings.idle_timeout)
+        reason = stop_reason(
+            now=self.clock(),
+            end=self._end,
+            last_activity=self._last_activity,
+            idle_timeout=self.settings.idle_timeout,
+        )
         if reason is not None:
             self.drain.request(reason)
         return reason is not None
@@ -154,8 +171,11 @@ class SchlockmeisterRunner:
         except TransportError as exc:
             log.warning("schlockmeister: %s", exc)
         filed = self.quarantiner.filed if self.quarantiner else 0
-        log.info("schlockmeister: stopped after filing %d message(s), %d handed back",
-                 filed, self.handed_back)
+        log.info(
+            "schlockmeister: stopped after filing %d message(s), %d handed back",
+            filed,
+            self.handed_back,
+        )
         return self._code
 
 

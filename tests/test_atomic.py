@@ -65,13 +65,16 @@ def _go_spool(directory: Path) -> Path:
 
 
 WRITERS: dict[str, Callable[[Path], Path]] = {
-    "recipe wrapper": _recipe_wrapper, "wrap results": _wrap_results, "go spool": _go_spool,
+    "recipe wrapper": _recipe_wrapper,
+    "wrap results": _wrap_results,
+    "go spool": _go_spool,
 }
 
 
 @pytest.mark.parametrize("writer", WRITERS.values(), ids=WRITERS.keys())
 def test_handed_over_files_are_fsynced_with_their_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: Callable[[Path], Path]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: Callable[[Path], Path]
+) -> None:
     """A file another process reads (the job, ``--resend``, ``--pickup``) survives a crash."""
     synced: list[str] = []
     real_fsync = os.fsync
@@ -89,12 +92,16 @@ def test_handed_over_files_are_fsynced_with_their_directory(
 
 def test_recipe_wrapper_and_results_read_back(tmp_path: Path) -> None:
     rwfile = tmp_path / "rw.json"
-    body = {"recipe": {"1": {"service": "s", "queue": "q"}, "start": [[1, {}]]},
-            "recipe-pointer": 1, "payload": {"x": 1}}
+    body = {
+        "recipe": {"1": {"service": "s", "queue": "q"}, "start": [[1, {}]]},
+        "recipe-pointer": 1,
+        "payload": {"x": 1},
+    }
     write_recipewrapper(rwfile, body, "id-7")
     assert json.loads(rwfile.read_text())["zhpc-message-id"] == "id-7"
     assert read_recipewrapper(rwfile).payload == {"x": 1}
     kept = save_results(_outputs(), rwfile, "r-7", slurm_job_id="42")
     assert kept == tmp_path / "rw.results.json"
     assert [(o.destination, o.body, o.message_id) for o in load_results(kept)] == [
-        (o.destination, o.body, o.message_id) for o in _outputs()]
+        (o.destination, o.body, o.message_id) for o in _outputs()
+    ]

@@ -52,8 +52,9 @@ def _imported_by(*argv: str) -> set[str]:
         "from zhpc.cli import main\n"
         f"main({list(argv)!r})\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
     return set(json.loads(proc.stderr.strip().splitlines()[-1]))
 
 

@@ -106,8 +106,10 @@ def test_config_show_never_prints_a_password(
         ("broker: [unclosed\n", "invalid YAML (line 2"),
         ("broker: {urll: x}\n", "broker.urll: unknown key"),
         ("broker: {delivery_limit: many}\n", "broker.delivery_limit: Input should be"),
-        ("cluster: {backend: pbs}\n",
-         "cluster.backend: Input should be 'drmaa', 'local', 'slurm', 'slurmrestd' or 'ssh'"),
+        (
+            "cluster: {backend: pbs}\n",
+            "cluster.backend: Input should be 'drmaa', 'local', 'slurm', 'slurmrestd' or 'ssh'",
+        ),
         ("broker: {url: 'http://x'}\n", "broker.url: Value error, must start with amqp://"),
         ("services: {dispatcher: {prefetch: 0}}\n", "services.dispatcher.prefetch:"),
         ("- just\n- a list\n", "the top level must be a mapping"),
@@ -185,40 +187,63 @@ BIG = "1" * 5000
     ("text", "expected"),
     [
         # issue 12.11: a raw '#', '/' or '?' in the password ends the host part; never connects.
-        ("broker: {url: 'amqp://zhpc:hun#ter2@rabbit:5672/'}", "broker.url: Value error, does not "
-         "parse as user:password@host:port/vhost; percent-encode"),
+        (
+            "broker: {url: 'amqp://zhpc:hun#ter2@rabbit:5672/'}",
+            "broker.url: Value error, does not "
+            "parse as user:password@host:port/vhost; percent-encode",
+        ),
         ("broker: {url: 'amqp://zhpc:hun/ter2@rabbit:5672/'}", "broker.url: Value error, does not"),
         ("broker: {url: 'amqp://zhpc:hun?ter2@rabbit:5672/'}", "broker.url: Value error, does not"),
         ("broker: {url: 'amqp://zhpc:12/hunter2@rabbit:5672/'}", "broker.url: Value error, does"),
         ("broker: {url: 'amqp://[::1/'}", "broker.url: Value error, does not parse as a URL"),
         ("broker: {url: 'sqlite:///tmp/b.sqlite#x'}", "broker.url: Value error, a sqlite:/// path"),
         # issue 12.14: port out of range, non-finite numbers, 5000-digit integers.
-        ("broker: {url: 'amqp://zhpc:hunter2@rabbit:99999/'}", "broker.url: Value error, the port"
-         " must be a number from 1 to 65535"),
+        (
+            "broker: {url: 'amqp://zhpc:hunter2@rabbit:99999/'}",
+            "broker.url: Value error, the port must be a number from 1 to 65535",
+        ),
         ("services: {x: {max_runtime: .inf}}", "services.x.max_runtime: Input should be a finite"),
         ("broker: {retry_delay: 1e400}", "broker.retry_delay: Input should be a finite number"),
-        (f"broker: {{delivery_limit: {BIG}}}", "invalid YAML (line 1, column 26): integer with "
-         "5000 digits is too large"),
+        (
+            f"broker: {{delivery_limit: {BIG}}}",
+            "invalid YAML (line 1, column 26): integer with 5000 digits is too large",
+        ),
         (f"services: {{x: {{parameters: {{n: {BIG}}}}}}}", "integer with 5000 digits"),
-        ("broker: {delivery_limit: 99999999999999999999}", "broker.delivery_limit: Value error, "
-         "integer out of range"),
-        ("services: {x: {parameters: {a: [1, {b: .nan}]}}}", "services.x.parameters: Value error, "
-         "a[1].b: must be a finite number"),
+        (
+            "broker: {delivery_limit: 99999999999999999999}",
+            "broker.delivery_limit: Value error, integer out of range",
+        ),
+        (
+            "services: {x: {parameters: {a: [1, {b: .nan}]}}}",
+            "services.x.parameters: Value error, a[1].b: must be a finite number",
+        ),
         # issue 12.15: what used to pass `config check` and fail in a job later.
-        ("cluster: {default_time: soon}", "cluster.default_time: Value error, "
-         "bad time limit 'soon'"),
+        (
+            "cluster: {default_time: soon}",
+            "cluster.default_time: Value error, bad time limit 'soon'",
+        ),
         ("cluster: {default_time: '\u0661:00:00'}", "cluster.default_time: Value error, bad time"),
         ("scaler: {x: {time: '-5'}}", "scaler.x.time: Value error, bad time limit '-5'"),
-        ("scaler: {x: {min_jobs: 5, max_jobs: 2}}", "scaler.x.max_jobs: Value error, must be at "
-         "least min_jobs (5), not 2"),
-        ("recipes: {directory: /no/such/recipes}", "recipes.directory: Value error, "
-         "/no/such/recipes does not exist"),
-        ("recipes: {directory: /etc/hostname}", "recipes.directory: Value error, /etc/hostname is "
-         "not a directory"),
-        ("staging: {allowed_roots: [data]}", "staging.allowed_roots: Value error, entry 1 ('data')"
-         " must be an absolute path"),
-        ("staging: {allowed_roots: [/dls, '']}", "staging.allowed_roots: Value error, entry 2 is "
-         "empty"),
+        (
+            "scaler: {x: {min_jobs: 5, max_jobs: 2}}",
+            "scaler.x.max_jobs: Value error, must be at least min_jobs (5), not 2",
+        ),
+        (
+            "recipes: {directory: /no/such/recipes}",
+            "recipes.directory: Value error, /no/such/recipes does not exist",
+        ),
+        (
+            "recipes: {directory: /etc/hostname}",
+            "recipes.directory: Value error, /etc/hostname is not a directory",
+        ),
+        (
+            "staging: {allowed_roots: [data]}",
+            "staging.allowed_roots: Value error, entry 1 ('data') must be an absolute path",
+        ),
+        (
+            "staging: {allowed_roots: [/dls, '']}",
+            "staging.allowed_roots: Value error, entry 2 is empty",
+        ),
         ("staging: {allowed_roots: ['/']}", "would allow every file on the machine"),
     ],
 )
@@ -238,14 +263,17 @@ def test_configs_that_would_fail_later_are_refused_by_check(
 
 def test_good_values_next_to_the_new_checks_still_pass(tmp_path: Path) -> None:
     (tmp_path / "recipes").mkdir()
-    path = write(tmp_path / "c.yaml", f"""
+    path = write(
+        tmp_path / "c.yaml",
+        f"""
 broker: {{url: 'amqp://zhpc:hun%23ter%2F2@[::1]:5672/%2F', delivery_limit: 9223372036854775807}}
 cluster: {{default_time: "2-00:00:00"}}
-recipes: {{directory: {tmp_path / 'recipes'}}}
+recipes: {{directory: {tmp_path / "recipes"}}}
 staging: {{allowed_roots: [/dls, "~/data"]}}
 scaler: {{double: {{time: "30", min_jobs: 2, max_jobs: 2}}}}
 services: {{x: {{parameters: {{ratio: 0.5, id: -9223372036854775808}}}}}}
-""")
+""",
+    )
     config = load_config(path)
     assert config.broker.password() == "hun#ter/2"
     assert config.broker.connection_url() == "amqp://zhpc:hun%23ter%2F2@[::1]:5672/%2F"
@@ -257,7 +285,9 @@ services: {{x: {{parameters: {{ratio: 0.5, id: -9223372036854775808}}}}}}
 def test_config_show_masks_secret_parameters_and_urls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path / "c.yaml", """
+    path = write(
+        tmp_path / "c.yaml",
+        """
 broker: {url: 'amqp://zhpc:hunter1@rabbit:5672/'}
 services:
   ispyb:
@@ -269,15 +299,21 @@ services:
       credentials: {user: me, secret: hunter6}
       routing_key: visible-rk
       key_file: /etc/zhpc/visible.key
-""")
+""",
+    )
     assert main(["--config", str(path), "config", "show"]) == 0
     out = capsys.readouterr().out
     assert "hunter" not in out, out
-    for shown in ("amqp://zhpc:***@rabbit:5672/", "ispyb_password: '***'",
-                  "db_url: mysql://ispyb:***@db.example/ispyb",
-                  "raw_url: mysql://ispyb:***@db.example/ispyb", "API-Token: '***'",
-                  "credentials: '***'", "routing_key: visible-rk",
-                  "key_file: /etc/zhpc/visible.key"):
+    for shown in (
+        "amqp://zhpc:***@rabbit:5672/",
+        "ispyb_password: '***'",
+        "db_url: mysql://ispyb:***@db.example/ispyb",
+        "raw_url: mysql://ispyb:***@db.example/ispyb",
+        "API-Token: '***'",
+        "credentials: '***'",
+        "routing_key: visible-rk",
+        "key_file: /etc/zhpc/visible.key",
+    ):
         assert shown in out, (shown, out)
     assert main(["--config", str(path), "config", "check"]) == 0
     assert "hunter" not in capsys.readouterr().out

@@ -11,8 +11,11 @@ from pydantic import ValidationError
 from zhpc.config import BrokerConfig, load_config
 from zhpc.errors import ConfigError
 
-NODES = ["amqp://zhpc:s3cret@r1:5672/site", "amqp://zhpc:s3cret@r2:5673/site",
-         "amqp://zhpc:s3cret@r3/site"]
+NODES = [
+    "amqp://zhpc:s3cret@r1:5672/site",
+    "amqp://zhpc:s3cret@r2:5673/site",
+    "amqp://zhpc:s3cret@r3/site",
+]
 
 
 def test_a_list_of_urls_is_the_first_url_and_every_node() -> None:
@@ -25,8 +28,9 @@ def test_a_list_of_urls_is_the_first_url_and_every_node() -> None:
 
 
 def test_hosts_share_the_urls_credentials_and_vhost() -> None:
-    config = BrokerConfig(url="amqps://zhpc@r1:5671/v", hosts=["r1:5671", "[::1]:5671"],
-                          password_file=None)
+    config = BrokerConfig(
+        url="amqps://zhpc@r1:5671/v", hosts=["r1:5671", "[::1]:5671"], password_file=None
+    )
     assert config.connection_urls() == ["amqps://zhpc@r1:5671/v", "amqps://zhpc@[::1]:5671/v"]
 
 
@@ -40,17 +44,22 @@ def test_one_url_is_one_node() -> None:
 def test_the_group_size_is_the_nodes_listed_up_to_three(count: int, size: int) -> None:
     hosts = [f"r{n}:5672" for n in range(count)]
     assert BrokerConfig(url=NODES[0], hosts=hosts).quorum_initial_group_size() == size
-    assert BrokerConfig(url=NODES[0], hosts=hosts,
-                        quorum_group_size=5).quorum_initial_group_size() == 5
+    assert (
+        BrokerConfig(url=NODES[0], hosts=hosts, quorum_group_size=5).quorum_initial_group_size()
+        == 5
+    )
 
 
-@pytest.mark.parametrize("urls", [
-    [],
-    ["amqp://zhpc:s3cret@r1/site", "amqp://other:s3cret@r2/site"],
-    ["amqp://zhpc:s3cret@r1/site", "amqp://zhpc:s3cret@r2/elsewhere"],
-    ["amqp://zhpc:s3cret@r1/site", "amqps://zhpc:s3cret@r2/site"],
-    ["amqp://zhpc:s3cret@r1/site", 5],
-])
+@pytest.mark.parametrize(
+    "urls",
+    [
+        [],
+        ["amqp://zhpc:s3cret@r1/site", "amqp://other:s3cret@r2/site"],
+        ["amqp://zhpc:s3cret@r1/site", "amqp://zhpc:s3cret@r2/elsewhere"],
+        ["amqp://zhpc:s3cret@r1/site", "amqps://zhpc:s3cret@r2/site"],
+        ["amqp://zhpc:s3cret@r1/site", 5],
+    ],
+)
 def test_a_list_that_is_not_one_cluster_is_refused(urls: list, tmp_path: Path) -> None:
     path = tmp_path / "zhpc.yaml"
     path.write_text(yaml.safe_dump({"broker": {"url": urls}}))

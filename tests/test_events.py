@@ -58,14 +58,30 @@ def event(kind: str, at: float, **fields: Any) -> dict[str, Any]:
 
 def test_the_store_keeps_events_per_recipe_and_expires_old_ones(store: EventStore) -> None:
     now = time.time()
-    stored = store.add([
-        event("received", now - 1, step=1, service="a", plan={"1": "a", "2": "b"}),
-        event("received", now - 40 * 86400, recipe_id="old", step=1),
-        {"event": "no time"},  # malformed: skipped
-        event("received", now, recipe_id="other", step="not a number"),
-    ])
-    assert store.add([{"event": "done", "time": now, "step": 1, "duration": 0.5,
-                       "message_id": "m1", "recipe_id": "r1"}], {"pid": 11, "host": "n1"}) == 1
+    stored = store.add(
+        [
+            event("received", now - 1, step=1, service="a", plan={"1": "a", "2": "b"}),
+            event("received", now - 40 * 86400, recipe_id="old", step=1),
+            {"event": "no time"},  # malformed: skipped
+            event("received", now, recipe_id="other", step="not a number"),
+        ]
+    )
+    assert (
+        store.add(
+            [
+                {
+                    "event": "done",
+                    "time": now,
+                    "step": 1,
+                    "duration": 0.5,
+                    "message_id": "m1",
+                    "recipe_id": "r1",
+                }
+            ],
+            {"pid": 11, "host": "n1"},
+        )
+        == 1
+    )
     assert stored == 3
     events = store.for_recipe("r1")
     assert [e["event"] for e in events] == ["received", "done"]
@@ -78,18 +94,26 @@ def test_the_store_keeps_events_per_recipe_and_expires_old_ones(store: EventStor
 
 def test_a_trace_has_every_run_in_recipe_order_and_waiting_steps() -> None:
     plan = {"1": "first", "2": "second", "3": "third"}
-    trace = build_trace("r1", [
-        event("received", 1.0, step=1, service="a", queue="first", plan=plan, message_id="m"),
-        event("failed", 1.5, step=1, exception="ValueError", error="bad value", message_id="m"),
-        event("received", 2.0, step=1, service="a", queue="first", message_id="m"),
-        event("done", 2.2, step=1, duration=0.2, message_id="m"),
-        event("received", 3.0, step=2, service="b", queue="second", pid=22, message_id="n"),
-        event("failed", 3.1, step=2, pid=22, error="again", message_id="n"),
-        event("dead-lettered", 3.1, step=2, pid=22, error="delivery_limit", message_id="n"),
-    ], dlq_id=lambda message_id: f"dlq-{message_id}")
+    trace = build_trace(
+        "r1",
+        [
+            event("received", 1.0, step=1, service="a", queue="first", plan=plan, message_id="m"),
+            event("failed", 1.5, step=1, exception="ValueError", error="bad value", message_id="m"),
+            event("received", 2.0, step=1, service="a", queue="first", message_id="m"),
+            event("done", 2.2, step=1, duration=0.2, message_id="m"),
+            event("received", 3.0, step=2, service="b", queue="second", pid=22, message_id="n"),
+            event("failed", 3.1, step=2, pid=22, error="again", message_id="n"),
+            event("dead-lettered", 3.1, step=2, pid=22, error="delivery_limit", message_id="n"),
+        ],
+        dlq_id=lambda message_id: f"dlq-{message_id}",
+    )
     steps = trace["steps"]
     assert [(s["step"], s["outcome"]) for s in steps] == [
-        (1, "failed"), (1, "done"), (2, "dead-lettered"), (3, "waiting")]
+        (1, "failed"),
+        (1, "done"),
+        (2, "dead-lettered"),
+        (3, "waiting"),
+    ]
     assert steps[0]["error"] == "bad value" and steps[0]["exception"] == "ValueError"
     assert steps[1]["duration"] == 0.2 and steps[1]["host"] == "n1" and steps[1]["pid"] == 11
     assert steps[2]["pid"] == 22 and steps[2]["dlq_id"] == "dlq-n"
@@ -102,25 +126,34 @@ def test_a_trace_has_every_run_in_recipe_order_and_waiting_steps() -> None:
 def test_a_trace_is_unfinished_while_a_step_runs_or_waits() -> None:
     running = build_trace("r1", [event("received", 1.0, step=1, plan={"1": "a", "2": "b"})])
     assert not running["finished"] and running["steps"][0]["outcome"] == "running"
-    waiting = build_trace("r1", [event("received", 1.0, step=1, plan={"1": "a", "2": "b"}),
-                                 event("done", 1.1, step=1)])
+    waiting = build_trace(
+        "r1",
+        [event("received", 1.0, step=1, plan={"1": "a", "2": "b"}), event("done", 1.1, step=1)],
+    )
     assert not waiting["finished"] and waiting["steps"][1]["outcome"] == "waiting"
 
 
 def test_a_wrapped_job_shows_its_exit_code_and_end_reason() -> None:
-    trace = build_trace("r1", [
-        event("job-started", 1.0, step=2, service="wrap:command", slurm_job_id="77"),
-        event("job-ended", 9.0, step=2, exit_code=143, end_reason="received SIGTERM"),
-    ])
+    trace = build_trace(
+        "r1",
+        [
+            event("job-started", 1.0, step=2, service="wrap:command", slurm_job_id="77"),
+            event("job-ended", 9.0, step=2, exit_code=143, end_reason="received SIGTERM"),
+        ],
+    )
     (run,) = trace["steps"]
     assert run["outcome"] == "failed" and run["job_id"] == "77" and run["exit_code"] == 143
     assert run["error"] == "exit code 143 (received SIGTERM)" and run["duration"] == 8.0
 
 
 def test_step_ref_reads_a_recipe_message_and_survives_anything_else() -> None:
-    rw = RecipeWrapper.from_recipe({"1": {"service": "a", "queue": "qa", "output": 2},
-                                    "2": {"service": "b", "queue": "qb"},
-                                    "start": [[1, {}]]})
+    rw = RecipeWrapper.from_recipe(
+        {
+            "1": {"service": "a", "queue": "qa", "output": 2},
+            "2": {"service": "b", "queue": "qb"},
+            "start": [[1, {}]],
+        }
+    )
     out = rw.start()[0]
     message = Message(body=out.body, headers=out.headers, queue="qa")
     ref = StepRef.of(message, plan=True)
@@ -139,8 +172,9 @@ def test_events_are_broadcast_in_batches_on_zhpc_events(tmp_path: Path) -> None:
     emitter = emitter_for(Config(broker=broker), "svc")
     try:
         for number in range(3):
-            emitter.emit("received", StepRef("r1", number, "q"), message_id=f"m{number}",
-                         attempt="x")
+            emitter.emit(
+                "received", StepRef("r1", number, "q"), message_id=f"m{number}", attempt="x"
+            )
         wait_until(lambda: listener.poll(0.1) or got, timeout=30, what="an event broadcast")
     finally:
         emitter.close()
@@ -178,6 +212,8 @@ def test_the_emitter_never_blocks_and_drops_when_the_broker_is_gone() -> None:
 
 
 def test_events_can_be_switched_off(tmp_path: Path) -> None:
-    config = Config(broker=BrokerConfig(url=f"sqlite://{tmp_path / 'b.sqlite'}"),
-                    events=EventsConfig(enabled=False))
+    config = Config(
+        broker=BrokerConfig(url=f"sqlite://{tmp_path / 'b.sqlite'}"),
+        events=EventsConfig(enabled=False),
+    )
     assert isinstance(emitter_for(config, "svc"), NoEvents)

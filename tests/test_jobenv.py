@@ -131,7 +131,8 @@ def test_stop_reason_names_the_end_deadline_or_the_idle_time() -> None:
 
     assert stop_reason(now=10.0, end=20.0, last_activity=9.0, idle_timeout=5.0) is None
     assert stop_reason(now=20.0, end=20.0, last_activity=19.0, idle_timeout=5.0) == (
-        "end of the job's time")
+        "end of the job's time"
+    )
     assert stop_reason(now=15.0, end=None, last_activity=9.5, idle_timeout=5.5) == "idle for 5.5 s"
     assert stop_reason(now=1e9, end=None, last_activity=0.0, idle_timeout=None) is None
     assert poll_timeout(10.0, wake=10.2, end=None) == pytest.approx(0.2)

@@ -25,8 +25,9 @@ def _restore_root_logger() -> Iterator[None]:
     root.setLevel(level)
 
 
-def test_configuration_sets_level_and_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_configuration_sets_level_and_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("ZHPC_HOME", str(tmp_path))
     config = tmp_path / "c.yaml"
     config.write_text("logging: {level: INFO, format: json}\n")
@@ -38,8 +39,9 @@ def test_configuration_sets_level_and_format(tmp_path: Path, monkeypatch: pytest
     assert entry["message"] == "hello" and entry["queue"] == "q1" and entry["level"] == "INFO"
 
 
-def test_command_line_wins_over_configuration(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_command_line_wins_over_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ZHPC_HOME", str(tmp_path))
     config = tmp_path / "c.yaml"
     config.write_text("logging: {level: ERROR, format: json}\n")

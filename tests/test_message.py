@@ -10,7 +10,7 @@ from zhpc import strictjson
 from zhpc.message import MAX_DELAY, InvalidMessage, Message, Outgoing
 
 
-@pytest.mark.parametrize("body", [b'{"a": NaN}', b'[Infinity]', b'{"a": -Infinity}', b"1e400"])
+@pytest.mark.parametrize("body", [b'{"a": NaN}', b"[Infinity]", b'{"a": -Infinity}', b"1e400"])
 def test_a_received_body_with_a_non_finite_number_is_malformed(body: bytes) -> None:
     message = Message(body, {}, "q")
     assert message.malformed is not None and "not JSON" in message.malformed

@@ -27,8 +27,14 @@ SHIPPED = ["demo", "per-image-analysis", "xia2-cluster", "with-error-route"]
 
 def good() -> dict[str, Any]:
     return {
-        "1": {"service": "A", "queue": "a", "output": {"success": 2, "failure": [3]},
-              "error": 4, "cluster": {"command": ["prog", "{x}"]}, "wrapper": "prog"},
+        "1": {
+            "service": "A",
+            "queue": "a",
+            "output": {"success": 2, "failure": [3]},
+            "error": 4,
+            "cluster": {"command": ["prog", "{x}"]},
+            "wrapper": "prog",
+        },
         "2": {"queue": "b", "output": 5},
         "3": {"topic": "t"},
         "4": {"queue": "errors"},
@@ -40,6 +46,7 @@ def good() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ validation
+
 
 def test_good_recipe_is_valid_and_round_trips_free_sections() -> None:
     recipe = Recipe(good())
@@ -57,67 +64,94 @@ def broken(change: Any) -> list[str]:
     return Recipe(data).problems()
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (lambda d: d.pop("start"), "start: missing"),
-    (lambda d: d.update(start=[]), "start: must be a non-empty list"),
-    (lambda d: d.update(start="1"), "start: must be a non-empty list"),
-    (lambda d: d.update(start=[[1]]), "start[0]: must be a [node, payload] pair"),
-    (lambda d: d.update(start=[[1, {}], "x"]), "start[1]: must be a [node, payload] pair"),
-    (lambda d: d.update(start=[["start", {}]]), "start[0]: 'start' is not a node number"),
-    (lambda d: d.update(start=[[9, {}]]), "start[0]: node 9 does not exist"),
-    (lambda d: d.update(start=[[True, {}]]), "start[0]: True is not a node number"),
-    (lambda d: d.update(error="6"), "error: must be a node number or a list"),
-    (lambda d: d.update(error=[7]), "error: node 7 does not exist"),
-    (lambda d: d.update(junk={}), "top-level key 'junk': not a node number"),
-    (lambda d: d.update({"0": {"queue": "z"}}), "node 0: node numbers start at 1"),
-    (lambda d: d.update({"7": "queue"}), "node 7: must be a mapping"),
-    (lambda d: d["2"].pop("queue"), "node 2: no destination"),
-    (lambda d: d["2"].update(queue=""), "node 2: queue must be a non-empty string"),
-    (lambda d: d["2"].update(queue=3), "node 2: queue must be a non-empty string"),
-    (lambda d: d["3"].update(exchange="x"), "node 3: exchange needs a 'queue'"),
-    (lambda d: d["2"].update({"transport-delay": -1}), "node 2: transport-delay must be"),
-    (lambda d: d["2"].update({"transport-delay": "5"}), "node 2: transport-delay must be"),
-    (lambda d: d["3"].update({"transport-delay": 5}), "node 3: transport-delay cannot apply"),
-    (lambda d: d["2"].update(parameters=[1]), "node 2: parameters must be a mapping"),
-    (lambda d: d["2"].update(output=9), "node 2: output: node 9 does not exist"),
-    (lambda d: d["2"].update(output=[5, "x"]), "node 2: output: 'x' is not a node number"),
-    (lambda d: d["2"].update(output=None), "node 2: output: None is not a node number"),
-    (lambda d: d["1"]["output"].update(success="2"),
-     "node 1: output.success: must be a node number or a list"),
-    (lambda d: d["1"]["output"].update(success=[8]), "node 1: output.success: node 8 does not"),
-    (lambda d: d["1"].update(error={"a": 4}), "node 1: error: must be a node number or a list"),
-    (lambda d: d["1"].update(error=[4.5]), "node 1: error: 4.5 is not a node number"),
-    (lambda d: d["1"].update(error="x"),
-     "node 1: error: must be a node number, a list of them, or named outputs, not 'x'"),
-    (lambda d: d["1"]["output"].update({"": [2]}),
-     "node 1: output: output name '' must be a non-empty string"),
-    (lambda d: d["5"].update(output=2), "cycle: 2 -> 5 -> 2"),
-    (lambda d: d["5"].update(output=5), "cycle: 5 -> 5"),
-    (lambda d: d.update({"8": {"queue": "lonely"}}), "node 8: unreachable"),
-    (lambda d: d["2"].update(parameters={"f": "{}"}),
-     "node 2: parameters.f: '{}' names no parameter"),
-    (lambda d: d["2"].update(parameters={"f": ["ok", "{0}"]}),
-     "node 2: parameters.f[1]: '{0}' is positional"),
-    (lambda d: d["2"].update(parameters={"f": "{x.attr}"}),
-     "node 2: parameters.f: attribute access '.attr'"),
-    (lambda d: d["2"].update(parameters={"f": "oops }"}), "node 2: parameters.f: Single '}'"),
-    (lambda d: d["2"].update(parameters={"f": "{x!z}"}), "unknown conversion '!z'"),
-    (lambda d: d["2"].update(parameters={"f": "{$REPLACE:{a}}"}),
-     "'{$REPLACE:...}' names no parameter"),
-    (lambda d: d["2"].update(parameters={"{x.y}": 1}), "node 2: parameters (a key)"),
-    (lambda d: d.update(start=[[1, "{a:{b:{c}}}"]]),
-     "start[0][1]: format specifications nested too deeply"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d.pop("start"), "start: missing"),
+        (lambda d: d.update(start=[]), "start: must be a non-empty list"),
+        (lambda d: d.update(start="1"), "start: must be a non-empty list"),
+        (lambda d: d.update(start=[[1]]), "start[0]: must be a [node, payload] pair"),
+        (lambda d: d.update(start=[[1, {}], "x"]), "start[1]: must be a [node, payload] pair"),
+        (lambda d: d.update(start=[["start", {}]]), "start[0]: 'start' is not a node number"),
+        (lambda d: d.update(start=[[9, {}]]), "start[0]: node 9 does not exist"),
+        (lambda d: d.update(start=[[True, {}]]), "start[0]: True is not a node number"),
+        (lambda d: d.update(error="6"), "error: must be a node number or a list"),
+        (lambda d: d.update(error=[7]), "error: node 7 does not exist"),
+        (lambda d: d.update(junk={}), "top-level key 'junk': not a node number"),
+        (lambda d: d.update({"0": {"queue": "z"}}), "node 0: node numbers start at 1"),
+        (lambda d: d.update({"7": "queue"}), "node 7: must be a mapping"),
+        (lambda d: d["2"].pop("queue"), "node 2: no destination"),
+        (lambda d: d["2"].update(queue=""), "node 2: queue must be a non-empty string"),
+        (lambda d: d["2"].update(queue=3), "node 2: queue must be a non-empty string"),
+        (lambda d: d["3"].update(exchange="x"), "node 3: exchange needs a 'queue'"),
+        (lambda d: d["2"].update({"transport-delay": -1}), "node 2: transport-delay must be"),
+        (lambda d: d["2"].update({"transport-delay": "5"}), "node 2: transport-delay must be"),
+        (lambda d: d["3"].update({"transport-delay": 5}), "node 3: transport-delay cannot apply"),
+        (lambda d: d["2"].update(parameters=[1]), "node 2: parameters must be a mapping"),
+        (lambda d: d["2"].update(output=9), "node 2: output: node 9 does not exist"),
+        (lambda d: d["2"].update(output=[5, "x"]), "node 2: output: 'x' is not a node number"),
+        (lambda d: d["2"].update(output=None), "node 2: output: None is not a node number"),
+        (
+            lambda d: d["1"]["output"].update(success="2"),
+            "node 1: output.success: must be a node number or a list",
+        ),
+        (lambda d: d["1"]["output"].update(success=[8]), "node 1: output.success: node 8 does not"),
+        (lambda d: d["1"].update(error={"a": 4}), "node 1: error: must be a node number or a list"),
+        (lambda d: d["1"].update(error=[4.5]), "node 1: error: 4.5 is not a node number"),
+        (
+            lambda d: d["1"].update(error="x"),
+            "node 1: error: must be a node number, a list of them, or named outputs, not 'x'",
+        ),
+        (
+            lambda d: d["1"]["output"].update({"": [2]}),
+            "node 1: output: output name '' must be a non-empty string",
+        ),
+        (lambda d: d["5"].update(output=2), "cycle: 2 -> 5 -> 2"),
+        (lambda d: d["5"].update(output=5), "cycle: 5 -> 5"),
+        (lambda d: d.update({"8": {"queue": "lonely"}}), "node 8: unreachable"),
+        (
+            lambda d: d["2"].update(parameters={"f": "{}"}),
+            "node 2: parameters.f: '{}' names no parameter",
+        ),
+        (
+            lambda d: d["2"].update(parameters={"f": ["ok", "{0}"]}),
+            "node 2: parameters.f[1]: '{0}' is positional",
+        ),
+        (
+            lambda d: d["2"].update(parameters={"f": "{x.attr}"}),
+            "node 2: parameters.f: attribute access '.attr'",
+        ),
+        (lambda d: d["2"].update(parameters={"f": "oops }"}), "node 2: parameters.f: Single '}'"),
+        (lambda d: d["2"].update(parameters={"f": "{x!z}"}), "unknown conversion '!z'"),
+        (
+            lambda d: d["2"].update(parameters={"f": "{$REPLACE:{a}}"}),
+            "'{$REPLACE:...}' names no parameter",
+        ),
+        (lambda d: d["2"].update(parameters={"{x.y}": 1}), "node 2: parameters (a key)"),
+        (
+            lambda d: d.update(start=[[1, "{a:{b:{c}}}"]]),
+            "start[0][1]: format specifications nested too deeply",
+        ),
+    ],
+)
 def test_every_problem_names_where_it_is(change: Any, expected: str) -> None:
     problems = broken(change)
     assert any(expected in p for p in problems), problems
 
 
 def test_links_show_what_makes_sense_even_in_a_broken_recipe() -> None:
-    recipe = Recipe({"1": {"queue": "a", "output": {"ok": 2, "all": [2, 3], "none": None,
-                                                    "text": "ab"}, "error": {"e": 3}},
-                     "2": {"queue": "b", "output": 3, "error": "x"}, "3": {"queue": "c"},
-                     "start": [[1, None]]})
+    recipe = Recipe(
+        {
+            "1": {
+                "queue": "a",
+                "output": {"ok": 2, "all": [2, 3], "none": None, "text": "ab"},
+                "error": {"e": 3},
+            },
+            "2": {"queue": "b", "output": 3, "error": "x"},
+            "3": {"queue": "c"},
+            "start": [[1, None]],
+        }
+    )
     assert recipe.links(1) == {"ok": [2], "all": [2, 3]}
     assert recipe.links(1, "error") == {"e": [3]}
     assert recipe.links(2) == {None: [3]}
@@ -126,8 +160,7 @@ def test_links_show_what_makes_sense_even_in_a_broken_recipe() -> None:
 
 
 def test_duplicate_node_keys_are_reported() -> None:
-    problems = Recipe({"1": {"queue": "a"}, "01": {"queue": "b"},
-                       "start": [[1, None]]}).problems()
+    problems = Recipe({"1": {"queue": "a"}, "01": {"queue": "b"}, "start": [[1, None]]}).problems()
     assert "node 1: defined more than once" in problems
 
 
@@ -153,49 +186,69 @@ def test_single_output_is_listed_as_workflows_does() -> None:
 
 # ------------------------------------------------------------------ malformed input
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("{", "not valid JSON"),
-    ("[1, 2]", "a recipe must be a mapping"),
-    ('"x"', "a recipe must be a mapping"),
-    (b"\xff\xfe", "not UTF-8"),
-    ("[" * 5000 + "]" * 5000, "nested"),
-    ('{"1": {"queue": "a", "p": ' + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "}}",
-     "nested more than"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{", "not valid JSON"),
+        ("[1, 2]", "a recipe must be a mapping"),
+        ('"x"', "a recipe must be a mapping"),
+        (b"\xff\xfe", "not UTF-8"),
+        ("[" * 5000 + "]" * 5000, "nested"),
+        (
+            '{"1": {"queue": "a", "p": ' + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "}}",
+            "nested more than",
+        ),
+    ],
+)
 def test_malformed_json(text: Any, expected: str) -> None:
     with pytest.raises(RecipeError, match=expected):
         Recipe.from_json(text)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1: [unclosed", "not valid YAML"),
-    ("- a\n- b\n", "a recipe must be a mapping"),
-    ("1: {queue: a}\n? [1, 2]\n: x\n", "not valid YAML|is not a string"),
-    ("1: {queue: a, f: 1.5}\n1.5: x\n", "key 1.5 is not a string"),
-    ("a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
-     "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
-     "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
-     "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n", "more than"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1: [unclosed", "not valid YAML"),
+        ("- a\n- b\n", "a recipe must be a mapping"),
+        ("1: {queue: a}\n? [1, 2]\n: x\n", "not valid YAML|is not a string"),
+        ("1: {queue: a, f: 1.5}\n1.5: x\n", "key 1.5 is not a string"),
+        (
+            "a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+            "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+            "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+            "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n",
+            "more than",
+        ),
+    ],
+)
 def test_malformed_yaml(text: str, expected: str) -> None:
     with pytest.raises(RecipeError, match=expected):
         Recipe.from_yaml(text)
 
 
 def test_yaml_dates_stay_strings() -> None:
-    recipe = Recipe.from_yaml("1: {queue: a, parameters: {day: 2024-01-31}}\n"
-                              "start: [[1, {}]]\n")
+    recipe = Recipe.from_yaml("1: {queue: a, parameters: {day: 2024-01-31}}\nstart: [[1, {}]]\n")
     assert recipe[1]["parameters"]["day"] == "2024-01-31"
     assert recipe.problems() == []
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.text(max_size=3) | st.sampled_from(["1", "2", "start", "error", "output", "queue"]),
-        inner, max_size=4),
-    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.text(max_size=3)
+                | st.sampled_from(["1", "2", "start", "error", "output", "queue"]),
+                inner,
+                max_size=4,
+            )
+        ),
+        max_leaves=20,
+    )
+)
 def test_garbage_never_escapes_as_another_exception(data: Any) -> None:
     """Any JSON value as a recipe or message body: a RecipeError at worst."""
     try:
@@ -213,30 +266,49 @@ def test_garbage_never_escapes_as_another_exception(data: Any) -> None:
         pass
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ([1], "must be a JSON object"),
-    ({}, "no 'recipe' object"),
-    ({"recipe": "x", "recipe-pointer": 1}, "no 'recipe' object"),
-    ({"recipe": {"1": {"queue": "a"}}}, "recipe-pointer None is not a node number"),
-    ({"recipe": {"1": {"queue": "a"}}, "recipe-pointer": "one"}, "is not a node number"),
-    ({"recipe": {"1": {"queue": "a"}}, "recipe-pointer": 2}, "recipe-pointer 2 names no step"),
-    ({"recipe": {"1": {"queue": "a"}}, "recipe-pointer": 1, "recipe-path": "1"},
-     "recipe-path '1' is not a list"),
-    ({"recipe": {"1": {"queue": "a"}}, "recipe-pointer": 1, "environment": []},
-     "environment must be an object"),
-    ({"recipe": {"1": {"queue": "a", "output": 5}}, "recipe-pointer": 1},
-     "step 1 output: link to node 5, which does not exist"),
-    ({"recipe": {"1": {"queue": "a", "output": {"ok": 2}}, "2": {}}, "recipe-pointer": 1},
-     "step 1 output 'ok': node 2 has no queue or topic"),
-    ({"recipe": {"1": {"queue": "a", "error": "x"}}, "recipe-pointer": 1},
-     "step 1 error: 'x' is not a valid link"),
-    ({"recipe": {"1": {"queue": "a", "error": {"e": 1}}}, "recipe-pointer": 1},
-     r"step 1 error: \{'e': 1\} is not a valid link"),
-    ({"recipe": {"1": {"queue": "a", "output": [1, "x"]}}, "recipe-pointer": 1},
-     r"step 1 output: \[1, 'x'\] is not a list of node numbers"),
-    ({"recipe": {"1": {"queue": "a", "output": {"ok": 1, "no": "x"}}}, "recipe-pointer": 1},
-     "step 1 output 'no': 'x' is not a list of node numbers"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ([1], "must be a JSON object"),
+        ({}, "no 'recipe' object"),
+        ({"recipe": "x", "recipe-pointer": 1}, "no 'recipe' object"),
+        ({"recipe": {"1": {"queue": "a"}}}, "recipe-pointer None is not a node number"),
+        ({"recipe": {"1": {"queue": "a"}}, "recipe-pointer": "one"}, "is not a node number"),
+        ({"recipe": {"1": {"queue": "a"}}, "recipe-pointer": 2}, "recipe-pointer 2 names no step"),
+        (
+            {"recipe": {"1": {"queue": "a"}}, "recipe-pointer": 1, "recipe-path": "1"},
+            "recipe-path '1' is not a list",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a"}}, "recipe-pointer": 1, "environment": []},
+            "environment must be an object",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a", "output": 5}}, "recipe-pointer": 1},
+            "step 1 output: link to node 5, which does not exist",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a", "output": {"ok": 2}}, "2": {}}, "recipe-pointer": 1},
+            "step 1 output 'ok': node 2 has no queue or topic",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a", "error": "x"}}, "recipe-pointer": 1},
+            "step 1 error: 'x' is not a valid link",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a", "error": {"e": 1}}}, "recipe-pointer": 1},
+            r"step 1 error: \{'e': 1\} is not a valid link",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a", "output": [1, "x"]}}, "recipe-pointer": 1},
+            r"step 1 output: \[1, 'x'\] is not a list of node numbers",
+        ),
+        (
+            {"recipe": {"1": {"queue": "a", "output": {"ok": 1, "no": "x"}}}, "recipe-pointer": 1},
+            "step 1 output 'no': 'x' is not a list of node numbers",
+        ),
+    ],
+)
 def test_bad_message_bodies(body: Any, expected: str) -> None:
     with pytest.raises(RecipeError, match=expected):
         RecipeWrapper.from_body(body)
@@ -247,24 +319,30 @@ def test_bad_messages() -> None:
     with pytest.raises(RecipeError, match="not a recipe message"):
         RecipeWrapper.from_message(Message(body=body, headers={}, queue="a"))
     with pytest.raises(RecipeError, match="not JSON"):
-        RecipeWrapper.from_message(Message(body=b"{nope", headers={RECIPE_HEADER: True},
-                                           queue="a"))
+        RecipeWrapper.from_message(Message(body=b"{nope", headers={RECIPE_HEADER: True}, queue="a"))
     with pytest.raises(RecipeError, match="not a recipe message"):
         RecipeWrapper.from_body(json.loads(body), {RECIPE_HEADER: "false"})
-    wrapper = RecipeWrapper.from_message(Message(body=body, headers={RECIPE_HEADER: "True"},
-                                                 queue="a"))
+    wrapper = RecipeWrapper.from_message(
+        Message(body=body, headers={RECIPE_HEADER: "True"}, queue="a")
+    )
     assert wrapper.recipe_pointer == 1 and wrapper.payload is None
 
 
 # ------------------------------------------------------------------ wrapper semantics
 
+
 def at(pointer: int, data: dict[str, Any] | None = None, **body: Any) -> RecipeWrapper:
-    message = {"recipe": data or good(), "recipe-pointer": pointer,
-               "recipe-path": [], "environment": {"ID": "r-1"}, **body}
+    message = {
+        "recipe": data or good(),
+        "recipe-pointer": pointer,
+        "recipe-path": [],
+        "environment": {"ID": "r-1"},
+        **body,
+    }
     encoded = json.dumps(message).encode()
-    return RecipeWrapper.from_message(Message(body=encoded, queue="q",
-                                              headers={RECIPE_HEADER: True,
-                                                       MESSAGE_ID_HEADER: "in-1"}))
+    return RecipeWrapper.from_message(
+        Message(body=encoded, queue="q", headers={RECIPE_HEADER: True, MESSAGE_ID_HEADER: "in-1"})
+    )
 
 
 def destinations(outgoing: list[Outgoing]) -> list[tuple[str, str, int]]:
@@ -312,21 +390,31 @@ def test_checkpoint_returns_to_the_same_step_with_a_delay() -> None:
 
 
 def test_transport_delay_and_exchange() -> None:
-    data = {"1": {"queue": "a", "output": [2, 3]},
-            "2": {"queue": "slow", "transport-delay": 5},
-            "3": {"queue": "routed", "exchange": "ex"},
-            "start": [[1, None]]}
+    data = {
+        "1": {"queue": "a", "output": [2, 3]},
+        "2": {"queue": "slow", "transport-delay": 5},
+        "3": {"queue": "routed", "exchange": "ex"},
+        "start": [[1, None]],
+    }
     out = at(1, data).send("p")
     assert [(o.kind, o.destination, o.routing_key, o.delay) for o in out] == [
-        ("queue", "slow", "", 5), ("exchange", "ex", "routed", None)]
+        ("queue", "slow", "", 5),
+        ("exchange", "ex", "routed", None),
+    ]
     delayed = at(1, data).send("p", delay=2)
     assert [(o.kind, o.destination, o.delay) for o in delayed] == [
-        ("queue", "slow", 2), ("queue", "routed", 2)], "a delay bypasses the exchange"
+        ("queue", "slow", 2),
+        ("queue", "routed", 2),
+    ], "a delay bypasses the exchange"
 
 
 def test_broadcasts_cannot_be_delayed_and_nothing_is_half_sent() -> None:
-    data = {"1": {"queue": "a", "output": [2, 3]}, "2": {"queue": "b"}, "3": {"topic": "t"},
-            "start": [[1, None]]}
+    data = {
+        "1": {"queue": "a", "output": [2, 3]},
+        "2": {"queue": "b"},
+        "3": {"topic": "t"},
+        "start": [[1, None]],
+    }
     wrapper = at(1, data)
     with pytest.raises(RecipeError, match="cannot be delayed"):
         wrapper.send("p", delay=3)
@@ -335,8 +423,11 @@ def test_broadcasts_cannot_be_delayed_and_nothing_is_half_sent() -> None:
 
 def test_headers_and_ids() -> None:
     first = at(1).send_to("success", 1, headers={"x-custom": "y"})[0]
-    assert first.headers == {"x-custom": "y", RECIPE_HEADER: True,
-                             MESSAGE_ID_HEADER: first.message_id}
+    assert first.headers == {
+        "x-custom": "y",
+        RECIPE_HEADER: True,
+        MESSAGE_ID_HEADER: first.message_id,
+    }
     assert first.persistent
     again = at(1).send_to("success", 1)[0]
     assert again.message_id == first.message_id, "redone work gets the same id"
@@ -382,29 +473,55 @@ def test_apply_parameters_leaves_recipe_unchanged_on_error() -> None:
 
 
 def test_unknown_names_stay_as_written() -> None:
-    recipe = Recipe({"1": {"queue": "a", "parameters": {
-        "a": "{later:>5}", "b": "{later[0]}", "c": "{known:{later}}", "d": "{later[k]}"}},
-        "start": [[1, None]]})
+    recipe = Recipe(
+        {
+            "1": {
+                "queue": "a",
+                "parameters": {
+                    "a": "{later:>5}",
+                    "b": "{later[0]}",
+                    "c": "{known:{later}}",
+                    "d": "{later[k]}",
+                },
+            },
+            "start": [[1, None]],
+        }
+    )
     recipe.apply_parameters({"known": 3})
-    assert recipe[1]["parameters"] == {"a": "{later:>5}", "b": "{later[0]}",
-                                       "c": "{known:{later}}", "d": "{later[k]}"}
+    assert recipe[1]["parameters"] == {
+        "a": "{later:>5}",
+        "b": "{later[0]}",
+        "c": "{known:{later}}",
+        "d": "{later[k]}",
+    }
     del recipe[1]["parameters"]["c"], recipe[1]["parameters"]["d"]
     recipe.apply_parameters({"later": "7"})
     assert recipe[1]["parameters"] == {"a": "    7", "b": "7"}
 
 
 def test_command_arguments_are_substituted_one_by_one() -> None:
-    recipe = Recipe({"1": {"queue": "a", "cluster": {"command": ["xia2", "image={image}"]}},
-                     "start": [[1, None]]})
+    recipe = Recipe(
+        {
+            "1": {"queue": "a", "cluster": {"command": ["xia2", "image={image}"]}},
+            "start": [[1, None]],
+        }
+    )
     recipe.apply_parameters({"image": "/data/a b; rm -rf /"})
     assert recipe[1]["cluster"]["command"] == ["xia2", "image=/data/a b; rm -rf /"]
 
 
 def test_merge_renumbers() -> None:
-    first = Recipe({"1": {"queue": "a", "output": 2}, "2": {"queue": "b"},
-                    "start": [[1, "p"]], "error": 2})
-    second = Recipe({"1": {"queue": "c", "output": [2], "error": 2}, "2": {"queue": "d"},
-                     "start": [[1, "q"]], "error": [2]})
+    first = Recipe(
+        {"1": {"queue": "a", "output": 2}, "2": {"queue": "b"}, "start": [[1, "p"]], "error": 2}
+    )
+    second = Recipe(
+        {
+            "1": {"queue": "c", "output": [2], "error": 2},
+            "2": {"queue": "d"},
+            "start": [[1, "q"]],
+            "error": [2],
+        }
+    )
     merged = first.merge(second)
     assert merged[3] == {"queue": "c", "output": [4], "error": 4}
     assert merged["start"] == [[1, "p"], [3, "q"]]
@@ -415,6 +532,7 @@ def test_merge_renumbers() -> None:
 
 
 # ------------------------------------------------------------------ files
+
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipes_are_valid(name: str) -> None:
@@ -428,8 +546,9 @@ def test_demo_recipe_is_what_zhpc_demo_needs() -> None:
     assert recipe[2]["queue"] == "jsonlines" and "output_filename" in recipe[2]["parameters"]
 
 
-@pytest.mark.parametrize("name", ["../demo", "a/b", "", ".hidden", "x..y", "/etc/passwd",
-                                  "demo\\x", 5])
+@pytest.mark.parametrize(
+    "name", ["../demo", "a/b", "", ".hidden", "x..y", "/etc/passwd", "demo\\x", 5]
+)
 def test_find_recipe_refuses_paths(name: Any) -> None:
     with pytest.raises(RecipeError, match="invalid recipe name"):
         find_recipe(name)
@@ -462,8 +581,7 @@ def test_load_recipe_file_errors(tmp_path: Path) -> None:
 
 
 def test_receiving_does_not_modify_the_message() -> None:
-    body = {"recipe": {"1": {"queue": "a", "output": 2}, "2": {"queue": "b"}},
-            "recipe-pointer": 1}
+    body = {"recipe": {"1": {"queue": "a", "output": 2}, "2": {"queue": "b"}}, "recipe-pointer": 1}
     message = Message(body=json.dumps(body).encode(), headers={RECIPE_HEADER: True}, queue="a")
     wrapper = RecipeWrapper.from_message(message)
     assert wrapper.recipe_step == {"queue": "a", "output": [2]}

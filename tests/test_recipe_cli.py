@@ -19,11 +19,11 @@ def test_validate_shipped_recipes(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.splitlines() == [f"{n}: OK" for n in SHIPPED]
 
 
-def test_validate_reports_one_line_per_problem(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_reports_one_line_per_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"1": {"queue": "a", "output": 7}, "2": {},
-                               "start": [[1, {}]]}))
+    bad.write_text(json.dumps({"1": {"queue": "a", "output": 7}, "2": {}, "start": [[1, {}]]}))
     broken = tmp_path / "broken.yaml"
     broken.write_text("1: [unclosed\n")
     code = main(["recipe", "validate", str(bad), "demo", str(broken), str(tmp_path / "no.json")])
@@ -39,12 +39,20 @@ def test_validate_reports_one_line_per_problem(tmp_path: Path,
 
 
 @pytest.mark.parametrize("form", ["text", "mermaid", "dot"])
-def test_show_draws_a_recipe_with_malformed_links(form: str, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_draws_a_recipe_with_malformed_links(
+    form: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Links that make no sense are left out of the drawing and listed as problems."""
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"1": {"queue": "a", "output": {"ok": 2, "s": None, "t": "ab"}},
-                               "2": {"queue": "b"}, "start": [[1, {}]]}))
+    bad.write_text(
+        json.dumps(
+            {
+                "1": {"queue": "a", "output": {"ok": 2, "s": None, "t": "ab"}},
+                "2": {"queue": "b"},
+                "start": [[1, {}]],
+            }
+        )
+    )
     assert main(["recipe", "show", str(bad), "--format", form]) == 1
     out, err = capsys.readouterr()
     assert "2" in out and "internal error" not in err
@@ -63,8 +71,21 @@ def test_show_mermaid(name: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_show_substitutes_parameters(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["recipe", "show", "xia2-cluster", "-s", "image_path=/d/a.cbf",
-                 "-s", "partition=gpu", "-s", "pipeline=dials", "--format", "text"])
+    code = main(
+        [
+            "recipe",
+            "show",
+            "xia2-cluster",
+            "-s",
+            "image_path=/d/a.cbf",
+            "-s",
+            "partition=gpu",
+            "-s",
+            "pipeline=dials",
+            "--format",
+            "text",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "runs: xia2 image=/d/a.cbf nproc=4 pipeline=dials" in out
@@ -76,14 +97,15 @@ def test_show_dot_marks_error_routes(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["recipe", "show", "with-error-route", "--format", "dot"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("digraph recipe {") and out.rstrip().endswith("}")
-    assert "n1 -> n4 [label=\"error\", style=dashed];" in out
+    assert 'n1 -> n4 [label="error", style=dashed];' in out
     assert "error -> n5 [style=dashed];" in out
 
 
 def test_show_escapes_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "q.json"
-    path.write_text(json.dumps({"1": {"queue": "a", "service": 'say "hi" <b>'},
-                                "start": [[1, {}]]}))
+    path.write_text(
+        json.dumps({"1": {"queue": "a", "service": 'say "hi" <b>'}, "start": [[1, {}]]})
+    )
     assert main(["recipe", "show", str(path), "--format", "mermaid"]) == 0
     assert "say #quot;hi#quot; #lt;b#gt;" in capsys.readouterr().out
     assert main(["recipe", "show", str(path), "--format", "dot"]) == 0
@@ -98,18 +120,24 @@ def test_show_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["recipe", "show", "no-such-recipe"]) == 2
     assert "no recipe 'no-such-recipe'" in capsys.readouterr().err
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({"1": {"queue": "a", "parameters": {"p": "{x[k]}"}},
-                                "start": [[1, {}]]}))
+    path.write_text(
+        json.dumps({"1": {"queue": "a", "parameters": {"p": "{x[k]}"}}, "start": [[1, {}]]})
+    )
     assert main(["recipe", "show", str(path), "-s", "x=abc"]) == 2
-    assert capsys.readouterr().err.startswith("zhpc: error: node 1: parameters.p: cannot "
-                                              "look up [k] in str 'abc'")
+    assert capsys.readouterr().err.startswith(
+        "zhpc: error: node 1: parameters.p: cannot look up [k] in str 'abc'"
+    )
 
 
-def test_show_invalid_recipe_still_renders(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_invalid_recipe_still_renders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "cycle.json"
-    path.write_text(json.dumps({"1": {"queue": "a", "output": 2},
-                                "2": {"queue": "b", "output": 1}, "start": [[1, {}]]}))
+    path.write_text(
+        json.dumps(
+            {"1": {"queue": "a", "output": 2}, "2": {"queue": "b", "output": 1}, "start": [[1, {}]]}
+        )
+    )
     assert main(["recipe", "show", str(path), "--format", "mermaid"]) == 1
     captured = capsys.readouterr()
     assert "n2 --> n1" in captured.out
@@ -119,8 +147,13 @@ def test_show_invalid_recipe_still_renders(tmp_path: Path,
 def test_installed_command_never_shows_a_traceback(tmp_path: Path) -> None:
     path = tmp_path / "deep.json"
     path.write_text("[" * 100000 + "]" * 100000)
-    result = subprocess.run([sys.executable, "-m", "zhpc.cli", "recipe", "validate", str(path)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "zhpc.cli", "recipe", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stdout.strip() == f"{path}: nested too deeply"
@@ -133,14 +166,22 @@ def hostile_recipe(tmp_path: Path) -> Path:
     """Output, service and queue names that end Mermaid labels or start comments."""
     path = tmp_path / "hostile.json"
     outputs = {name: [2 + number % 2] for number, name in enumerate(HOSTILE_NAMES)}
-    path.write_text(json.dumps({
-        "1": {"queue": "q]u)e|ue", "service": "%%svc [x] (y) {z}\nnext", "output": outputs},
-        "2": {"queue": "two"}, "3": {"queue": "three"}, "start": [[1, {}]]}))
+    path.write_text(
+        json.dumps(
+            {
+                "1": {"queue": "q]u)e|ue", "service": "%%svc [x] (y) {z}\nnext", "output": outputs},
+                "2": {"queue": "two"},
+                "3": {"queue": "three"},
+                "start": [[1, {}]],
+            }
+        )
+    )
     return path
 
 
-def test_mermaid_labels_survive_any_name(tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_mermaid_labels_survive_any_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 12.18: every statement keeps its shape and every label decodes to the name."""
     import re
 
@@ -158,12 +199,14 @@ def test_mermaid_labels_survive_any_name(tmp_path: Path,
 
     def decode(text: str) -> str:
         named = {"quot": '"', "lt": "<", "gt": ">"}
-        return re.sub(r"#(\d+|quot|lt|gt);",
-                      lambda m: named.get(m[1]) or chr(int(m[1])), text)
+        return re.sub(r"#(\d+|quot|lt|gt);", lambda m: named.get(m[1]) or chr(int(m[1])), text)
 
     assert [decode(m["label"]) for m in edges if m["label"]] == HOSTILE_NAMES
-    assert decode(nodes[0]["label"]).split("<br/>") == ["1", "%%svc [x] (y) {z}\nnext",
-                                                        "queue: q]u)e|ue"]
+    assert decode(nodes[0]["label"]).split("<br/>") == [
+        "1",
+        "%%svc [x] (y) {z}\nnext",
+        "queue: q]u)e|ue",
+    ]
 
 
 def test_dot_labels_survive_any_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -172,10 +215,15 @@ def test_dot_labels_survive_any_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["recipe", "show", str(hostile_recipe(tmp_path)), "--format", "dot"]) == 0
     lines = capsys.readouterr().out.splitlines()
     quoted = r'"(?:[^"\\\n]|\\.)*"'
-    statement = re.compile(rf"    (rankdir=TB|\w+( -> \w+)?( \[\w+=(\w+|{quoted})"
-                           rf"(, \w+=(\w+|{quoted}))*\])?);\Z")
+    statement = re.compile(
+        rf"    (rankdir=TB|\w+( -> \w+)?( \[\w+=(\w+|{quoted})"
+        rf"(, \w+=(\w+|{quoted}))*\])?);\Z"
+    )
     assert lines[0] == "digraph recipe {" and lines[-1] == "}"
     assert all(statement.match(line) for line in lines[1:-1]), lines
-    labels = [json.loads(m) for m in re.findall(r'label=("(?:[^"\\]|\\.)*")', "\n".join(lines))
-              if m != '"start"']
-    assert labels[-len(HOSTILE_NAMES):] == HOSTILE_NAMES
+    labels = [
+        json.loads(m)
+        for m in re.findall(r'label=("(?:[^"\\]|\\.)*")', "\n".join(lines))
+        if m != '"start"'
+    ]
+    assert labels[-len(HOSTILE_NAMES) :] == HOSTILE_NAMES

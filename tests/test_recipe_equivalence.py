@@ -21,8 +21,7 @@ from zhpc.errors import RecipeError
 from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message
 from zhpc.recipe import Recipe, RecipeWrapper
 
-SETTINGS = settings(max_examples=300, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def lists(value: Any) -> Any:
@@ -50,8 +49,26 @@ KNOWN = sorted(PARAMETERS)
 names = st.sampled_from([*KNOWN, "missing", "other"])
 items = st.sampled_from(["[k]", "[n]", "[0]", "[1]", "[5]", "[zz]", "[n][1]", "[0][0]"])
 specs = st.sampled_from(
-    [">5", "<3", "^7", ".2f", "d", "05d", "x", ",", "s", "%", "{a}", "{s}", "{missing}",
-     ">{b}", "*^9", "+", "e"])
+    [
+        ">5",
+        "<3",
+        "^7",
+        ".2f",
+        "d",
+        "05d",
+        "x",
+        ",",
+        "s",
+        "%",
+        "{a}",
+        "{s}",
+        "{missing}",
+        ">{b}",
+        "*^9",
+        "+",
+        "e",
+    ]
+)
 conversions = st.sampled_from(["!r", "!s", "!a"])
 
 
@@ -81,19 +98,28 @@ def templates(draw: st.DrawFn) -> str:
     return "".join(draw(st.lists(piece, max_size=5)))
 
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                         st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=6))
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=6),
+)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
-                                                                 max_size=3),
-    max_leaves=6)
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def recipe_with(template: str, key_template: str) -> dict[str, Any]:
     return {
-        "1": {"queue": "q", "parameters": {"t": template, key_template: "x",
-                                           "list": [template, 1, None]}},
+        "1": {
+            "queue": "q",
+            "parameters": {"t": template, key_template: "x", "list": [template, 1, None]},
+        },
         "start": [[1, {"p": template}]],
     }
 
@@ -146,8 +172,7 @@ def test_apply_parameters_on_arbitrary_text(template: str, extra: Any) -> None:
 
 @SETTINGS
 @given(st.dictionaries(st.sampled_from(KNOWN), json_values, max_size=4), templates())
-def test_apply_parameters_with_generated_values(parameters: dict[str, Any],
-                                                template: str) -> None:
+def test_apply_parameters_with_generated_values(parameters: dict[str, Any], template: str) -> None:
     wf, zh = both_apply(recipe_with(template, "k"), parameters)
     if not isinstance(wf, Exception):
         assert zh == wf, f"workflows gave {wf!r}, zhpc gave {zh!r}"
@@ -162,6 +187,7 @@ def test_replace_substitutes_the_object_itself() -> None:
 
 # ---------------------------------------------------------------- wrappers
 
+
 class Recording(OfflineTransport):
     """workflows' own offline transport, keeping what it was asked to publish."""
 
@@ -169,12 +195,19 @@ class Recording(OfflineTransport):
         super().__init__()
         self.sent: list[tuple[Any, ...]] = []
 
-    def _send(self, destination, message, headers=None, delay=None, expiration=None,
-              exchange=None, **kwargs):
+    def _send(
+        self,
+        destination,
+        message,
+        headers=None,
+        delay=None,
+        expiration=None,
+        exchange=None,
+        **kwargs,
+    ):
         self.sent.append(("send", destination, message, dict(headers or {}), delay, exchange))
 
-    def _broadcast(self, destination, message, headers=None, delay=None, expiration=None,
-                   **kwargs):
+    def _broadcast(self, destination, message, headers=None, delay=None, expiration=None, **kwargs):
         # pika's transport asserts here (even for delay=0, which zhpc reads as "no delay")
         assert not delay, "broadcasts cannot be delayed"
         self.sent.append(("broadcast", destination, message, dict(headers or {}), delay, None))
@@ -210,9 +243,10 @@ queue_names = st.text(alphabet="abcxyz._-", min_size=1, max_size=8)
 
 plain_text = st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=6)
 plain_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), plain_text),
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**6), 10**6), plain_text),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(plain_text, inner, max_size=3),
-    max_leaves=6)
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -243,20 +277,25 @@ def recipes(draw: st.DrawFn, valid: bool = False) -> dict[str, Any]:
             elif style == "list":
                 node["output"] = draw(st.lists(st.sampled_from(later), max_size=3))
             else:
-                node["output"] = draw(st.dictionaries(
-                    st.sampled_from(["success", "failure", "any"]),
-                    st.sampled_from(later) | st.lists(st.sampled_from(later), max_size=2),
-                    max_size=3))
+                node["output"] = draw(
+                    st.dictionaries(
+                        st.sampled_from(["success", "failure", "any"]),
+                        st.sampled_from(later) | st.lists(st.sampled_from(later), max_size=2),
+                        max_size=3,
+                    )
+                )
         if later and draw(st.integers(0, 3)) == 0:
-            node["error"] = draw(st.sampled_from(later) | st.lists(st.sampled_from(later),
-                                                                      min_size=1, max_size=2))
+            node["error"] = draw(
+                st.sampled_from(later) | st.lists(st.sampled_from(later), min_size=1, max_size=2)
+            )
         if draw(st.booleans()):
             node["parameters"] = draw(st.dictionaries(plain_text, values, max_size=2))
         if draw(st.integers(0, 3)) == 0:
             node["cluster"] = {"command": ["prog", "{x}"], "cpus": 2}
         data[str(number)] = node
-    data["start"] = [[draw(st.integers(1, count)), draw(values)]
-                     for _ in range(draw(st.integers(1, 3)))]
+    data["start"] = [
+        [draw(st.integers(1, count)), draw(values)] for _ in range(draw(st.integers(1, 3)))
+    ]
     if valid:
         reached = {entry[0] for entry in data["start"]}
         for number in range(1, count + 1):  # links only point forward
@@ -341,16 +380,18 @@ def test_wrapper_sends_what_workflows_sends(message: dict[str, Any], action: tup
 @given(recipes(), st.dictionaries(st.text(max_size=5), json_values, max_size=2))
 def test_start_matches_workflows(recipe: dict[str, Any], environment: dict[str, Any]) -> None:
     transport = Recording()
-    wr.RecipeWrapper(recipe=copy.deepcopy(recipe), transport=transport,
-                     environment=environment).start()
+    wr.RecipeWrapper(
+        recipe=copy.deepcopy(recipe), transport=transport, environment=environment
+    ).start()
     produced = RecipeWrapper(Recipe(recipe), environment=environment).start()
     assert ours_published(produced) == theirs_published(transport)
 
 
 @SETTINGS
 @given(messages(), st.sampled_from(["send", "checkpoint"]), json_values)
-def test_zhpc_parses_what_workflows_produced(message: dict[str, Any], how: str,
-                                             payload: Any) -> None:
+def test_zhpc_parses_what_workflows_produced(
+    message: dict[str, Any], how: str, payload: Any
+) -> None:
     transport = Recording()
     theirs = wr.RecipeWrapper(message=json.loads(json.dumps(message)), transport=transport)
     if how == "send":
@@ -378,11 +419,15 @@ def workflows_receive(outgoing: Any) -> wr.RecipeWrapper:
     transport = OfflineTransport()
     transport.connect()
     got: list[Any] = []
-    subscription = wr.wrap_subscribe(transport, "q", lambda rw, header, payload:
-                                     got.append((rw, header, payload)),
-                                     mangle_for_receiving=PikaTransport._mangle_for_receiving)
-    transport.subscription_callback(subscription)(dict(outgoing.headers),
-                                                  outgoing.body.decode("utf-8"))
+    subscription = wr.wrap_subscribe(
+        transport,
+        "q",
+        lambda rw, header, payload: got.append((rw, header, payload)),
+        mangle_for_receiving=PikaTransport._mangle_for_receiving,
+    )
+    transport.subscription_callback(subscription)(
+        dict(outgoing.headers), outgoing.body.decode("utf-8")
+    )
     assert len(got) == 1, "workflows did not accept the message as a recipe message"
     return got[0][0]
 
@@ -412,8 +457,11 @@ def test_workflows_parses_what_zhpc_produced(message: dict[str, Any], payload: A
 def test_recipe_header_spellings_accepted_by_both(value: Any) -> None:
     ours = RecipeWrapper.from_recipe({"1": {"queue": "q"}, "start": [[1, "x"]]})
     outgoing = ours.start()[0]
-    relabelled = type(outgoing)(destination=outgoing.destination, body=outgoing.body,
-                                headers={**outgoing.headers, RECIPE_HEADER: value})
+    relabelled = type(outgoing)(
+        destination=outgoing.destination,
+        body=outgoing.body,
+        headers={**outgoing.headers, RECIPE_HEADER: value},
+    )
     assert workflows_receive(relabelled).payload == "x"
     received = Message(body=outgoing.body, headers=dict(relabelled.headers), queue="q")
     assert RecipeWrapper.from_message(received).payload == "x"

@@ -11,8 +11,21 @@ PACKAGE = Path(zhpc.recipe.__file__).parent
 #: Lowest first; a module may import only modules before it.
 ORDER = ["data", "parameters", "links", "validate", "recipe", "wrapper", "files"]
 #: Standard modules that reach the file system, the network or other processes.
-IO_MODULES = {"os", "io", "pathlib", "shutil", "tempfile", "socket", "subprocess", "importlib",
-              "ssl", "asyncio", "threading", "pika", "sqlite3"}
+IO_MODULES = {
+    "os",
+    "io",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "socket",
+    "subprocess",
+    "importlib",
+    "ssl",
+    "asyncio",
+    "threading",
+    "pika",
+    "sqlite3",
+}
 
 
 def imported(module: str) -> set[str]:
@@ -32,8 +45,11 @@ def test_every_module_is_placed() -> None:
 
 def test_imports_point_down() -> None:
     for index, module in enumerate(ORDER):
-        inside = {name.removeprefix("zhpc.recipe.") for name in imported(module)
-                  if name.startswith("zhpc.recipe.")}
+        inside = {
+            name.removeprefix("zhpc.recipe.")
+            for name in imported(module)
+            if name.startswith("zhpc.recipe.")
+        }
         assert inside <= set(ORDER[:index]), f"{module} imports {inside - set(ORDER[:index])}"
 
 
@@ -45,5 +61,6 @@ def test_only_files_touches_the_file_system_and_nothing_knows_a_transport() -> N
             roots = {name.split(".")[0] for name in names}
             assert not roots & IO_MODULES, f"{module} imports {roots & IO_MODULES}"
             tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
-            assert not any(isinstance(node, ast.Name) and node.id == "open"
-                           for node in ast.walk(tree)), f"{module} opens files"
+            assert not any(
+                isinstance(node, ast.Name) and node.id == "open" for node in ast.walk(tree)
+            ), f"{module} opens files"

@@ -51,18 +51,26 @@ def test_tuples_come_back_as_lists() -> None:
     assert substitute(("{a}", ("{a}",)), {"a": "x"}) == ["x", ["x"]]
 
 
-@pytest.mark.parametrize(("value", "parameters", "where", "expected"), [
-    ("{x!q}", {"x": 1}, "value", r"^value: unknown conversion '!q'"),
-    (["ok", "{x!q}"], {"x": 1}, "command", r"^command\[1\]: unknown conversion '!q'"),
-    ({"k": "{x[0]}"}, {"x": []}, "step parameters",
-     r"^step parameters\.k: index \[0\] out of range"),
-    ({"k": ["{x"]}, {}, "value", r"^value\.k\[0\]: expected '\}' before end of string"),
-    ("{x.real}", {"x": 1}, "value", r"attribute access '\.real'"),
-    ("{}", {}, "value", r"names no parameter"),
-    ("{x:>{w}}", {"x": [1], "w": "z"}, "value", r"cannot format \[1\]"),
-])
-def test_errors_are_one_line_naming_the_place(value: Any, parameters: dict[str, Any],
-                                              where: str, expected: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "parameters", "where", "expected"),
+    [
+        ("{x!q}", {"x": 1}, "value", r"^value: unknown conversion '!q'"),
+        (["ok", "{x!q}"], {"x": 1}, "command", r"^command\[1\]: unknown conversion '!q'"),
+        (
+            {"k": "{x[0]}"},
+            {"x": []},
+            "step parameters",
+            r"^step parameters\.k: index \[0\] out of range",
+        ),
+        ({"k": ["{x"]}, {}, "value", r"^value\.k\[0\]: expected '\}' before end of string"),
+        ("{x.real}", {"x": 1}, "value", r"attribute access '\.real'"),
+        ("{}", {}, "value", r"names no parameter"),
+        ("{x:>{w}}", {"x": [1], "w": "z"}, "value", r"cannot format \[1\]"),
+    ],
+)
+def test_errors_are_one_line_naming_the_place(
+    value: Any, parameters: dict[str, Any], where: str, expected: str
+) -> None:
     with pytest.raises(RecipeError, match=expected) as caught:
         substitute(value, parameters, where=where)
     assert "\n" not in str(caught.value)
@@ -80,19 +88,23 @@ def test_refuses_what_json_cannot_carry() -> None:
 templates = st.sampled_from(["{p}", "{p[a]}", "{p!r}", "{$REPLACE:p}", "{q}", "x={p}y", "plain"])
 values = st.recursive(
     templates | st.integers() | st.none(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
-                                                                  max_size=3),
-    max_leaves=8)
-parameters = st.fixed_dictionaries({"p": st.fixed_dictionaries({"a": st.integers()})
-                                    | st.text(max_size=4) | st.integers()})
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+parameters = st.fixed_dictionaries(
+    {"p": st.fixed_dictionaries({"a": st.integers()}) | st.text(max_size=4) | st.integers()}
+)
 
 
 @settings(max_examples=200, deadline=None)
 @given(values, parameters)
 def test_same_result_as_python_workflows_on_a_recipe(value: Any, names: dict[str, Any]) -> None:
     """The value substituted alone equals the value substituted inside a workflows recipe."""
-    recipe = wr.Recipe({"1": {"queue": "q", "parameters": {"v": copy.deepcopy(value)}},
-                        "start": [[1, None]]})
+    recipe = wr.Recipe(
+        {"1": {"queue": "q", "parameters": {"v": copy.deepcopy(value)}}, "start": [[1, None]]}
+    )
     try:
         recipe.apply_parameters(names)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError):

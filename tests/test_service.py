@@ -103,8 +103,9 @@ def test_malformed_messages_are_dead_lettered_at_once(transport: EmbeddedTranspo
     header = {"workflows-recipe": True}
     transport.publish(Outgoing("double", b"\xff not utf-8", headers=header))
     transport.publish(Outgoing("double", b'{"no": "recipe"}', headers=header))
-    transport.publish(Outgoing.json("double", {"recipe": {"1": {}}, "recipe-pointer": 7},
-                                    headers=header))
+    transport.publish(
+        Outgoing.json("double", {"recipe": {"1": {}}, "recipe-pointer": 7}, headers=header)
+    )
     runner = run(Double("double"), transport)
     assert runner.dead_lettered == 3
     dead = collect(transport, dlq_name("double"), 3)

@@ -59,8 +59,12 @@ def _commands_needed(argv: Sequence[str]) -> tuple[str, ...]:
             return ()  # argparse prints the version and exits when it reaches this
         elif arg in ("-h", "--help", "--"):
             return COMMAND_MODULES
-        elif arg == "-e" or (arg.startswith("--") and "=" not in arg and len(arg) > 2
-                             and any(option.startswith(arg) for option in _VALUED_OPTIONS)):
+        elif arg == "-e" or (
+            arg.startswith("--")
+            and "=" not in arg
+            and len(arg) > 2
+            and any(option.startswith(arg) for option in _VALUED_OPTIONS)
+        ):
             value_next = True  # also argparse's abbreviations, such as --conf
         elif not arg.startswith("-"):
             return (arg,) if arg in COMMAND_MODULES else COMMAND_MODULES
@@ -126,8 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug, not a user error: still one line unless -v
         if verbosity > 0:
             log.exception("internal error")
-        print(f"zhpc: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
-              file=sys.stderr)
+        print(
+            f"zhpc: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -26,8 +26,13 @@ __all__ = ["Deadlines", "expected_runtime"]
 class Deadlines:
     """A service's deadlines (monotonic times from ``clock``); :meth:`start` once it runs."""
 
-    def __init__(self, settings: ServiceConfig, job: JobEnvironment,
-                 clock: Callable[[], float], started: float) -> None:
+    def __init__(
+        self,
+        settings: ServiceConfig,
+        job: JobEnvironment,
+        clock: Callable[[], float],
+        started: float,
+    ) -> None:
         self.settings = settings
         self.job = job
         self.clock = clock
@@ -43,9 +48,13 @@ class Deadlines:
 
     def end_deadline(self) -> float | None:
         """Monotonic time by which this service must have stopped processing, if any."""
-        return end_deadline(self.job, started=self.started, now=self.clock(),
-                            max_runtime=self.settings.max_runtime,
-                            end_margin=self.settings.end_margin)
+        return end_deadline(
+            self.job,
+            started=self.started,
+            now=self.clock(),
+            max_runtime=self.settings.max_runtime,
+            end_margin=self.settings.end_margin,
+        )
 
     def hard_deadline(self) -> float | None:
         """When a message still in ``process`` must be handed back."""

@@ -67,19 +67,23 @@ class DispatchRequest:
         if parameters is None:
             parameters = {}
         if not isinstance(parameters, dict):
-            raise RecipeError("request 'parameters' must be a JSON object, "
-                              f"not {type(parameters).__name__}")
+            raise RecipeError(
+                f"request 'parameters' must be a JSON object, not {type(parameters).__name__}"
+            )
         custom = body.get("custom_recipe") or None
         if custom is not None and not isinstance(custom, dict):
-            raise RecipeError("request 'custom_recipe' must be a JSON object, "
-                              f"not {type(custom).__name__}")
+            raise RecipeError(
+                f"request 'custom_recipe' must be a JSON object, not {type(custom).__name__}"
+            )
         if not recipes and custom is None:
             raise RecipeError("request names no recipe (give 'recipes' or 'custom_recipe')")
         guid = parameters.get("guid")
         if guid is not None and not (isinstance(guid, str) and _GUID.match(guid)):
             # Recipes put the guid into paths ("/scratch/{guid}/"): no separators, no "..".
-            raise RecipeError(f"request parameter 'guid' {guid!r:.60} must be 1-128 letters, "
-                              "digits, '.', '_' or '-', starting with a letter or digit")
+            raise RecipeError(
+                f"request parameter 'guid' {guid!r:.60} must be 1-128 letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
         return cls(list(recipes), dict(parameters), custom)
 
     def to_body(self) -> dict[str, Any]:
@@ -147,8 +151,7 @@ class RecipeCache:
         return recipe.copy()
 
 
-def run_lookups(parameters: dict[str, Any],
-                lookups: list[tuple[str, Lookup]]) -> dict[str, Any]:
+def run_lookups(parameters: dict[str, Any], lookups: list[tuple[str, Lookup]]) -> dict[str, Any]:
     """Parameters plus what each lookup adds; the request's own values always win."""
     result = dict(parameters)
     for name, lookup in lookups:
@@ -214,8 +217,10 @@ def check_fan_out(recipe: Recipe, limits: LimitsConfig) -> None:
     """
     starts = recipe.start
     if len(starts) > limits.max_start_messages:
-        raise RecipeError(f"recipe has {len(starts)} start entries; at most "
-                          f"{limits.max_start_messages} are allowed (limits.max_start_messages)")
+        raise RecipeError(
+            f"recipe has {len(starts)} start entries; at most "
+            f"{limits.max_start_messages} are allowed (limits.max_start_messages)"
+        )
     recipe_bytes = len(recipe.to_json().encode("utf-8"))
     total = 0
     for index, entry in enumerate(starts):
@@ -225,11 +230,15 @@ def check_fan_out(recipe: Recipe, limits: LimitsConfig) -> None:
             raise RecipeError(f"start[{index}]: payload cannot be sent as JSON: {exc}") from None
         size = recipe_bytes + payload
         if size > limits.max_message_bytes:
-            raise RecipeError(f"start[{index}]: the start message would be about {size} bytes; "
-                              f"at most {limits.max_message_bytes} are allowed "
-                              "(limits.max_message_bytes)")
+            raise RecipeError(
+                f"start[{index}]: the start message would be about {size} bytes; "
+                f"at most {limits.max_message_bytes} are allowed "
+                "(limits.max_message_bytes)"
+            )
         total += size
         if total > limits.max_dispatch_bytes:
-            raise RecipeError(f"the start messages would be more than {total} bytes in all; "
-                              f"at most {limits.max_dispatch_bytes} are allowed "
-                              "(limits.max_dispatch_bytes)")
+            raise RecipeError(
+                f"the start messages would be more than {total} bytes in all; "
+                f"at most {limits.max_dispatch_bytes} are allowed "
+                "(limits.max_dispatch_bytes)"
+            )

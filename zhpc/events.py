@@ -41,12 +41,26 @@ EVENTS_TOPIC = "zhpc.events"
 EVENTS_FORMAT = "zhpc-events/1"
 
 RECEIVED, DONE, FAILED, HANDED_BACK, DEAD_LETTERED = (
-    "received", "done", "failed", "handed-back", "dead-lettered")
+    "received",
+    "done",
+    "failed",
+    "handed-back",
+    "dead-lettered",
+)
 JOB_STARTED, JOB_ENDED = "job-started", "job-ended"
 KINDS = (RECEIVED, DONE, FAILED, HANDED_BACK, DEAD_LETTERED, JOB_STARTED, JOB_ENDED)
 #: The fields of each event row in a broadcast (``more``: a dict of the others, or null).
-ROW_COLUMNS = ("event", "time", "recipe_id", "step", "queue", "message_id", "duration",
-               "delivery", "more")
+ROW_COLUMNS = (
+    "event",
+    "time",
+    "recipe_id",
+    "step",
+    "queue",
+    "message_id",
+    "duration",
+    "delivery",
+    "more",
+)
 #: Kinds that end one run of a step (a ``received`` or ``job-started`` begins it).
 FINAL_KINDS = frozenset({DONE, FAILED, HANDED_BACK, DEAD_LETTERED, JOB_ENDED})
 
@@ -86,21 +100,27 @@ class StepRef(NamedTuple):
             steps = _plan(recipe) if plan and not body.get("recipe-path") else None
         except Exception:  # not a recipe message: the event still says what happened
             return cls(None, None, message.queue)
-        return cls(None if recipe_id is None else str(recipe_id), step,
-                   str(queue) if queue else message.queue, steps)
+        return cls(
+            None if recipe_id is None else str(recipe_id),
+            step,
+            str(queue) if queue else message.queue,
+            steps,
+        )
 
 
 def _plan(recipe: dict[str, Any]) -> dict[str, str] | None:
     if len(recipe) > PLAN_LIMIT:
         return None
-    return {key: str(node.get("queue") or node.get("service") or "")
-            for key, node in recipe.items() if key.isdigit() and isinstance(node, dict)}
+    return {
+        key: str(node.get("queue") or node.get("service") or "")
+        for key, node in recipe.items()
+        if key.isdigit() and isinstance(node, dict)
+    }
 
 
 def source_fields(service: str, job: JobEnvironment | None = None) -> dict[str, Any]:
     """Where events of this process come from (fixed for its lifetime)."""
-    fields: dict[str, Any] = {"service": service, "host": socket.gethostname(),
-                              "pid": os.getpid()}
+    fields: dict[str, Any] = {"service": service, "host": socket.gethostname(), "pid": os.getpid()}
     if job is not None:
         fields["job_id"] = job.job_id
         fields["slurm_job_id"] = job.slurm_job_id
@@ -212,10 +232,20 @@ class EventEmitter:
             self.dropped += len(events)
             return False
         try:
-            transport.publish(Outgoing.json(
-                EVENTS_TOPIC, {"format": EVENTS_FORMAT, "source": self.source,
-                               "columns": ROW_COLUMNS, "rows": events},
-                kind="topic", persistent=False, expiration=3600))
+            transport.publish(
+                Outgoing.json(
+                    EVENTS_TOPIC,
+                    {
+                        "format": EVENTS_FORMAT,
+                        "source": self.source,
+                        "columns": ROW_COLUMNS,
+                        "rows": events,
+                    },
+                    kind="topic",
+                    persistent=False,
+                    expiration=3600,
+                )
+            )
         except (ZhpcError, OSError) as exc:
             self.dropped += len(events)
             log.warning("events: %d dropped, broker unavailable: %s", len(events), exc)

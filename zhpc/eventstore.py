@@ -24,22 +24,45 @@ if TYPE_CHECKING:  # pragma: no cover
 
 TABLE = "zhpc_events"
 #: Event fields with a column of their own; everything else goes to ``extra`` (JSON).
-COLUMNS = ("time", "event", "recipe_id", "step", "message_id", "service", "queue", "host",
-           "pid", "job_id", "slurm_job_id", "array_task", "delivery", "duration", "exception",
-           "error", "dlq", "exit_code", "end_reason")
+COLUMNS = (
+    "time",
+    "event",
+    "recipe_id",
+    "step",
+    "message_id",
+    "service",
+    "queue",
+    "host",
+    "pid",
+    "job_id",
+    "slurm_job_id",
+    "array_task",
+    "delivery",
+    "duration",
+    "exception",
+    "error",
+    "dlq",
+    "exit_code",
+    "end_reason",
+)
 _INTEGER = {"step", "pid", "array_task", "delivery", "exit_code"}
 _REAL = {"time", "duration"}
 
 _SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-    + ", ".join(f"{c} {'BIGINT' if c in _INTEGER else 'DOUBLE PRECISION' if c in _REAL else 'TEXT'}"
-                + (" NOT NULL" if c in ("time", "event") else "") for c in COLUMNS)
+    + ", ".join(
+        f"{c} {'BIGINT' if c in _INTEGER else 'DOUBLE PRECISION' if c in _REAL else 'TEXT'}"
+        + (" NOT NULL" if c in ("time", "event") else "")
+        for c in COLUMNS
+    )
     + ", extra TEXT NOT NULL)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_recipe ON {TABLE}(recipe_id, time)",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE}(time)",
 )
-_INSERT = (f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}, extra) "
-           f"VALUES ({', '.join('?' for _ in COLUMNS)}, ?)")
+_INSERT = (
+    f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}, extra) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)}, ?)"
+)
 
 
 class EventStore:
@@ -75,9 +98,11 @@ class EventStore:
         rows = [_row({**(source or {}), **event}) for event in events if isinstance(event, dict)]
         rows = [row for row in rows if row is not None]
         if rows:
+
             def work(run: Any) -> None:
                 for row in rows:
                     run(_INSERT, row)
+
             self._db.write(work)
         return len(rows)
 
@@ -85,7 +110,8 @@ class EventStore:
         """Delete events older than ``retention_days``; returns how many went."""
         before = (time.time() if now is None else now) - retention_days * 86400
         rows = self._db.write(
-            lambda run: run(f"DELETE FROM {TABLE} WHERE time < ? RETURNING time", (before,)))
+            lambda run: run(f"DELETE FROM {TABLE} WHERE time < ? RETURNING time", (before,))
+        )
         return len(rows)
 
     # -- reading ------------------------------------------------------------------------
@@ -93,7 +119,8 @@ class EventStore:
         """Every event of one recipe, oldest first."""
         rows = self._db.query(
             f"SELECT {', '.join(COLUMNS)}, extra FROM {TABLE} WHERE recipe_id = ? ORDER BY time",
-            (recipe_id,))
+            (recipe_id,),
+        )
         return [_event(row) for row in rows]
 
     def count(self) -> int:
@@ -108,8 +135,13 @@ def _row(event: dict[str, Any]) -> list[Any] | None:
         value = event.get(column)
         if value is not None:
             try:
-                value = (int(value) if column in _INTEGER else float(value) if column in _REAL
-                         else str(value))
+                value = (
+                    int(value)
+                    if column in _INTEGER
+                    else float(value)
+                    if column in _REAL
+                    else str(value)
+                )
             except (TypeError, ValueError):
                 value = None
         values.append(value)

@@ -222,7 +222,11 @@ class Drain:
 
 # -- when a consumer loop stops (times are the caller's monotonic clock) ------------------------
 def end_deadline(
-    job: JobEnvironment, *, started: float, now: float, max_runtime: float | None,
+    job: JobEnvironment,
+    *,
+    started: float,
+    now: float,
+    max_runtime: float | None,
     end_margin: float,
 ) -> float | None:
     """When a consumer must stop taking messages: ``max_runtime`` after ``started``, or

@@ -30,10 +30,19 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 #: The keys a step's ``cluster`` section may have.
-CLUSTER_KEYS = frozenset({
-    "command", "wrapper", "time", "cpus", "memory", "partition", "stage_in", "stage_out",
-    "results_directory",
-})
+CLUSTER_KEYS = frozenset(
+    {
+        "command",
+        "wrapper",
+        "time",
+        "cpus",
+        "memory",
+        "partition",
+        "stage_in",
+        "stage_out",
+        "results_directory",
+    }
+)
 
 
 def zhpc_command(config: Config) -> list[str]:
@@ -103,7 +112,8 @@ def read_recipewrapper(path: Path) -> RecipeWrapper:
     message_id = body.get(MESSAGE_ID_HEADER)
     try:
         return RecipeWrapper.from_body(
-            body, message_id=job_message_id(str(message_id)) if message_id else None,
+            body,
+            message_id=job_message_id(str(message_id)) if message_id else None,
             decoded=True,
         )
     except RecipeError as exc:

@@ -103,8 +103,10 @@ class JobWatch:
         except OSError:
             return []
         return [
-            d for d in dirs
-            if (d / self.job_id_file).is_file() and (d / self.recipewrapper_file).is_file()
+            d
+            for d in dirs
+            if (d / self.job_id_file).is_file()
+            and (d / self.recipewrapper_file).is_file()
             and (d / self.watch_file).exists()
             and not reported_marker(d / self.recipewrapper_file).exists()
         ]
@@ -133,15 +135,18 @@ class JobWatch:
                 for path in saved:
                     transport.publish_many(load_results(path))
                     results_sent(path)
-                log.warning("job %s (%s) ended without sending its results: sent them",
-                            job_id, jobdir.name)
+                log.warning(
+                    "job %s (%s) ended without sending its results: sent them", job_id, jobdir.name
+                )
             else:
                 rw = read_recipewrapper(rwfile)
                 payload = _failure(job_id, info, jobdir)
-                transport.publish_many([*rw.send_to("failure", payload),
-                                        *rw.send_to("done", payload)])
-                log.warning("job %s (%s) ended without a report: %s", job_id, jobdir.name,
-                            payload["error"])
+                transport.publish_many(
+                    [*rw.send_to("failure", payload), *rw.send_to("done", payload)]
+                )
+                log.warning(
+                    "job %s (%s) ended without a report: %s", job_id, jobdir.name, payload["error"]
+                )
             mark_reported(rwfile)
         return True
 

@@ -23,7 +23,8 @@ from zhpc.masking import mask_url
 FIELDS = ("recipe_id", "step", "service", "slurm_job_id")
 _process: dict[str, Any] = {}
 _message: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "zhpc_log_message", default=None)
+    "zhpc_log_message", default=None
+)
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
 
 
@@ -90,8 +91,9 @@ def gelf_handler(url: str) -> logging.Handler:
     except ValueError:
         raise ConfigError(f"logging.gelf: bad port in {mask_url(url)!r}") from None
     if parts.scheme not in ("udp", "tcp") or not parts.hostname:
-        raise ConfigError(f"logging.gelf must be udp://host:port or tcp://host:port, "
-                          f"not {mask_url(url)!r}")
+        raise ConfigError(
+            f"logging.gelf must be udp://host:port or tcp://host:port, not {mask_url(url)!r}"
+        )
     try:
         import graypy
     except ImportError:

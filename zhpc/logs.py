@@ -33,15 +33,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
-           "ERROR": logging.ERROR}
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
 #: Whether the command line chose the level / format (the configuration then yields to it).
 _chosen_on_command_line = {"level": False, "format": False}
 
 
-def setup_logging(
-    verbosity: int = 0, fmt: str | None = None, *, level: str | None = None
-) -> None:
+def setup_logging(verbosity: int = 0, fmt: str | None = None, *, level: str | None = None) -> None:
     """Configure the root logger.
 
     ``verbosity`` is the -v count minus the -q count; a non-zero value or an
@@ -50,8 +52,11 @@ def setup_logging(
     """
     _chosen_on_command_line["level"] = verbosity != 0
     _chosen_on_command_line["format"] = fmt is not None
-    _install(_level_for(verbosity) if level is None else _LEVELS[level], fmt or "text",
-             debug_pika=verbosity >= 3)
+    _install(
+        _level_for(verbosity) if level is None else _LEVELS[level],
+        fmt or "text",
+        debug_pika=verbosity >= 3,
+    )
 
 
 def apply_config(level: str, fmt: str, gelf: str = "") -> None:

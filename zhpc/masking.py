@@ -30,8 +30,9 @@ _NOT_SECRET = frozenset({"routing_key", "sort_key", "primary_key", "foreign_key"
 _LOCATION_PARTS = frozenset({"file", "path", "dir", "directory", "env"})
 
 #: ``scheme://user:anything@`` up to the last ``@``: the userinfo, however badly encoded.
-_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):(?P<secret>.*)@",
-                       re.DOTALL)
+_USERINFO = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):(?P<secret>.*)@", re.DOTALL
+)
 
 
 def is_secret_key(name: object) -> bool:

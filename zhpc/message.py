@@ -128,7 +128,8 @@ class Outgoing:
         for name in ("delay", "expiration"):
             seconds = getattr(self, name)
             if seconds is not None and not (
-                isinstance(seconds, int | float) and math.isfinite(seconds)
+                isinstance(seconds, int | float)
+                and math.isfinite(seconds)
                 and 0 <= seconds <= MAX_DELAY
             ):
                 raise InvalidMessage(

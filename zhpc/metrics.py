@@ -43,15 +43,31 @@ class Metrics:
             raise ZhpcError("metrics need prometheus_client: pip install 'zhpc[observe]'") from None
         self.service = service or ""
         self.registry = CollectorRegistry()
-        self.messages = Counter("zhpc_messages", "Messages settled, by outcome.",
-                                ["service", "outcome"], registry=self.registry)
-        self.seconds = Histogram("zhpc_message_seconds", "Seconds from receiving a message to "
-                                 "its outcome.", ["service"], buckets=_BUCKETS,
-                                 registry=self.registry)
-        self.queue_depth = Gauge("zhpc_queue_depth", "Messages ready in a queue (scaler).",
-                                 ["queue"], registry=self.registry)
-        self.jobs = Gauge("zhpc_jobs", "Batch jobs of a service by state (scaler).",
-                          ["service", "state"], registry=self.registry)
+        self.messages = Counter(
+            "zhpc_messages",
+            "Messages settled, by outcome.",
+            ["service", "outcome"],
+            registry=self.registry,
+        )
+        self.seconds = Histogram(
+            "zhpc_message_seconds",
+            "Seconds from receiving a message to its outcome.",
+            ["service"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "zhpc_queue_depth",
+            "Messages ready in a queue (scaler).",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "zhpc_jobs",
+            "Batch jobs of a service by state (scaler).",
+            ["service", "state"],
+            registry=self.registry,
+        )
         self._server: Any = None
         self._textfile: Path | None = None
         self._stop = threading.Event()
@@ -90,12 +106,14 @@ class Metrics:
         """Write the metrics to ``directory`` now, every TEXTFILE_INTERVAL s, and at close."""
         if not directory.is_dir():
             raise ZhpcError(f"--metrics-textfile: {directory} is not a directory")
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_",
-                      f"zhpc-{self.service or 'scale'}-{socket.gethostname()}-{os.getpid()}")
+        name = re.sub(
+            r"[^A-Za-z0-9_.-]",
+            "_",
+            f"zhpc-{self.service or 'scale'}-{socket.gethostname()}-{os.getpid()}",
+        )
         self._textfile = directory / f"{name}.prom"
         self.write_textfile()
-        self._writer = threading.Thread(target=self._write_loop, name="zhpc-metrics",
-                                        daemon=True)
+        self._writer = threading.Thread(target=self._write_loop, name="zhpc-metrics", daemon=True)
         self._writer.start()
         return self._textfile
 

@@ -37,8 +37,9 @@ FORWARDED_SIGNALS = DRAIN_SIGNALS
 TAIL_BYTES = 4096
 
 
-class ProcessResult(collections.namedtuple(
-        "ProcessResult", "argv exit_code signal runtime stdout stderr")):
+class ProcessResult(
+    collections.namedtuple("ProcessResult", "argv exit_code signal runtime stdout stderr")
+):
     """How one command ended. ``exit_code`` is 128+N when signal N killed it, as in a shell.
 
     A named tuple rather than a dataclass: dataclasses imports inspect, several ms
@@ -97,7 +98,6 @@ class _Tee(threading.Thread):
 
     def text(self) -> str:
         return bytes(self.tail[-self.limit :]).decode("utf-8", "replace")
-
 
 
 def run_command(

@@ -28,8 +28,15 @@ LANE_BATCH = 100
 class RetryLane:
     """The retry lane of ``queue``, and when to look at it next."""
 
-    def __init__(self, transport: Transport, queue: str, *, interval: float,
-                 clock: Callable[[], float], owner: str) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        queue: str,
+        *,
+        interval: float,
+        clock: Callable[[], float],
+        owner: str,
+    ) -> None:
         self.transport = transport
         self.name = accounting.retry_name(queue)
         self.interval = interval
@@ -41,9 +48,14 @@ class RetryLane:
         """Poll no longer than until the next look at the lane is due."""
         return max(min(poll_timeout, self.next_look - self.clock()), 0.0)
 
-    def read(self, *, idle: bool, should_stop: Callable[[], bool],
-             process: Callable[[Message], None],
-             dead_letter: Callable[[Message, str], None]) -> None:
+    def read(
+        self,
+        *,
+        idle: bool,
+        should_stop: Callable[[], bool],
+        process: Callable[[Message], None],
+        dead_letter: Callable[[Message, str], None],
+    ) -> None:
         """Process lane messages if a look is due (always when ``idle``)."""
         now = self.clock()
         if not idle and now < self.next_look:

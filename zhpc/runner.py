@@ -128,11 +128,20 @@ class ServiceRunner:
         #: Messages handed back because their expected_runtime did not fit.
         self._left_alone: set[str] = set()
         self._set_up = False  # setup() ran and teardown() is still due
-        self.lane = RetryLane(transport, self.queue, interval=service.settings.retry_interval,
-                              clock=clock, owner=service.name)
+        self.lane = RetryLane(
+            transport,
+            self.queue,
+            interval=service.settings.retry_interval,
+            clock=clock,
+            owner=service.name,
+        )
         self.retry_lane = self.lane.name
-        self._where = {"host": socket.gethostname(), "pid": os.getpid(),  # in failure records
-                       "job_id": self.job.job_id, "service": service.name}
+        self._where = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),  # in failure records
+            "job_id": self.job.job_id,
+            "service": service.name,
+        }
 
     # -- deadlines ------------------------------------------------------------------
     def _on_alarm(self, signum: int, frame: object) -> None:
@@ -201,9 +210,12 @@ class ServiceRunner:
     def _should_stop(self) -> bool:
         if self.drain.requested:
             return True
-        reason = stop_reason(now=self.clock(), end=self.deadlines.end,
-                             last_activity=self._last_activity,
-                             idle_timeout=self.service.settings.idle_timeout)
+        reason = stop_reason(
+            now=self.clock(),
+            end=self.deadlines.end,
+            last_activity=self._last_activity,
+            idle_timeout=self.service.settings.idle_timeout,
+        )
         if reason is not None:
             self.drain.request(reason)
             return True
@@ -242,38 +254,55 @@ class ServiceRunner:
             finally:
                 self._busy = False
         except DrainDeadline:
-            log.warning("%s: out of time, handing message %s back", self.service.name,
-                        message.message_id)
+            log.warning(
+                "%s: out of time, handing message %s back", self.service.name, message.message_id
+            )
             self.drain.request("out of time during a message")
             self._stop_consuming()
             self._hand_back(message)
         except Rejected as exc:
             self._dead_letter(message, f"malformed: {exc}")
         except Exception as exc:
-            log.error("%s: processing failed (delivery %d) for message %s: %s",
-                      self.service.name, message.delivery_count, message.message_id, exc,
-                      exc_info=True)
+            log.error(
+                "%s: processing failed (delivery %d) for message %s: %s",
+                self.service.name,
+                message.delivery_count,
+                message.message_id,
+                exc,
+                exc_info=True,
+            )
             self._record_failure(message, exc)
         else:
             try:
                 future = self.transport.commit(outputs, ack=message)
             except TransportError as exc:  # outputs that can never be sent: a failure too
-                log.error("%s: outputs of message %s cannot be sent: %s", self.service.name,
-                          message.message_id, exc)
+                log.error(
+                    "%s: outputs of message %s cannot be sent: %s",
+                    self.service.name,
+                    message.message_id,
+                    exc,
+                )
                 self._record_failure(message, exc)
             else:
                 with self._lock:
                     self._unsettled += 1
-                future.add_done_callback(functools.partial(
-                    self._committed, message=message, received=received_at, ref=ref))
+                future.add_done_callback(
+                    functools.partial(
+                        self._committed, message=message, received=received_at, ref=ref
+                    )
+                )
         self._received = None
         logfields.clear_message()
         self._set_status(STATUS_IDLE)
         self._last_activity = self.clock()
 
-    def _committed(self, future: Future[None], message: Message | None = None,
-                   received: float | None = None,
-                   ref: step_events.StepRef | None = None) -> None:
+    def _committed(
+        self,
+        future: Future[None],
+        message: Message | None = None,
+        received: float | None = None,
+        ref: step_events.StepRef | None = None,
+    ) -> None:
         """Count a settled commit (runs on whichever thread completed the future)."""
         exc = future.exception()
         if message is not None:
@@ -281,8 +310,15 @@ class ServiceRunner:
             if exc is None:
                 self._event(step_events.DONE, message, ref, duration=took)
             else:
-                self._event(step_events.FAILED, message, ref, duration=took, returned=True,
-                            exception=type(exc).__name__, error=step_events.excerpt(exc))
+                self._event(
+                    step_events.FAILED,
+                    message,
+                    ref,
+                    duration=took,
+                    returned=True,
+                    exception=type(exc).__name__,
+                    error=step_events.excerpt(exc),
+                )
         with self._lock:
             self._unsettled -= 1
             if not self._unsettled:
@@ -293,8 +329,11 @@ class ServiceRunner:
                 self.failed += 1
         if exc is not None:
             # The transport already returned the input (or the broker will): nothing is lost.
-            log.error("%s: outputs not confirmed, message returned to its queue: %s",
-                      self.service.name, exc)
+            log.error(
+                "%s: outputs not confirmed, message returned to its queue: %s",
+                self.service.name,
+                exc,
+            )
 
     def _stop_consuming(self) -> None:
         """Cancel the subscription (once) before handing anything back.
@@ -323,8 +362,13 @@ class ServiceRunner:
         to the dead-letter queue with its history and last error."""
         with self._lock:
             self.failed += 1
-        self._event(step_events.FAILED, message, duration=self._in_hand(message),
-                    exception=type(error).__name__, error=step_events.excerpt(error))
+        self._event(
+            step_events.FAILED,
+            message,
+            duration=self._in_hand(message),
+            exception=type(error).__name__,
+            error=step_events.excerpt(error),
+        )
         headers = accounting.with_failure(message, error, self._where)
         limit = self.transport.delivery_limit
         try:
@@ -336,18 +380,29 @@ class ServiceRunner:
             else:
                 self.transport.retry(message, headers)
         except TransportError as exc:  # the broker returns it by itself (counted there)
-            log.error("%s: could not record the failure of message %s (%s); returning it",
-                      self.service.name, message.message_id, exc)
+            log.error(
+                "%s: could not record the failure of message %s (%s); returning it",
+                self.service.name,
+                message.message_id,
+                exc,
+            )
             with contextlib.suppress(TransportError):
                 self.transport.nack(message, requeue=True)
 
-    def _dead_letter(self, message: Message, reason: str,
-                     headers: dict[str, Any] | None = None) -> None:
+    def _dead_letter(
+        self, message: Message, reason: str, headers: dict[str, Any] | None = None
+    ) -> None:
         self.dead_lettered += 1
-        self._event(step_events.DEAD_LETTERED, message, duration=self._in_hand(message),
-                    error=step_events.excerpt(reason), dlq=accounting.dlq_name(message.queue))
-        log.error("%s: dead-lettering message %s: %s", self.service.name,
-                  message.message_id, reason)
+        self._event(
+            step_events.DEAD_LETTERED,
+            message,
+            duration=self._in_hand(message),
+            error=step_events.excerpt(reason),
+            dlq=accounting.dlq_name(message.queue),
+        )
+        log.error(
+            "%s: dead-lettering message %s: %s", self.service.name, message.message_id, reason
+        )
         self.transport.dead_letter(message, reason, headers)
 
     def _lane_timeout(self) -> float:
@@ -355,8 +410,12 @@ class ServiceRunner:
 
     def _read_lane(self, *, idle: bool) -> None:
         """Process messages from the retry lane (the recorder's runner has none)."""
-        self.lane.read(idle=idle, should_stop=self._should_stop, process=self._on_message,
-                       dead_letter=self._dead_letter)
+        self.lane.read(
+            idle=idle,
+            should_stop=self._should_stop,
+            process=self._on_message,
+            dead_letter=self._dead_letter,
+        )
 
     def _shutdown(self) -> int:
         log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
@@ -369,13 +428,18 @@ class ServiceRunner:
             while self.transport.poll(0):
                 pass
             with self._lock:
-                self._lock.wait_for(lambda: not self._unsettled,
-                                    max(self.service.settings.drain_grace, 5))
+                self._lock.wait_for(
+                    lambda: not self._unsettled, max(self.service.settings.drain_grace, 5)
+                )
                 late = self._unsettled
             if late:
                 code = 1
-                log.error("%s: %d commit(s) still unconfirmed at exit; the broker delivers "
-                          "those inputs again", self.service.name, late)
+                log.error(
+                    "%s: %d commit(s) still unconfirmed at exit; the broker delivers "
+                    "those inputs again",
+                    self.service.name,
+                    late,
+                )
             with contextlib.suppress(TransportError):
                 self.transport.flush(0)  # failures were counted and logged as they happened
         finally:
@@ -384,14 +448,20 @@ class ServiceRunner:
             self._set_status(STATUS_END)
             self._heartbeat(force=True)
             self.events.close()
-        log.info("%s: stopped after %d processed, %d failed, %d handed back, %d dead-lettered",
-                 self.service.name, self.processed, self.failed, self.handed_back,
-                 self.dead_lettered)
+        log.info(
+            "%s: stopped after %d processed, %d failed, %d handed back, %d dead-lettered",
+            self.service.name,
+            self.processed,
+            self.failed,
+            self.handed_back,
+            self.dead_lettered,
+        )
         return code
 
     # -- step events ----------------------------------------------------------------
-    def _event(self, kind: str, message: Message, ref: step_events.StepRef | None = None,
-               **fields: Any) -> step_events.StepRef:
+    def _event(
+        self, kind: str, message: Message, ref: step_events.StepRef | None = None, **fields: Any
+    ) -> step_events.StepRef:
         if ref is None:
             ref = step_events.StepRef.of(message, plan=self._plans and kind == step_events.RECEIVED)
         if kind != step_events.DONE:
@@ -442,4 +512,3 @@ class ServiceRunner:
             self.transport.publish(status_message(self.status()))
         except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for
             log.warning("%s: status heartbeat not sent: %s", self.service.name, exc)
-

@@ -160,19 +160,23 @@ class Scaler:
 
         now = self.clock()
         state = self.store.load()
-        reports = [ServiceReport(t.service, t.queue, time=now, dry_run=self.dry_run)
-                   for t in self.targets]
+        reports = [
+            ServiceReport(t.service, t.queue, time=now, dry_run=self.dry_run) for t in self.targets
+        ]
         depths: dict[str, tuple[QueueDepth, float | None]] = {}
         try:
             for target, report in zip(self.targets, reports, strict=True):
                 depth, rate, report.depth_source = read_depth(
-                    self.transport, self.management, target.queue)
+                    self.transport, self.management, target.queue
+                )
                 depths[target.service] = (depth, rate)
         except ZhpcError as exc:
             raise BrokerUnreachable(f"cannot read queue depths: {exc}") from None
         listing_needed = any(
-            depths[t.service][0].ready or depths[t.service][0].unacked
-            or depths[t.service][0].consumers or t.policy.min_jobs
+            depths[t.service][0].ready
+            or depths[t.service][0].unacked
+            or depths[t.service][0].consumers
+            or t.policy.min_jobs
             or state.of(t.service).arrays
             for t in self.targets
         )
@@ -186,19 +190,26 @@ class Scaler:
             report.scheduler_queries = int(listing_needed)
             mine = [j for j in jobs if j.name == job_name(target.service)]
             depth, rate = depths[target.service]
-            self._one(target, state.of(target.service), depth, rate, mine, listing_needed,
-                      report, now)
+            self._one(
+                target, state.of(target.service), depth, rate, mine, listing_needed, report, now
+            )
         if not self.dry_run:
             self.store.save(state)
         return reports
 
     def _one(
-        self, target: Target, state: ServiceState, depth: QueueDepth, rate: float | None,
-        jobs: list[JobInfo], listed: bool, report: ServiceReport, now: float,
+        self,
+        target: Target,
+        state: ServiceState,
+        depth: QueueDepth,
+        rate: float | None,
+        jobs: list[JobInfo],
+        listed: bool,
+        report: ServiceReport,
+        now: float,
     ) -> None:
         policy = target.policy
-        report.ready, report.unacked, report.consumers = depth.ready, depth.unacked, \
-            depth.consumers
+        report.ready, report.unacked, report.consumers = depth.ready, depth.unacked, depth.consumers
         running = ending = 0
         pending: list[PendingJob] = []
         finished: list[JobInfo] = []
@@ -219,24 +230,46 @@ class Scaler:
         if listed:  # an unlisted cycle must not forget which jobs were counted
             failures = count_failures(state, finished, policy, target.idle_timeout, now)
         if state.crash_looping is not None and not was_looping:
-            log.error("service %s is crash-looping: %d jobs in a row failed (last %s: %s, "
-                      "exit code %s); no more submissions until `zhpc scale --reset -s %s`",
-                      target.service, state.failures, failures[-1].job_id,
-                      failures[-1].scheduler_state, failures[-1].exit_code, target.service)
+            log.error(
+                "service %s is crash-looping: %d jobs in a row failed (last %s: %s, "
+                "exit code %s); no more submissions until `zhpc scale --reset -s %s`",
+                target.service,
+                state.failures,
+                failures[-1].job_id,
+                failures[-1].scheduler_state,
+                failures[-1].exit_code,
+                target.service,
+            )
         if listed:
             self._forget_arrays(state, jobs, now)
         since = None if state.last_submit is None else now - state.last_submit
-        obs = Observation(depth.ready, depth.unacked, depth.consumers, running, ending,
-                          tuple(pending), since, rate, state.crash_looping is not None)
+        obs = Observation(
+            depth.ready,
+            depth.unacked,
+            depth.consumers,
+            running,
+            ending,
+            tuple(pending),
+            since,
+            rate,
+            state.crash_looping is not None,
+        )
         decision = decide(policy, obs)
         report.running, report.ending, report.pending = running, ending, len(pending)
-        report.work, report.desired, report.reason = decision.work, decision.desired, \
-            decision.reason
+        report.work, report.desired, report.reason = (
+            decision.work,
+            decision.desired,
+            decision.reason,
+        )
         report.overdue = list(decision.overdue)
         report.failures, report.crash_looping = state.failures, obs.crash_looping
         for job_id in decision.overdue:
-            log.warning("%s: job %s pending for more than %g s", target.service, job_id,
-                        policy.pending_timeout)
+            log.warning(
+                "%s: job %s pending for more than %g s",
+                target.service,
+                job_id,
+                policy.pending_timeout,
+            )
         if self.dry_run:
             report.submitted, report.cancelled = decision.submit, len(decision.cancel)
             report.reason = f"dry run: {decision.reason}"
@@ -258,8 +291,10 @@ class Scaler:
                 state.last_submit = self.clock()
                 state.arrays[report.job_id] = state.last_submit
         alive = running + ending + len(pending) + report.submitted - report.cancelled
-        self._last[target.service] = (alive, running + len(pending) + report.submitted
-                                      - report.cancelled)
+        self._last[target.service] = (
+            alive,
+            running + len(pending) + report.submitted - report.cancelled,
+        )
 
     def _submit(self, target: Target, count: int) -> str:
         from zhpc.cluster.arrays import service_array_spec
@@ -300,8 +335,10 @@ class Scaler:
             if decide(target.policy, obs).desired > capacity:
                 state = state or self.store.load()
                 service = state.of(target.service)
-                cooling = (service.last_submit is not None
-                           and self.clock() - service.last_submit < target.policy.cooldown)
+                cooling = (
+                    service.last_submit is not None
+                    and self.clock() - service.last_submit < target.policy.cooldown
+                )
                 if not cooling and service.crash_looping is None:
                     return True
         return False
@@ -324,21 +361,26 @@ def targets_for(config: Config, names: Sequence[str] = ()) -> list[Target]:
 
     chosen = list(dict.fromkeys(names)) or sorted(config.scaler)
     if not chosen:
-        raise ZhpcError("no services to scale: add a scaler.<service> section to the "
-                        "configuration or name one with -s NAME")
+        raise ZhpcError(
+            "no services to scale: add a scaler.<service> section to the "
+            "configuration or name one with -s NAME"
+        )
     known = plugins.available(plugins.SERVICES)
     found = []
     for name in chosen:
         if name not in known:
-            raise ZhpcError(f"no service named {name!r} "
-                            f"(available: {', '.join(known) or 'none installed'})")
+            raise ZhpcError(
+                f"no service named {name!r} (available: {', '.join(known) or 'none installed'})"
+            )
         settings = config.service(name)
         queue = settings.queue or getattr(plugins.load(plugins.SERVICES, name), "queue", None)
-        found.append(Target(
-            service=name,
-            queue=queue or name,
-            policy=config.scaler_for(name),
-            margin=settings.end_margin + settings.drain_grace,
-            idle_timeout=settings.idle_timeout,
-        ))
+        found.append(
+            Target(
+                service=name,
+                queue=queue or name,
+                policy=config.scaler_for(name),
+                margin=settings.end_margin + settings.drain_grace,
+                idle_timeout=settings.idle_timeout,
+            )
+        )
     return found

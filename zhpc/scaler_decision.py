@@ -85,8 +85,9 @@ def decide(policy: ScalerConfig, obs: Observation) -> Decision:
     pending = len(obs.pending)
     capacity = obs.running + pending
     alive = capacity + obs.ending
-    overdue = tuple(p.job_id for p in obs.pending
-                    if p.age is not None and p.age > policy.pending_timeout)
+    overdue = tuple(
+        p.job_id for p in obs.pending if p.age is not None and p.age > policy.pending_timeout
+    )
 
     def decision(submit: int = 0, cancel: Sequence[str] = (), reason: str = "") -> Decision:
         return Decision(work, desired, submit, tuple(cancel), overdue, reason)
@@ -94,13 +95,17 @@ def decide(policy: ScalerConfig, obs: Observation) -> Decision:
     if obs.crash_looping:
         return decision(reason="crash-looping service: not submitting")
     if capacity > desired:
-        cancellable = [p for p in obs.pending
-                       if p.ours and p.age is not None and p.age >= policy.cooldown]
+        cancellable = [
+            p for p in obs.pending if p.ours and p.age is not None and p.age >= policy.cooldown
+        ]
         cancellable.sort(key=lambda p: (p.job_id not in overdue, p.age))  # overdue, then young
         cancel = [p.job_id for p in cancellable[: capacity - desired]]
         if cancel:
-            return decision(cancel=cancel, reason=f"{capacity - desired} more job(s) than "
-                            f"needed: cancelling {len(cancel)} pending")
+            return decision(
+                cancel=cancel,
+                reason=f"{capacity - desired} more job(s) than "
+                f"needed: cancelling {len(cancel)} pending",
+            )
         return decision(reason="more jobs than needed; running jobs end by themselves")
     missing = desired - capacity
     if missing == 0:
@@ -145,15 +150,20 @@ def is_failure(job: JobInfo, window: float, idle_timeout: float | None) -> bool:
 
 
 def count_failures(
-    state: ServiceState, finished: Sequence[JobInfo], policy: ScalerConfig,
-    idle_timeout: float | None, now: float,
+    state: ServiceState,
+    finished: Sequence[JobInfo],
+    policy: ScalerConfig,
+    idle_timeout: float | None,
+    now: float,
 ) -> list[JobInfo]:
     """Count newly finished jobs in end-time order (a success resets the run of failures);
     returns the new failures. Sets ``state.crash_looping`` once ``crash_limit`` is reached
     (until an operator resets it: a crash loop needs a person)."""
     seen = set(state.seen_finished)
-    new = sorted((j for j in finished if j.job_id not in seen),
-                 key=lambda j: (j.end_time or datetime.min.astimezone(), j.job_id))
+    new = sorted(
+        (j for j in finished if j.job_id not in seen),
+        key=lambda j: (j.end_time or datetime.min.astimezone(), j.job_id),
+    )
     failures = []
     for job in new:
         if is_failure(job, policy.crash_window, idle_timeout):

@@ -57,7 +57,8 @@ class ServiceState:
         return cls(
             last_submit=float(last) if isinstance(last, int | float) else None,
             arrays={str(k): float(v) for k, v in arrays.items() if isinstance(v, int | float)}
-            if isinstance(arrays, dict) else {},
+            if isinstance(arrays, dict)
+            else {},
             seen_finished=[str(s) for s in seen] if isinstance(seen, list) else [],
             failures=int(data.get("failures") or 0),
             crash_looping=crash if isinstance(crash, dict) else None,
@@ -74,8 +75,10 @@ class ScalerState:
         return self.services.setdefault(service, ServiceState())
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": _VERSION,
-                "services": {name: asdict(s) for name, s in sorted(self.services.items())}}
+        return {
+            "version": _VERSION,
+            "services": {name: asdict(s) for name, s in sorted(self.services.items())},
+        }
 
     @classmethod
     def from_json(cls, data: Any) -> ScalerState:

@@ -27,10 +27,19 @@ def shutdown_message(*, service: str | None = None, host: str | None = None) -> 
     """The broadcast; neither ``service`` nor ``host``: every service everywhere."""
     from zhpc.message import Outgoing
 
-    return Outgoing.json(SHUTDOWN_TOPIC, {
-        "command": "shutdown", "service": service, "host": host, "sent": time.time(),
-        "sender": f"{socket.gethostname()}:{os.getpid()}",
-    }, kind="topic", persistent=False, expiration=SHUTDOWN_EXPIRATION)
+    return Outgoing.json(
+        SHUTDOWN_TOPIC,
+        {
+            "command": "shutdown",
+            "service": service,
+            "host": host,
+            "sent": time.time(),
+            "sender": f"{socket.gethostname()}:{os.getpid()}",
+        },
+        kind="topic",
+        persistent=False,
+        expiration=SHUTDOWN_EXPIRATION,
+    )
 
 
 def applies(body: Any, service: str, hostname: str | None = None) -> bool:

@@ -73,14 +73,22 @@ class Spool:
     def __init__(self, directory: Path | None = None) -> None:
         self.directory = directory or default_spool()
 
-    def save(self, queue: str, message: Any, headers: dict[str, Any], *, label: str = "",
-             message_id: str | None = None) -> Path:
+    def save(
+        self,
+        queue: str,
+        message: Any,
+        headers: dict[str, Any],
+        *,
+        label: str = "",
+        message_id: str | None = None,
+    ) -> Path:
         """Write one message atomically and return its file."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise ZhpcError(f"cannot create spool directory {self.directory}: "
-                            f"{exc.strerror}") from None
+            raise ZhpcError(
+                f"cannot create spool directory {self.directory}: {exc.strerror}"
+            ) from None
         safe = "".join(c for c in label if c.isalnum() or c in "-_")[:64]
         name = f"{time.time_ns():020d}-{safe or uuid.uuid4().hex}{SUFFIX}"
         final = self.directory / name
@@ -93,22 +101,26 @@ class Spool:
         try:
             write_atomic(final, data + "\n", mode=0o600)
         except OSError as exc:
-            raise ZhpcError(f"cannot save request in spool {self.directory}: "
-                            f"{exc.strerror}") from None
+            raise ZhpcError(
+                f"cannot save request in spool {self.directory}: {exc.strerror}"
+            ) from None
         return final
 
     def files(self) -> list[Path]:
         """Spooled files, oldest first (names start with the time they were saved)."""
         try:
             # Only regular files: a directory or a FIFO named *.json would block every pickup.
-            return sorted(p for p in self.directory.iterdir()
-                          if p.name.endswith(SUFFIX) and not p.name.startswith(".")
-                          and _regular(p))
+            return sorted(
+                p
+                for p in self.directory.iterdir()
+                if p.name.endswith(SUFFIX) and not p.name.startswith(".") and _regular(p)
+            )
         except FileNotFoundError:
             return []
         except OSError as exc:
-            raise ZhpcError(f"cannot read spool directory {self.directory}: "
-                            f"{exc.strerror}") from None
+            raise ZhpcError(
+                f"cannot read spool directory {self.directory}: {exc.strerror}"
+            ) from None
 
     def send_all(
         self,
@@ -217,8 +229,7 @@ def save_results(
             directory.mkdir(parents=True, exist_ok=True)
             return _write_unsent(directory, stem, data)
         except OSError as exc:
-            log.warning("cannot write results to %s: %s", directory / (stem + RESULTS_SUFFIX),
-                        exc)
+            log.warning("cannot write results to %s: %s", directory / (stem + RESULTS_SUFFIX), exc)
     return None
 
 

@@ -96,11 +96,14 @@ def _plan_directory(top: Path, shown: str, roots: Sequence[Path]) -> list[tuple[
             if entry.is_symlink():
                 real = real.resolve()
                 if not _is_under(real, roots):
-                    raise StagingError(f"{where} is a symbolic link to {real}, outside the "
-                                       f"allowed roots ({', '.join(map(str, roots))})")
+                    raise StagingError(
+                        f"{where} is a symbolic link to {real}, outside the "
+                        f"allowed roots ({', '.join(map(str, roots))})"
+                    )
                 if not real.exists():
-                    raise StagingError(f"{where} is a symbolic link to {real}, which does not "
-                                       "exist")
+                    raise StagingError(
+                        f"{where} is a symbolic link to {real}, which does not exist"
+                    )
             if real.is_dir():
                 if real in ancestors:
                     raise StagingError(f"{where} links back to {real}, which contains it")
@@ -256,8 +259,10 @@ def _refuse_links_on_the_way(target_dir: Path, relative: Path) -> None:
         except OSError as exc:
             raise StagingError(f"result target {current}: {exc.strerror}") from None
         if stat.S_ISLNK(mode):
-            raise StagingError(f"result target {current} is a symbolic link (to "
-                               f"{os.readlink(current)}); refusing to write through it")
+            raise StagingError(
+                f"result target {current} is a symbolic link (to "
+                f"{os.readlink(current)}); refusing to write through it"
+            )
         last = number == len(relative.parts)
         if not last and not stat.S_ISDIR(mode):
             raise StagingError(f"result target {current} is in the way: not a directory")
@@ -270,8 +275,10 @@ def _open_directory(name: str | Path, parent: int | None, shown: Path) -> int:
         return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise StagingError(f"result target {shown} is a symbolic link or not a directory; "
-                               "refusing to write through it") from None
+            raise StagingError(
+                f"result target {shown} is a symbolic link or not a directory; "
+                "refusing to write through it"
+            ) from None
         raise
 
 
@@ -306,8 +313,10 @@ def _write_result(source: Path, target_dir: Path, relative: Path) -> None:
         except FileNotFoundError:
             existing = None
         if existing is not None and not stat.S_ISREG(existing):
-            raise StagingError(f"result target {shown / name} is a symbolic link or not a "
-                               "regular file; refusing to replace it")
+            raise StagingError(
+                f"result target {shown / name} is a symbolic link or not a "
+                "regular file; refusing to replace it"
+            )
         # rename() replaces a link that appeared since the check instead of writing through it.
         os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
         written = False

@@ -45,25 +45,29 @@ class HeartbeatBoard:
     def services(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.time() if now is None else now
         rows = []
-        for host_id, (seen, beat) in sorted(self.seen.items(), key=lambda kv: (
-                str(kv[1][1].get("service")), kv[0])):
+        for host_id, (seen, beat) in sorted(
+            self.seen.items(), key=lambda kv: (str(kv[1][1].get("service")), kv[0])
+        ):
             host, _, pid = host_id.rpartition(".")
             utilization = beat.get("utilization") or {}
             busy = sum(v for k, v in utilization.items() if str(k) == "4")
             status = beat.get("status")
-            rows.append({
-                "service": beat.get("service"),
-                "host": ".".join(reversed(host.split("."))) if host else host_id,
-                "pid": int(pid) if pid.isdigit() else None,
-                "slurm_job_id": beat.get("slurm_job_id"),
-                "state": STATUS_TEXT.get(status, str(status)) if status != STATUS_END
-                else "stopped",
-                "queue": beat.get("queue"),
-                "utilization": round(float(busy), 3),
-                "processed": beat.get("processed"),
-                "failed": beat.get("failed"),
-                "last_seen": round(now - seen, 1),
-            })
+            rows.append(
+                {
+                    "service": beat.get("service"),
+                    "host": ".".join(reversed(host.split("."))) if host else host_id,
+                    "pid": int(pid) if pid.isdigit() else None,
+                    "slurm_job_id": beat.get("slurm_job_id"),
+                    "state": STATUS_TEXT.get(status, str(status))
+                    if status != STATUS_END
+                    else "stopped",
+                    "queue": beat.get("queue"),
+                    "utilization": round(float(busy), 3),
+                    "processed": beat.get("processed"),
+                    "failed": beat.get("failed"),
+                    "last_seen": round(now - seen, 1),
+                }
+            )
         return rows
 
 
@@ -80,12 +84,16 @@ def queue_rows(transport: Transport, names: list[str]) -> list[dict[str, Any]]:
     rows = []
     for name in names:
         depth = transport.queue_depth(name)
-        rows.append({
-            "queue": name, "ready": depth.ready, "unacked": depth.unacked,
-            "consumers": depth.consumers,
-            "retrying": transport.queue_depth(retry_name(name)).ready,
-            "dead": transport.queue_depth(dlq_name(name)).ready,
-        })
+        rows.append(
+            {
+                "queue": name,
+                "ready": depth.ready,
+                "unacked": depth.unacked,
+                "consumers": depth.consumers,
+                "retrying": transport.queue_depth(retry_name(name)).ready,
+                "dead": transport.queue_depth(dlq_name(name)).ready,
+            }
+        )
     return rows
 
 
@@ -102,8 +110,10 @@ def job_rows(config: Config) -> tuple[list[dict[str, Any]], str | None]:
     except (ZhpcError, OSError) as exc:
         return [], str(exc)
     counts = Counter((job.name.removeprefix(NAME_PREFIX), job.state.value) for job in jobs)
-    return [{"service": service, "state": state, "jobs": count}
-            for (service, state), count in sorted(counts.items())], None
+    return [
+        {"service": service, "state": state, "jobs": count}
+        for (service, state), count in sorted(counts.items())
+    ], None
 
 
 def quarantined(config: Config) -> tuple[int | None, str | None]:
@@ -117,8 +127,9 @@ def quarantined(config: Config) -> tuple[int | None, str | None]:
         return None, str(exc)
 
 
-def snapshot(config: Config, transport: Transport, board: HeartbeatBoard, *,
-             jobs: bool = True) -> dict[str, Any]:
+def snapshot(
+    config: Config, transport: Transport, board: HeartbeatBoard, *, jobs: bool = True
+) -> dict[str, Any]:
     """Everything ``zhpc status --json`` prints."""
     services = board.services()
     result: dict[str, Any] = {

@@ -42,8 +42,9 @@ MAX_INT_DIGITS = 1000
 def _int(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > MAX_INT_DIGITS:
-        raise NonFiniteNumber(f"an integer with {digits} digits is too large "
-                              f"(at most {MAX_INT_DIGITS})")
+        raise NonFiniteNumber(
+            f"an integer with {digits} digits is too large (at most {MAX_INT_DIGITS})"
+        )
     return int(text)
 
 
@@ -72,8 +73,7 @@ def loads(text: str | bytes, *, unique_keys: bool = False, **kwargs: Any) -> Any
         return decoder.decode(text)
     if unique_keys:
         kwargs.setdefault("object_pairs_hook", _no_duplicates)
-    return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,
-                      **kwargs)
+    return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int, **kwargs)
 
 
 def dumps(value: Any, **kwargs: Any) -> str:

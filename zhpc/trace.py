@@ -18,15 +18,20 @@ from typing import Any
 from zhpc.events import DEAD_LETTERED, FAILED, FINAL_KINDS, JOB_ENDED, JOB_STARTED, RECEIVED
 
 WAITING, RUNNING = "waiting", "running"
-_OUTCOMES = {"done": "done", FAILED: "failed", "handed-back": "handed-back",
-             DEAD_LETTERED: "dead-lettered"}
+_OUTCOMES = {
+    "done": "done",
+    FAILED: "failed",
+    "handed-back": "handed-back",
+    DEAD_LETTERED: "dead-lettered",
+}
 
 #: ``dlq_id(message_id)``: the quarantine id of a dead-lettered message, if filed.
 DlqLookup = Callable[[str], str | None]
 
 
-def build_trace(recipe_id: str, events: Iterable[dict[str, Any]],
-                dlq_id: DlqLookup | None = None) -> dict[str, Any]:
+def build_trace(
+    recipe_id: str, events: Iterable[dict[str, Any]], dlq_id: DlqLookup | None = None
+) -> dict[str, Any]:
     """``{"recipe_id", "finished", "steps": [...]}`` (several entries for a step that re-ran)."""
     events = sorted(events, key=lambda e: e.get("time") or 0.0)
     plan: dict[int, str] = {}
@@ -46,9 +51,13 @@ def build_trace(recipe_id: str, events: Iterable[dict[str, Any]],
         elif kind in FINAL_KINDS:
             run = open_runs.pop(who, None)
             previous = last_run.get(who)
-            if (run is None and kind == DEAD_LETTERED and previous is not None
-                    and previous["outcome"] == "failed"
-                    and previous["message_id"] == event.get("message_id")):
+            if (
+                run is None
+                and kind == DEAD_LETTERED
+                and previous is not None
+                and previous["outcome"] == "failed"
+                and previous["message_id"] == event.get("message_id")
+            ):
                 run = previous  # failed for the last time: the same run ends in the DLQ
             if run is None:  # a final event without its start, or with it (``started``)
                 run = _new_run(event)
@@ -61,27 +70,51 @@ def build_trace(recipe_id: str, events: Iterable[dict[str, Any]],
         if step not in seen:
             runs.append({**_blank(step), "queue": queue, "outcome": WAITING})
     runs.sort(key=lambda run: (run["step"] is None, run["step"] or 0, run["started"] or 0.0))
-    finished = bool(runs) and not any(r["outcome"] == RUNNING for r in runs) and (
-        all(r["outcome"] != WAITING for r in runs)
-        or any(r["outcome"] == "dead-lettered" for r in runs))
-    return {"recipe_id": recipe_id, "finished": finished,
-            "steps": [_public(run) for run in runs]}
+    finished = (
+        bool(runs)
+        and not any(r["outcome"] == RUNNING for r in runs)
+        and (
+            all(r["outcome"] != WAITING for r in runs)
+            or any(r["outcome"] == "dead-lettered" for r in runs)
+        )
+    )
+    return {"recipe_id": recipe_id, "finished": finished, "steps": [_public(run) for run in runs]}
 
 
 def _blank(step: Any) -> dict[str, Any]:
-    return {"step": step, "service": None, "queue": None, "outcome": None, "host": None,
-            "pid": None, "job_id": None, "started": None, "finished": None, "duration": None,
-            "error": None, "exception": None, "exit_code": None, "dlq_id": None,
-            "message_id": None, "delivery": None}
+    return {
+        "step": step,
+        "service": None,
+        "queue": None,
+        "outcome": None,
+        "host": None,
+        "pid": None,
+        "job_id": None,
+        "started": None,
+        "finished": None,
+        "duration": None,
+        "error": None,
+        "exception": None,
+        "exit_code": None,
+        "dlq_id": None,
+        "message_id": None,
+        "delivery": None,
+    }
 
 
 def _new_run(event: dict[str, Any]) -> dict[str, Any]:
     run = _blank(event.get("step"))
-    run.update(service=event.get("service"), queue=event.get("queue"), outcome=RUNNING,
-               host=event.get("host"), pid=event.get("pid"),
-               job_id=event.get("slurm_job_id") or event.get("job_id"),
-               started=event.get("time"), message_id=event.get("message_id"),
-               delivery=event.get("delivery"))
+    run.update(
+        service=event.get("service"),
+        queue=event.get("queue"),
+        outcome=RUNNING,
+        host=event.get("host"),
+        pid=event.get("pid"),
+        job_id=event.get("slurm_job_id") or event.get("job_id"),
+        started=event.get("time"),
+        message_id=event.get("message_id"),
+        delivery=event.get("delivery"),
+    )
     return run
 
 
@@ -92,8 +125,11 @@ def _finish(run: dict[str, Any], event: dict[str, Any], dlq_id: DlqLookup | None
         run["outcome"] = "done" if code == 0 else "failed"
         run["exit_code"] = code
         run["error"] = event.get("error") or (
-            None if code == 0 else f"exit code {code}"
-            + (f" ({event['end_reason']})" if event.get("end_reason") else ""))
+            None
+            if code == 0
+            else f"exit code {code}"
+            + (f" ({event['end_reason']})" if event.get("end_reason") else "")
+        )
     else:
         run["outcome"] = _OUTCOMES.get(str(kind), str(kind))
         run["error"] = event.get("error") or run["error"]
@@ -123,8 +159,10 @@ def _iso(stamp: float | None) -> str | None:
 def render(trace: dict[str, Any]) -> str:
     """The trace as a tree: one branch per step, one line per run."""
     if not trace["steps"]:
-        return (f"recipe {trace['recipe_id']}: no events recorded (a wrong id, or no recorder "
-                "running: zhpc service -s recorder)")
+        return (
+            f"recipe {trace['recipe_id']}: no events recorded (a wrong id, or no recorder "
+            "running: zhpc service -s recorder)"
+        )
     lines = [f"recipe {trace['recipe_id']}" + ("" if trace["finished"] else "  (in progress)")]
     by_step: dict[Any, list[dict[str, Any]]] = {}
     for run in trace["steps"]:
@@ -133,8 +171,9 @@ def render(trace: dict[str, Any]) -> str:
     for index, (step, runs) in enumerate(steps):
         last = index == len(steps) - 1
         where = runs[0]["queue"] or runs[0]["service"] or "?"
-        lines.append(f"{'└──' if last else '├──'} step {step if step is not None else '-'}"
-                     f"  {where}")
+        lines.append(
+            f"{'└──' if last else '├──'} step {step if step is not None else '-'}  {where}"
+        )
         pad = "    " if last else "│   "
         for number, run in enumerate(runs):
             final = number == len(runs) - 1

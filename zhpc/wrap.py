@@ -233,22 +233,27 @@ class WrapRun:
         rw = self.rw
         if rw is None:
             return
-        logfields.set_process_fields(service=f"wrap:{self.wrapper_name or 'command'}",
-                                     slurm_job_id=self.job.slurm_job_id)
+        logfields.set_process_fields(
+            service=f"wrap:{self.wrapper_name or 'command'}", slurm_job_id=self.job.slurm_job_id
+        )
         logfields.set_message(rw.recipe_id, rw.recipe_pointer)
         if not self.config().events.enabled:
             return
         source = events.source_fields(f"wrap:{self.wrapper_name or 'command'}", self.job)
-        self._events = events.EventEmitter(self.reporter.transport, source,
-                                           close_transport=False)
+        self._events = events.EventEmitter(self.reporter.transport, source, close_transport=False)
         step = rw.recipe_step or {}
-        self._step_ref = events.StepRef(rw.recipe_id, rw.recipe_pointer,
-                                        str(step.get("queue") or "") or None)
-        self._events.emit(events.JOB_STARTED, self._step_ref,
-                          program=Path(self.command[0]).name if self.command else None)
+        self._step_ref = events.StepRef(
+            rw.recipe_id, rw.recipe_pointer, str(step.get("queue") or "") or None
+        )
+        self._events.emit(
+            events.JOB_STARTED,
+            self._step_ref,
+            program=Path(self.command[0]).name if self.command else None,
+        )
 
-    def _job_ended(self, code: int, result: ProcessResult | None, error: str | None,
-                   drain: Drain) -> None:
+    def _job_ended(
+        self, code: int, result: ProcessResult | None, error: str | None, drain: Drain
+    ) -> None:
         if self._events is None:
             return
         from zhpc import events
@@ -259,9 +264,14 @@ class WrapRun:
                 reason = f"killed by {signal.Signals(result.signal).name}"
             except ValueError:
                 reason = f"killed by signal {result.signal}"
-        self._events.emit(events.JOB_ENDED, self._step_ref, exit_code=code, end_reason=reason,
-                          error=events.excerpt(error),
-                          duration=round(time.monotonic() - self.started, 3))
+        self._events.emit(
+            events.JOB_ENDED,
+            self._step_ref,
+            exit_code=code,
+            end_reason=reason,
+            error=events.excerpt(error),
+            duration=round(time.monotonic() - self.started, 3),
+        )
 
     def _work(self, drain: Drain) -> tuple[bool, list[Path]]:
         """Stage in, run the wrapper, stage out; returns (success, result files)."""
@@ -318,7 +328,11 @@ class WrapRun:
         )
 
     def _payload(
-        self, ok: bool, code: int, result: ProcessResult | None, files: list[Path],
+        self,
+        ok: bool,
+        code: int,
+        result: ProcessResult | None,
+        files: list[Path],
         error: str | None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -357,8 +371,11 @@ class WrapRun:
         try:
             self.reporter.transport().publish_many(outputs)
         except ZhpcError as exc:
-            kept = (f"saved in {spool}; send them later with: zhpc wrap --resend {spool}"
-                    if spool else "and no results file could be written: they are lost")
+            kept = (
+                f"saved in {spool}; send them later with: zhpc wrap --resend {spool}"
+                if spool
+                else "and no results file could be written: they are lost"
+            )
             print(f"zhpc wrap: error: results not sent ({exc}); {kept}", file=sys.stderr)
             return code or OWN_ERROR
         if spool is not None:
@@ -376,8 +393,13 @@ class WrapRun:
 
         assert self.recipewrapper is not None
         name = f"{self.rw.recipe_id if self.rw else 'wrap'}-{os.getpid()}"
-        return save_results(outputs, self.recipewrapper, name, created=time.time(),
-                            slurm_job_id=self.job.slurm_job_id)
+        return save_results(
+            outputs,
+            self.recipewrapper,
+            name,
+            created=time.time(),
+            slurm_job_id=self.job.slurm_job_id,
+        )
 
 
 def resend(path: Path, config: Config) -> int:

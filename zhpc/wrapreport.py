@@ -70,7 +70,10 @@ class Heartbeat(threading.Thread):
     """Sends ``status()`` after ``first`` seconds, then every ``interval`` seconds."""
 
     def __init__(
-        self, reporter: Reporter, status: Callable[[], dict[str, Any]], first: float,
+        self,
+        reporter: Reporter,
+        status: Callable[[], dict[str, Any]],
+        first: float,
         interval: float,
     ) -> None:
         super().__init__(daemon=True, name="zhpc-wrap-heartbeat")
@@ -92,4 +95,3 @@ class Heartbeat(threading.Thread):
 
     def stop(self) -> None:
         self.stopped.set()
-

@@ -31,8 +31,13 @@ class Job:
 
 def my_jobs(run_dir: Path) -> list[Job]:
     """This run's jobs (all states squeue still shows); [] if squeue fails."""
-    proc = subprocess.run(["squeue", "-h", "-a", "-r", "-o", "%i|%j|%T|%N|%Z"],
-                          capture_output=True, text=True, timeout=30, check=False)
+    proc = subprocess.run(
+        ["squeue", "-h", "-a", "-r", "-o", "%i|%j|%T|%N|%Z"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     root = str(run_dir)
     jobs = []
     for line in proc.stdout.splitlines():

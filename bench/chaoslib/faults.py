@@ -34,8 +34,14 @@ class PlannedFault:
     kind: str
 
 
-def plan(kinds: list[str], repeats: int, span: float, seed: int,
-         start: float = 5.0, counts: dict[str, int] | None = None) -> list[PlannedFault]:
+def plan(
+    kinds: list[str],
+    repeats: int,
+    span: float,
+    seed: int,
+    start: float = 5.0,
+    counts: dict[str, int] | None = None,
+) -> list[PlannedFault]:
     """``repeats`` faults of each kind spread over ``[start, span]`` in a seeded order.
 
     A ``timelimit`` fault starts a task with a one-minute limit (Slurm counts in minutes),
@@ -46,11 +52,15 @@ def plan(kinds: list[str], repeats: int, span: float, seed: int,
     order = [kind for kind in kinds for _ in range(times[kind]) if kind != "timelimit"]
     rng.shuffle(order)
     step = max(0.5, (span - start) / max(1, len(order)))
-    planned = [PlannedFault(start + i * step + rng.uniform(0, step * 0.5), kind)
-               for i, kind in enumerate(order)]
+    planned = [
+        PlannedFault(start + i * step + rng.uniform(0, step * 0.5), kind)
+        for i, kind in enumerate(order)
+    ]
     latest = max(start, span - 70)
-    planned += [PlannedFault(rng.uniform(start, latest), "timelimit")
-                for _ in range(times.get("timelimit", 0))]
+    planned += [
+        PlannedFault(rng.uniform(start, latest), "timelimit")
+        for _ in range(times.get("timelimit", 0))
+    ]
     return sorted(planned, key=lambda fault: fault.at)
 
 
@@ -95,13 +105,18 @@ class Injector:
     def _running_tasks(self) -> list:
         """Running service tasks; waits up to 30 s for one (e.g. right after a broker restart
         or while the scaler replaces a task, there may be none)."""
-        return _soon(lambda: [j for j in my_jobs(self.run_dir)
-                              if j.is_service and j.state == "RUNNING"
-                              and j.name.removeprefix("zhpc-svc-") in VICTIMS])
+        return _soon(
+            lambda: [
+                j
+                for j in my_jobs(self.run_dir)
+                if j.is_service
+                and j.state == "RUNNING"
+                and j.name.removeprefix("zhpc-svc-") in VICTIMS
+            ]
+        )
 
     def _sigkill(self) -> bool:
-        procs = _soon(lambda: [p for p in service_processes(self.config)
-                               if p.service in VICTIMS])
+        procs = _soon(lambda: [p for p in service_processes(self.config) if p.service in VICTIMS])
         if not procs:
             return False
         os.kill(self.rng.choice(procs).pid, signal.SIGKILL)
@@ -119,8 +134,7 @@ class Injector:
         if not tasks:
             return False
         job = self.rng.choice(tasks).job_id
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=30,
-                       capture_output=True)
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=30, capture_output=True)
         self._background(self._release, job)
         return True
 
@@ -129,10 +143,19 @@ class Injector:
         """A requeued job waits ~2 minutes unless told to start now."""
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            proc = subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"],
-                                  capture_output=True, timeout=30, check=False)
-            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"],
-                                   capture_output=True, text=True, timeout=30, check=False)
+            proc = subprocess.run(
+                ["scontrol", "update", f"JobId={job}", "StartTime=now"],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            state = subprocess.run(
+                ["squeue", "-h", "-j", job, "-o", "%T"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
             if proc.returncode == 0 and state.stdout.strip() in ("RUNNING", ""):
                 return
             time.sleep(1)

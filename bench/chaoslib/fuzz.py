@@ -37,82 +37,149 @@ from zhpc.transport import Transport
 from zhpc.transport.accounting import retry_name
 from zhpc.transport.base import DEAD_LETTER_REASON_HEADER, dlq_name
 
-_ODD_HEADERS = ["workflows-recipe", "zhpc-failures", "zhpc-handbacks", "zhpc-crashes",
-                "zhpc-last-error", "zhpc-dead-letter-reason", "x-delivery-count", "x-death",
-                "zocalo.go.user", "zocalo.go.host", "content-type"]
+_ODD_HEADERS = [
+    "workflows-recipe",
+    "zhpc-failures",
+    "zhpc-handbacks",
+    "zhpc-crashes",
+    "zhpc-last-error",
+    "zhpc-dead-letter-reason",
+    "x-delivery-count",
+    "x-death",
+    "zocalo.go.user",
+    "zocalo.go.host",
+    "content-type",
+]
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30))
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=30)
+)
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
-header_values = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-                 | st.text(max_size=40) | st.lists(st.text(max_size=8) | st.integers(), max_size=3)
-                 | st.floats(allow_nan=True))
-headers = st.dictionaries(st.sampled_from(_ODD_HEADERS) | st.text(min_size=1, max_size=20),
-                          header_values, max_size=4)
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+header_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.text(max_size=40)
+    | st.lists(st.text(max_size=8) | st.integers(), max_size=3)
+    | st.floats(allow_nan=True)
+)
+headers = st.dictionaries(
+    st.sampled_from(_ODD_HEADERS) | st.text(min_size=1, max_size=20), header_values, max_size=4
+)
 
 
 def recipes(queue: str) -> st.SearchStrategy[Any]:
     """Recipe-like mappings whose every step (if it names a queue at all) uses ``queue``."""
-    outputs = (st.none() | st.integers(-2, 5) | st.lists(st.integers(-2, 5), max_size=3)
-               | st.dictionaries(st.sampled_from(["error", "success", "x"]),
-                                 st.integers(-2, 5), max_size=2) | st.text(max_size=5))
+    outputs = (
+        st.none()
+        | st.integers(-2, 5)
+        | st.lists(st.integers(-2, 5), max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["error", "success", "x"]), st.integers(-2, 5), max_size=2
+        )
+        | st.text(max_size=5)
+    )
     step = st.fixed_dictionaries(
         {"service": st.text(max_size=10), "queue": st.just(queue)},
-        optional={"output": outputs, "error": outputs, "parameters": json_values,
-                  "cluster": json_values})
+        optional={
+            "output": outputs,
+            "error": outputs,
+            "parameters": json_values,
+            "cluster": json_values,
+        },
+    )
     keys = st.sampled_from(["1", "2", "3", "0", "-1", "x", "start", "1.5"])
     return st.dictionaries(keys, step | json_values, max_size=4) | json_values
 
 
 def good_recipe(queue: str, out: str) -> dict[str, Any]:
-    return {"1": {"service": "double", "queue": queue, "output": 2},
-            "2": {"service": "out", "queue": out}, "start": [[1, {}]]}
+    return {
+        "1": {"service": "double", "queue": queue, "output": 2},
+        "2": {"service": "out", "queue": out},
+        "start": [[1, {}]],
+    }
 
 
 def recipe_bodies(queue: str, out: str) -> st.SearchStrategy[Any]:
-    payload = (st.fixed_dictionaries({"value": st.integers() | st.floats() | st.text()})
-               | json_values)
+    payload = (
+        st.fixed_dictionaries({"value": st.integers() | st.floats() | st.text()}) | json_values
+    )
     return st.fixed_dictionaries(
-        {"recipe": recipes(out) | st.just(good_recipe(queue, out)),
-         "recipe-pointer": st.integers(-3, 5) | st.text(max_size=3) | st.floats()
-         | st.none() | st.booleans(),
-         "payload": payload},
-        optional={"environment": json_values, "recipe-path": json_values})
+        {
+            "recipe": recipes(out) | st.just(good_recipe(queue, out)),
+            "recipe-pointer": st.integers(-3, 5)
+            | st.text(max_size=3)
+            | st.floats()
+            | st.none()
+            | st.booleans(),
+            "payload": payload,
+        },
+        optional={"environment": json_values, "recipe-path": json_values},
+    )
 
 
 def requests(out: str) -> st.SearchStrategy[Any]:
     """zocalo.go-style requests to the Dispatcher, most of them wrong."""
     return st.fixed_dictionaries(
         {},
-        optional={"recipes": st.lists(st.sampled_from(["fuzz", "missing", "../etc/passwd"])
-                                      | st.text(max_size=10), max_size=3) | json_values,
-                  "parameters": st.dictionaries(st.text(max_size=8), json_values, max_size=3)
-                  | json_values,
-                  "custom_recipe": recipes(out)})
+        optional={
+            "recipes": st.lists(
+                st.sampled_from(["fuzz", "missing", "../etc/passwd"]) | st.text(max_size=10),
+                max_size=3,
+            )
+            | json_values,
+            "parameters": st.dictionaries(st.text(max_size=8), json_values, max_size=3)
+            | json_values,
+            "custom_recipe": recipes(out),
+        },
+    )
 
 
 def _huge() -> st.SearchStrategy[bytes]:
-    return st.sampled_from([
-        b"[" * 100_000 + b"]" * 100_000,
-        json.dumps({"value": 1, "pad": "x" * 3_000_000}).encode(),
-        b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
-        b"NaN", b"Infinity", b'{"value": NaN}', b'{"value": -Infinity}', b"\xff\xfe\x00",
-        b'{"recipe": {"1": 1}, "recipe-pointer": 1e999, "payload": 1}',
-    ])
+    return st.sampled_from(
+        [
+            b"[" * 100_000 + b"]" * 100_000,
+            json.dumps({"value": 1, "pad": "x" * 3_000_000}).encode(),
+            b'{"a":' * 5_000 + b"1" + b"}" * 5_000,
+            b"NaN",
+            b"Infinity",
+            b'{"value": NaN}',
+            b'{"value": -Infinity}',
+            b"\xff\xfe\x00",
+            b'{"recipe": {"1": 1}, "recipe-pointer": 1e999, "payload": 1}',
+        ]
+    )
 
 
 def nearly_valid(target: str, queue: str, out: str) -> st.SearchStrategy[Any]:
     """Well-formed messages with odd values, so that a good share is processed."""
     if target == "dispatcher":
-        return st.fixed_dictionaries({"recipes": st.just(["fuzz"]), "parameters": st.dictionaries(
-            st.text(max_size=8), json_values, max_size=3)})
-    return st.fixed_dictionaries({
-        "recipe": st.just(good_recipe(queue, out)), "recipe-pointer": st.just(1),
-        "payload": st.fixed_dictionaries({"value": st.integers() | st.floats() | st.text()
-                                          | json_values})},
-        optional={"environment": st.dictionaries(st.text(max_size=5), json_values, max_size=2)})
+        return st.fixed_dictionaries(
+            {
+                "recipes": st.just(["fuzz"]),
+                "parameters": st.dictionaries(st.text(max_size=8), json_values, max_size=3),
+            }
+        )
+    return st.fixed_dictionaries(
+        {
+            "recipe": st.just(good_recipe(queue, out)),
+            "recipe-pointer": st.just(1),
+            "payload": st.fixed_dictionaries(
+                {"value": st.integers() | st.floats() | st.text() | json_values}
+            ),
+        },
+        optional={"environment": st.dictionaries(st.text(max_size=5), json_values, max_size=2)},
+    )
 
 
 def _encode(value: Any) -> bytes:
@@ -124,8 +191,11 @@ def bodies(target: str, queue: str, out: str) -> st.SearchStrategy[tuple[bytes, 
     structured = recipe_bodies(queue, out) if target == "service" else requests(out)
     valid = nearly_valid(target, queue, out).map(lambda v: (_encode(v), True))
     maybe = st.one_of(
-        (structured | json_values).map(_encode), st.binary(max_size=80), _huge(),
-        st.text(max_size=50).map(lambda t: t.encode("utf-8", "surrogatepass")))
+        (structured | json_values).map(_encode),
+        st.binary(max_size=80),
+        _huge(),
+        st.text(max_size=50).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    )
     return st.one_of(st.tuples(maybe, st.booleans()), valid)
 
 
@@ -140,8 +210,9 @@ def generate(target: str, queue: str, out: str, count: int, rng_seed: int) -> li
     cases: list[Case] = []
 
     @seed(rng_seed)
-    @settings(max_examples=count, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+    )
     @given(bodies(target, queue, out), headers)
     def gather(body_flag: tuple[bytes, bool], extra: dict[str, Any]) -> None:
         body, recipe_flag = body_flag
@@ -190,8 +261,11 @@ def _publish_cases(transport: Transport, messages: list[Outgoing]) -> None:
             transport.publish(message)
         except TransportError:
             kept = {RECIPE_HEADER: True} if RECIPE_HEADER in message.headers else {}
-            transport.publish(Outgoing(message.destination, message.body, headers=kept,
-                                       message_id=message.message_id))
+            transport.publish(
+                Outgoing(
+                    message.destination, message.body, headers=kept, message_id=message.message_id
+                )
+            )
 
 
 def drain(transport: Transport, queue: str) -> list[Message]:
@@ -203,8 +277,15 @@ def drain(transport: Transport, queue: str) -> list[Message]:
     return got
 
 
-def fuzz(target: str, connect: Callable[[], Transport], queue: str, out: str, count: int,
-         rng_seed: int, recipes_dir: Any = None) -> dict[str, Any]:
+def fuzz(
+    target: str,
+    connect: Callable[[], Transport],
+    queue: str,
+    out: str,
+    count: int,
+    rng_seed: int,
+    recipes_dir: Any = None,
+) -> dict[str, Any]:
     """Run ``count`` cases at ``target``; returns the account (``problems`` must be empty).
     ``connect`` is called twice: for the checking side, then for the target's runner."""
     cases = generate(target, queue, out, count, rng_seed)
@@ -250,8 +331,9 @@ def fuzz(target: str, connect: Callable[[], Transport], queue: str, out: str, co
         elif not done:
             problems.append(f"{input_id}: neither processed nor quarantined (lost)")
         elif arrived[input_id] != record.outputs[input_id]:
-            problems.append(f"{input_id}: acked with {arrived[input_id]} of "
-                            f"{record.outputs[input_id]} outputs")
+            problems.append(
+                f"{input_id}: acked with {arrived[input_id]} of {record.outputs[input_id]} outputs"
+            )
     if unknown_outputs:
         problems.append(f"{unknown_outputs} outputs of no input")
     if status != 0:
@@ -259,10 +341,16 @@ def fuzz(target: str, connect: Callable[[], Transport], queue: str, out: str, co
     if left:
         problems.append(f"{left} messages left in the work queue or its retry lane")
     reasons = Counter(_reason_kind(r) for r in dead.values())
-    return {"target": target, "cases": len(cases), "processed": len(ids) - len(dead),
-            "quarantined": len(dead), "reasons": dict(reasons.most_common(8)),
-            "problems": problems[:20], "problem_count": len(problems),
-            "nonfinite_bodies": sum(1 for c in cases if _nonfinite(c.body))}
+    return {
+        "target": target,
+        "cases": len(cases),
+        "processed": len(ids) - len(dead),
+        "quarantined": len(dead),
+        "reasons": dict(reasons.most_common(8)),
+        "problems": problems[:20],
+        "problem_count": len(problems),
+        "nonfinite_bodies": sum(1 for c in cases if _nonfinite(c.body)),
+    }
 
 
 def _reason_kind(reason: Any) -> str:

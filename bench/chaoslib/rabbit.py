@@ -37,8 +37,15 @@ def _port_open(port: int, timeout: float = 1.0) -> bool:
 class PrivateRabbit:
     """One RabbitMQ node under ``base``: start, stop_app/start_app, cut connections, stop."""
 
-    def __init__(self, base: Path, *, port: int = 5690, dist_port: int = 25690,
-                 name: str | None = None, management_port: int | None = 15690) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        port: int = 5690,
+        dist_port: int = 25690,
+        name: str | None = None,
+        management_port: int | None = 15690,
+    ) -> None:
         self.base = base
         self.port = port
         self.dist_port = dist_port
@@ -89,12 +96,13 @@ class PrivateRabbit:
         if not cookie.exists():
             cookie.write_text(os.urandom(16).hex().upper())
             cookie.chmod(0o400)
-        lines = ["loopback_users.guest = true", "log.console = false",
-                 "log.file.level = warning"]
+        lines = ["loopback_users.guest = true", "log.console = false", "log.file.level = warning"]
         plugins = "[]."
         if self.management_port:
-            lines += [f"management.tcp.port = {self.management_port}",
-                      "management.tcp.ip = 127.0.0.1"]
+            lines += [
+                f"management.tcp.port = {self.management_port}",
+                "management.tcp.ip = 127.0.0.1",
+            ]
             plugins = "[rabbitmq_management]."
         (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         (self.base / "enabled_plugins").write_text(plugins + "\n")
@@ -112,9 +120,14 @@ class PrivateRabbit:
 
         log = (self.base / "log" / "server.out").open("ab")
         self._proc = subprocess.Popen(
-            [str(RABBITMQ_BIN / "rabbitmq-server")], env=self.env(), stdout=log,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=raise_limit,
-            start_new_session=True)
+            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=raise_limit,
+            start_new_session=True,
+        )
         log.close()
         self.wait_up(timeout)
 
@@ -123,16 +136,22 @@ class PrivateRabbit:
         ports = [self.port] + ([self.management_port] if self.management_port else [])
         while not all(_port_open(p) for p in ports):
             if self._proc is not None and self._proc.poll() is not None:
-                raise BrokerFailed(f"rabbitmq-server exited with {self._proc.returncode}; "
-                                   f"see {self.base / 'log'}")
+                raise BrokerFailed(
+                    f"rabbitmq-server exited with {self._proc.returncode}; see {self.base / 'log'}"
+                )
             if time.monotonic() > deadline:
                 raise BrokerFailed(f"node {self.node} not up after {timeout:g} s")
             time.sleep(0.2)
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
-        proc = subprocess.run([str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
-                              env=self.env(), capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        proc = subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if proc.returncode != 0:
             raise BrokerFailed(f"rabbitmqctl {' '.join(args)}: {proc.stderr.strip()[-300:]}")
         return proc.stdout
@@ -148,12 +167,32 @@ class PrivateRabbit:
         """Kill every TCP connection to the AMQP port (both ends) with ``ss -K``; returns how
         many sockets were listed before. Only this node's port is touched."""
         listing = subprocess.run(
-            ["ss", "-Htn", "state", "established", f"( sport = :{self.port} or "
-             f"dport = :{self.port} )"], capture_output=True, text=True, timeout=10, check=False)
+            [
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+                f"( sport = :{self.port} or dport = :{self.port} )",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         count = len([line for line in listing.stdout.splitlines() if line.strip()])
-        subprocess.run(["ss", "-K", "-tn", "state", "established",
-                        f"( sport = :{self.port} or dport = :{self.port} )"],
-                       capture_output=True, timeout=10, check=False)
+        subprocess.run(
+            [
+                "ss",
+                "-K",
+                "-tn",
+                "state",
+                "established",
+                f"( sport = :{self.port} or dport = :{self.port} )",
+            ],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
         return count
 
     def stop(self) -> None:

@@ -32,8 +32,11 @@ from chaoslib import faults
 from chaoslib.cluster import cancel_all, my_jobs, rss_and_fds, service_processes
 from chaoslib.rabbit import PrivateRabbit
 
-QUEUES = {"double": "chaos.work", "cluster_submission": "chaos.submission",
-          "jsonlines": "chaos.sink"}
+QUEUES = {
+    "double": "chaos.work",
+    "cluster_submission": "chaos.submission",
+    "jsonlines": "chaos.sink",
+}
 SINK = "chaos.jsonl"
 
 
@@ -63,18 +66,29 @@ def is_poison(index: int, settings: Settings) -> bool:
 
 def recipe(index: int, settings: Settings) -> dict[str, Any]:
     """The recipe of message ``index`` (with or without the cluster step)."""
-    sink = {"service": "jsonlines", "queue": QUEUES["jsonlines"],
-            "parameters": {"output_filename": "{output}"}}
+    sink = {
+        "service": "jsonlines",
+        "queue": QUEUES["jsonlines"],
+        "parameters": {"output_filename": "{output}"},
+    }
     value: Any = "poison" if is_poison(index, settings) else index
     if (index + 1) % settings.wrap_every == 0:
         return {
             "1": {"service": "double", "queue": QUEUES["double"], "output": 2},
-            "2": {"service": "wrapped echo", "queue": QUEUES["cluster_submission"],
-                  "cluster": {"command": ["/bin/echo", "chaos"], "time": "00:05:00"},
-                  "output": {"success": 3, "failure": 3}},
-            "3": sink, "start": [[1, {"value": value}]]}
-    return {"1": {"service": "double", "queue": QUEUES["double"], "output": 3},
-            "3": sink, "start": [[1, {"value": value}]]}
+            "2": {
+                "service": "wrapped echo",
+                "queue": QUEUES["cluster_submission"],
+                "cluster": {"command": ["/bin/echo", "chaos"], "time": "00:05:00"},
+                "output": {"success": 3, "failure": 3},
+            },
+            "3": sink,
+            "start": [[1, {"value": value}]],
+        }
+    return {
+        "1": {"service": "double", "queue": QUEUES["double"], "output": 3},
+        "3": sink,
+        "start": [[1, {"value": value}]],
+    }
 
 
 class ChaosRun:
@@ -86,9 +100,12 @@ class ChaosRun:
         self.base.mkdir(parents=True, exist_ok=True)
         self.config = self.base / "zhpc.yaml"
         self.output = self.base / "out" / SINK
-        self.broker = PrivateRabbit(self.base / "rabbit", port=settings.port,
-                                    dist_port=settings.port + 20000,
-                                    management_port=settings.port + 10000)
+        self.broker = PrivateRabbit(
+            self.base / "rabbit",
+            port=settings.port,
+            dist_port=settings.port + 20000,
+            management_port=settings.port + 10000,
+        )
         self.env = {**os.environ, "ZHPC_HOME": str(self.base / "home")}
         self.sent: set[int] = set()
         self.poison: set[int] = set()
@@ -100,38 +117,71 @@ class ChaosRun:
     # -- set-up -----------------------------------------------------------------------
 
     def write_config(self) -> None:
-        service = {"prefetch": 10, "drain_grace": 2, "end_margin": 10,
-                   "heartbeat_interval": 5, "retry_interval": 0.5}
+        service = {
+            "prefetch": 10,
+            "drain_grace": 2,
+            "end_margin": 10,
+            "heartbeat_interval": 5,
+            "retry_interval": 0.5,
+        }
         data = {
-            "broker": {"url": self.broker.url, "management_url": self.broker.management_url,
-                       "delivery_limit": 5, "heartbeat": 10, "retry_delay": 0.5,
-                       "connection_attempts": 60},
-            "cluster": {"backend": "slurm", "workdir": str(self.base / "jobs"),
-                        "default_time": self.s.task_time},
+            "broker": {
+                "url": self.broker.url,
+                "management_url": self.broker.management_url,
+                "delivery_limit": 5,
+                "heartbeat": 10,
+                "retry_delay": 0.5,
+                "connection_attempts": 60,
+            },
+            "cluster": {
+                "backend": "slurm",
+                "workdir": str(self.base / "jobs"),
+                "default_time": self.s.task_time,
+            },
             "staging": {"allowed_roots": [str(self.base / "out")]},
             "services": {
                 **{name: {**service, "queue": queue} for name, queue in QUEUES.items()},
-                "cluster_submission": {**service, "queue": QUEUES["cluster_submission"],
-                                       "prefetch": 1},
+                "cluster_submission": {
+                    **service,
+                    "queue": QUEUES["cluster_submission"],
+                    "prefetch": 1,
+                },
                 "schlockmeister": {"heartbeat_interval": 5},
             },
-            "scaler": {name: {"min_jobs": self.s.tasks, "max_jobs": self.s.tasks,
-                              "time": self.s.task_time, "cooldown": 1, "crash_limit": 1000,
-                              "max_pending": self.s.tasks, "interval": 3}
-                       for name in QUEUES},
-            "quarantine": {"url": f"sqlite:///{self.base / 'quarantine.sqlite'}",
-                           "queues": [f"dlq.{q}" for q in QUEUES.values()],
-                           "discover": False, "management_url": "", "rescan_interval": 5,
-                           "notify_queue": ""},
+            "scaler": {
+                name: {
+                    "min_jobs": self.s.tasks,
+                    "max_jobs": self.s.tasks,
+                    "time": self.s.task_time,
+                    "cooldown": 1,
+                    "crash_limit": 1000,
+                    "max_pending": self.s.tasks,
+                    "interval": 3,
+                }
+                for name in QUEUES
+            },
+            "quarantine": {
+                "url": f"sqlite:///{self.base / 'quarantine.sqlite'}",
+                "queues": [f"dlq.{q}" for q in QUEUES.values()],
+                "discover": False,
+                "management_url": "",
+                "rescan_interval": 5,
+                "notify_queue": "",
+            },
         }
         (self.base / "jobs").mkdir(exist_ok=True)
         (self.base / "out").mkdir(exist_ok=True)
         self.config.write_text(yaml.safe_dump(data))
 
     def zhpc(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "zhpc", "--config", str(self.config),
-                               *args], capture_output=True, text=True, timeout=timeout,
-                              env=self.env, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "zhpc", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
 
     def submit(self, service: str, time_limit: str) -> str | None:
         proc = self.zhpc("submit-services", "-s", service, "--count", "1", "--time", time_limit)
@@ -139,8 +189,12 @@ class ChaosRun:
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.base / f"{name}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "zhpc", "--config", str(self.config),
-                                 *args], stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zhpc", "--config", str(self.config), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
         log.close()
         self._helpers.append(proc)
         return proc
@@ -167,8 +221,11 @@ class ChaosRun:
             upto = index + batch if count is None else min(count, index + batch)
             outgoing = []
             for i in range(index, upto):
-                rw = RecipeWrapper.from_recipe(recipe(i, self.s), {"output": str(self.output)},
-                                               environment={"ID": f"chaos-{i}"})
+                rw = RecipeWrapper.from_recipe(
+                    recipe(i, self.s),
+                    {"output": str(self.output)},
+                    environment={"ID": f"chaos-{i}"},
+                )
                 outgoing += rw.start()
             while not self._stop.is_set():
                 try:
@@ -218,8 +275,9 @@ class ChaosRun:
         if not (self.base / "quarantine.sqlite").exists():
             return []
         with open_store(load_config(self.config).quarantine) as store:
-            return [int(str(e.recipe_id).removeprefix("chaos-")) for e in store.entries()
-                    if e.recipe_id]
+            return [
+                int(str(e.recipe_id).removeprefix("chaos-")) for e in store.entries() if e.recipe_id
+            ]
 
     # -- the run ----------------------------------------------------------------------
 
@@ -237,14 +295,23 @@ class ChaosRun:
         self._spawn("scaler", "-v", "scale", "--daemon", "--interval", "3")
         soak = self.s.soak_minutes
         span = soak * 60 if soak else self.s.messages / self.s.rate
-        repeats = max(1, int(span / self.s.fault_every / len(self.s.kinds))) if soak \
-            else self.s.repeats
-        plan = faults.plan(self.s.kinds, repeats, span, self.s.seed, start=min(10.0, span / 4),
-                            counts=self.s.counts)
+        repeats = (
+            max(1, int(span / self.s.fault_every / len(self.s.kinds))) if soak else self.s.repeats
+        )
+        plan = faults.plan(
+            self.s.kinds,
+            repeats,
+            span,
+            self.s.seed,
+            start=min(10.0, span / 4),
+            counts=self.s.counts,
+        )
         injector = faults.Injector(self.base, self.config, self.broker, self.submit, self.s.seed)
         publisher = threading.Thread(
-            target=self._publish, args=(None if soak else self.s.messages, span if soak else None),
-            daemon=True)
+            target=self._publish,
+            args=(None if soak else self.s.messages, span if soak else None),
+            daemon=True,
+        )
         flow_start = time.monotonic()
         publisher.start()
         pending = list(plan)
@@ -263,8 +330,9 @@ class ChaosRun:
         while True:
             arrived, lines, duplicates = self.arrivals()
             quarantined = self.quarantined()
-            if (expected <= arrived and len(set(quarantined)) >= len(self.poison)) \
-                    or time.monotonic() > deadline:
+            if (
+                expected <= arrived and len(set(quarantined)) >= len(self.poison)
+            ) or time.monotonic() > deadline:
                 break
             self._keep_schlockmeister()
             self._sample()
@@ -274,14 +342,20 @@ class ChaosRun:
         lost = sorted(expected - arrived - set(quarantined))
         rss = [rss for samples in self.samples.values() for _, rss, _ in samples]
         report = {
-            "bench": "chaos", "mode": "soak" if soak else "count", "seed": self.s.seed,
-            "sent": len(expected) + len(self.poison), "good": len(expected),
-            "arrived_unique": len(arrived & expected), "sink_lines": lines,
-            "duplicates": duplicates, "poison": len(self.poison),
+            "bench": "chaos",
+            "mode": "soak" if soak else "count",
+            "seed": self.s.seed,
+            "sent": len(expected) + len(self.poison),
+            "good": len(expected),
+            "arrived_unique": len(arrived & expected),
+            "sink_lines": lines,
+            "duplicates": duplicates,
+            "poison": len(self.poison),
             "quarantined": len(set(quarantined) & self.poison),
-            "good_quarantined": len(good_quarantined), "lost": len(lost),
-            "lost_ids": lost[:20], "wrapped": len({i for i in arrived
-                                                  if (i + 1) % self.s.wrap_every == 0}),
+            "good_quarantined": len(good_quarantined),
+            "lost": len(lost),
+            "lost_ids": lost[:20],
+            "wrapped": len({i for i in arrived if (i + 1) % self.s.wrap_every == 0}),
             "drain_s": round(drained - sent_done, 1),
             "total_s": round(drained - flow_start, 1),
             "throughput_msg_s": round(len(arrived) / max(drained - flow_start, 1e-9), 1),
@@ -294,8 +368,11 @@ class ChaosRun:
         }
         if soak:
             report["soak"] = self.soak_summary()
-        report["ok"] = report["lost"] == 0 and report["good_quarantined"] == 0 \
+        report["ok"] = (
+            report["lost"] == 0
+            and report["good_quarantined"] == 0
             and report["quarantined"] == report["poison"]
+        )
         return report
 
     def soak_summary(self) -> dict[str, Any]:
@@ -305,17 +382,28 @@ class ChaosRun:
             if len(samples) < 2:
                 continue
             name = samples[0][0]
-            entry = out.setdefault(name, {"processes": 0, "max_rss_mb": 0.0,
-                                          "max_rss_growth_mb": 0.0, "max_fds": 0,
-                                          "max_fd_growth": 0})
+            entry = out.setdefault(
+                name,
+                {
+                    "processes": 0,
+                    "max_rss_mb": 0.0,
+                    "max_rss_growth_mb": 0.0,
+                    "max_fds": 0,
+                    "max_fd_growth": 0,
+                },
+            )
             entry["processes"] += 1
-            entry["max_rss_mb"] = max(entry["max_rss_mb"],
-                                      round(max(s[1] for s in samples) / 2**20, 1))
-            entry["max_rss_growth_mb"] = max(entry["max_rss_growth_mb"], round(
-                (samples[-1][1] - samples[len(samples) // 4][1]) / 2**20, 1))
+            entry["max_rss_mb"] = max(
+                entry["max_rss_mb"], round(max(s[1] for s in samples) / 2**20, 1)
+            )
+            entry["max_rss_growth_mb"] = max(
+                entry["max_rss_growth_mb"],
+                round((samples[-1][1] - samples[len(samples) // 4][1]) / 2**20, 1),
+            )
             entry["max_fds"] = max(entry["max_fds"], max(s[2] for s in samples))
-            entry["max_fd_growth"] = max(entry["max_fd_growth"],
-                                         samples[-1][2] - samples[len(samples) // 4][2])
+            entry["max_fd_growth"] = max(
+                entry["max_fd_growth"], samples[-1][2] - samples[len(samples) // 4][2]
+            )
         return out
 
     def teardown(self) -> None:

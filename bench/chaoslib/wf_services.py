@@ -27,8 +27,13 @@ class ChaosWfDouble(CommonService):
 
     def initializing(self) -> None:
         self.mode = os.environ["ZCHAOS_WF_MODE"]
-        workflows.recipe.wrap_subscribe(self._transport, os.environ["ZCHAOS_WF_WORK"],
-                                        self.receive, acknowledgement=True, prefetch_count=10)
+        workflows.recipe.wrap_subscribe(
+            self._transport,
+            os.environ["ZCHAOS_WF_WORK"],
+            self.receive,
+            acknowledgement=True,
+            prefetch_count=10,
+        )
 
     def receive(self, rw: Any, header: dict, message: Any) -> None:
         value = message["value"]
@@ -55,8 +60,13 @@ class ChaosWfSink(CommonService):
 
     def initializing(self) -> None:
         self.output = Path(os.environ["ZCHAOS_WF_OUTPUT"])
-        workflows.recipe.wrap_subscribe(self._transport, os.environ["ZCHAOS_WF_SINK"],
-                                        self.receive, acknowledgement=True, prefetch_count=10)
+        workflows.recipe.wrap_subscribe(
+            self._transport,
+            os.environ["ZCHAOS_WF_SINK"],
+            self.receive,
+            acknowledgement=True,
+            prefetch_count=10,
+        )
 
     def receive(self, rw: Any, header: dict, message: Any) -> None:
         line = json.dumps({"recipe_id": rw.environment.get("ID"), "payload": message})
@@ -76,5 +86,6 @@ def entry_points(directory: Path) -> Path:
     (info / "entry_points.txt").write_text(
         "[workflows.services]\n"
         "ChaosWfDouble = chaoslib.wf_services:ChaosWfDouble\n"
-        "ChaosWfSink = chaoslib.wf_services:ChaosWfSink\n")
+        "ChaosWfSink = chaoslib.wf_services:ChaosWfSink\n"
+    )
     return directory

@@ -41,13 +41,22 @@ class WorkflowsRun:
         self.base = (settings.base or Path(f"/tmp/zchaos-{uuid.uuid4().hex[:8]}")) / f"wf-{mode}"
         self.base.mkdir(parents=True, exist_ok=True)
         self.output = self.base / "sink.jsonl"
-        self.broker = PrivateRabbit(self.base / "rabbit", port=settings.port,
-                                    dist_port=settings.port + 20000, management_port=None)
+        self.broker = PrivateRabbit(
+            self.base / "rabbit",
+            port=settings.port,
+            dist_port=settings.port + 20000,
+            management_port=None,
+        )
         bench = Path(__file__).resolve().parents[1]
         extra = entry_points(self.base / "entry")
-        self.env = {**os.environ, "ZCHAOS_WF_MODE": mode, "ZCHAOS_WF_WORK": WORK,
-                    "ZCHAOS_WF_SINK": SINK, "ZCHAOS_WF_OUTPUT": str(self.output),
-                    "PYTHONPATH": os.pathsep.join([str(bench), str(extra)])}
+        self.env = {
+            **os.environ,
+            "ZCHAOS_WF_MODE": mode,
+            "ZCHAOS_WF_WORK": WORK,
+            "ZCHAOS_WF_SINK": SINK,
+            "ZCHAOS_WF_OUTPUT": str(self.output),
+            "PYTHONPATH": os.pathsep.join([str(bench), str(extra)]),
+        }
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(ROLES)
         self.rng = random.Random(settings.seed + 2)
         self.done: Counter[str] = Counter()
@@ -59,9 +68,20 @@ class WorkflowsRun:
         log = (self.base / f"{ROLES[index]}-{index}.log").open("ab")
         zocalo = Path(sys.executable).with_name("zocalo.service")
         self.procs[index] = subprocess.Popen(
-            [str(zocalo), "-s", ROLES[index], "--rabbit-host", "127.0.0.1",
-             "--rabbit-port", str(self.broker.port)], env=self.env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(zocalo),
+                "-s",
+                ROLES[index],
+                "--rabbit-host",
+                "127.0.0.1",
+                "--rabbit-port",
+                str(self.broker.port),
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
     def _keep(self) -> None:
@@ -122,9 +142,11 @@ class WorkflowsRun:
             out = []
             for i in range(first, last):
                 value: Any = "poison" if is_poison(i, self.s) else i
-                recipe = {"1": {"service": "double", "queue": WORK, "output": 2},
-                          "2": {"service": "sink", "queue": SINK},
-                          "start": [[1, {"value": value}]]}
+                recipe = {
+                    "1": {"service": "double", "queue": WORK, "output": 2},
+                    "2": {"service": "sink", "queue": SINK},
+                    "start": [[1, {"value": value}]],
+                }
                 out += RecipeWrapper.from_recipe(recipe, environment={"ID": f"wf-{i}"}).start()
             while True:
                 try:
@@ -148,8 +170,10 @@ class WorkflowsRun:
         if not self.output.exists():
             return set(), 0
         text = self.output.read_text(errors="replace")
-        ids = Counter(int(json.loads(line)["recipe_id"].removeprefix("wf-"))
-                      for line in text[: text.rfind("\n") + 1].splitlines())
+        ids = Counter(
+            int(json.loads(line)["recipe_id"].removeprefix("wf-"))
+            for line in text[: text.rfind("\n") + 1].splitlines()
+        )
         return set(ids), sum(n - 1 for n in ids.values())
 
     def run(self) -> dict[str, Any]:
@@ -165,6 +189,7 @@ class WorkflowsRun:
     def _run(self) -> dict[str, Any]:
         from zhpc.config import BrokerConfig
         from zhpc.transport import get_transport
+
         self.broker.start()
         self._topology()
         kinds = [k for k in KINDS if k in self.s.kinds or k == "sigterm"]
@@ -200,16 +225,26 @@ class WorkflowsRun:
             circulating = transport.queue_depth(WORK).ready
         lost = sorted(self.sent - arrived)
         return {
-            "bench": "chaos-workflows", "mode": self.mode, "seed": self.s.seed,
-            "sent": len(self.sent) + len(self.poison), "good": len(self.sent),
-            "arrived_unique": len(arrived & self.sent), "duplicates": duplicates,
-            "poison": len(self.poison), "quarantined": quarantined, "lost": len(lost),
-            "lost_ids": lost[:20], "drain_s": round(drained - sent_done, 1),
+            "bench": "chaos-workflows",
+            "mode": self.mode,
+            "seed": self.s.seed,
+            "sent": len(self.sent) + len(self.poison),
+            "good": len(self.sent),
+            "arrived_unique": len(arrived & self.sent),
+            "duplicates": duplicates,
+            "poison": len(self.poison),
+            "quarantined": quarantined,
+            "lost": len(lost),
+            "lost_ids": lost[:20],
+            "drain_s": round(drained - sent_done, 1),
             "total_s": round(drained - flow_start, 1),
             "throughput_msg_s": round(len(arrived) / max(drained - flow_start, 1e-9), 1),
-            "faults": dict(sorted(self.done.items())), "restarts": self._restarts,
-            "workflows_version": _version("workflows"), "zocalo_version": _version("zocalo"),
-            "queues": "classic durable", "left_in_work_queue": circulating,
+            "faults": dict(sorted(self.done.items())),
+            "restarts": self._restarts,
+            "workflows_version": _version("workflows"),
+            "zocalo_version": _version("zocalo"),
+            "queues": "classic durable",
+            "left_in_work_queue": circulating,
         }
 
 

@@ -31,8 +31,15 @@ def test_every_fault_kind_once_loses_nothing(slurm_up: None, tmp_path: Path) -> 
         unavailable("RabbitMQ is not installed in /usr/lib/rabbitmq")
     if port_open(PORT) or port_open(PORT + 10000):
         unavailable(f"port {PORT} or {PORT + 10000} is in use", hint=None)
-    settings = Settings(messages=1000, rate=12, kinds=list(faults.KINDS), repeats=1,
-                        drain_timeout=240, base=tmp_path / "run", port=PORT)
+    settings = Settings(
+        messages=1000,
+        rate=12,
+        kinds=list(faults.KINDS),
+        repeats=1,
+        drain_timeout=240,
+        base=tmp_path / "run",
+        port=PORT,
+    )
     run = ChaosRun(settings)
     report = run.run()
     print(report)

@@ -14,9 +14,7 @@ from zhpc.cluster.slurm import SlurmCluster
 
 
 @pytest.mark.slurm
-def test_end_time_inside_a_real_slurm_job(
-    slurm_up: None, unique_name: str, tmp_path: Path
-) -> None:
+def test_end_time_inside_a_real_slurm_job(slurm_up: None, unique_name: str, tmp_path: Path) -> None:
     program = textwrap.dedent(
         """
         import sys

@@ -69,9 +69,7 @@ def test_failure_exit_code_output_env_and_workdir(
     assert (tmp_path / f"{job_id}.err").read_text() == "oops\n"
 
 
-def test_array_tasks_get_their_index(
-    local: LocalCluster, unique_name: str, tmp_path: Path
-) -> None:
+def test_array_tasks_get_their_index(local: LocalCluster, unique_name: str, tmp_path: Path) -> None:
     job_id = local.submit(
         JobSpec(
             name=unique_name,
@@ -119,9 +117,7 @@ def test_time_limit_sends_early_signal_then_term(
     assert log.read_text().split() == ["SIGUSR1", "SIGTERM"]
 
 
-def test_job_ignoring_term_is_killed_after_kill_wait(
-    local: LocalCluster, unique_name: str
-) -> None:
+def test_job_ignoring_term_is_killed_after_kill_wait(local: LocalCluster, unique_name: str) -> None:
     local.submit(
         JobSpec(name=unique_name, argv=["sh", "-c", "trap '' TERM; sleep 60"], time_limit=1)
     )
@@ -129,9 +125,7 @@ def test_job_ignoring_term_is_killed_after_kill_wait(
     assert info.state is JobState.TIMEOUT and info.signal == signal.SIGKILL
 
 
-def test_another_process_lists_and_cancels(
-    local: LocalCluster, unique_name: str
-) -> None:
+def test_another_process_lists_and_cancels(local: LocalCluster, unique_name: str) -> None:
     job_id = local.submit(JobSpec(name=unique_name, argv=["sleep", "60"], array=2))
     wait_until(
         lambda: all(j.state is JobState.RUNNING for j in local.jobs(unique_name)),
@@ -168,9 +162,7 @@ def test_cancel_one_array_task_only(local: LocalCluster, unique_name: str) -> No
     assert states[f"{job_id}_0"] in (JobState.PENDING, JobState.RUNNING)
 
 
-def test_killed_supervisor_is_reported_as_node_fail(
-    local: LocalCluster, unique_name: str
-) -> None:
+def test_killed_supervisor_is_reported_as_node_fail(local: LocalCluster, unique_name: str) -> None:
     job_id = local.submit(JobSpec(name=unique_name, argv=["sleep", "60"]))
     wait_until(
         lambda: local.jobs(unique_name)[0].state is JobState.RUNNING, timeout=30, what="running"

@@ -85,7 +85,11 @@ def test_pending_array_records_are_expanded_and_other_users_dropped() -> None:
     assert [pending1.job_id, pending2.job_id] == ["9_1", "9_2"]
     assert pending1.state is JobState.PENDING and pending1.reason == "JobHeldUser"
     assert (failed.job_id, failed.state, failed.exit_code, failed.comment) == (
-        "9_0", JobState.FAILED, 3, "why")
+        "9_0",
+        JobState.FAILED,
+        3,
+        "why",
+    )
     assert (cancelled.job_id, cancelled.signal, cancelled.exit_code) == ("11", 15, 143)
     assert cancelled.array_job_id is None and cancelled.reason == ""
 
@@ -118,11 +122,28 @@ def test_qstat_xml_tasks_are_zero_based_and_states_mapped() -> None:
         parse_qstat("<job_info>")
 
 
-def _line(job: str, task: int, failed: int, status: int, start: int, end: int,
-          category: str = "-q zhpc.q") -> str:
-    fields = ["zhpc.q", "vm", "root", "root", "zhpc-j", job, "sge", "0", "1", str(start),
-              str(end), str(failed), str(status)] + ["0"] * 22 + [str(task), "0", "0", "0",
-                                                              category, "0", "NONE", "0", "0"]
+def _line(
+    job: str, task: int, failed: int, status: int, start: int, end: int, category: str = "-q zhpc.q"
+) -> str:
+    fields = (
+        [
+            "zhpc.q",
+            "vm",
+            "root",
+            "root",
+            "zhpc-j",
+            job,
+            "sge",
+            "0",
+            "1",
+            str(start),
+            str(end),
+            str(failed),
+            str(status),
+        ]
+        + ["0"] * 22
+        + [str(task), "0", "0", "0", category, "0", "NONE", "0", "0"]
+    )
     return ":".join(fields) + "\n"
 
 
@@ -153,10 +174,12 @@ def test_job_template_maps_limits_and_refuses_what_grid_engine_cannot_do(tmp_pat
     spec = JobSpec(name="zhpc-t", argv=["prog", "a b"], time_limit=60, signal="B:USR1@10",
                    array=3, output="/o/%A_%a.out", extra_args=["--hold"], memory="1G",
                    env={"X": "1"})  # fmt: skip
-    template = job_template(spec, tmp_path / "s.sh", {"PATH": "/bin", "JOB_ID": "3",
-                                                      "SGE_TASK_ID": "1"}, "zhpc.q")
+    template = job_template(
+        spec, tmp_path / "s.sh", {"PATH": "/bin", "JOB_ID": "3", "SGE_TASK_ID": "1"}, "zhpc.q"
+    )
     assert template["nativeSpecification"] == (
-        "-b y -shell no -q zhpc.q -l h_vmem=1G,h_rt=60,s_rt=50")
+        "-b y -shell no -q zhpc.q -l h_vmem=1G,h_rt=60,s_rt=50"
+    )
     assert template["outputPath"] == ":/o/$JOB_ID_$TASK_ID.out" and template["joinFiles"]
     assert (template["bulk"], template["hold"]) == (3, True)
     assert template["jobEnvironment"] == {"PATH": "/bin"}
@@ -174,10 +197,21 @@ def test_job_template_maps_limits_and_refuses_what_grid_engine_cannot_do(tmp_pat
 
 
 def test_job_identity_from_grid_engine_variables() -> None:
-    task = DRMAACluster.job_identity({"JOB_ID": "12", "SGE_TASK_ID": "3", "JOB_NAME": "zhpc-n",
-                                      "HOSTNAME": "vm", "ZHPC_GE_END_TIME": "1796172326"})
+    task = DRMAACluster.job_identity(
+        {
+            "JOB_ID": "12",
+            "SGE_TASK_ID": "3",
+            "JOB_NAME": "zhpc-n",
+            "HOSTNAME": "vm",
+            "ZHPC_GE_END_TIME": "1796172326",
+        }
+    )
     assert (task.scheduler, task.job_id, task.array_job_id, task.array_task_id) == (
-        "gridengine", "12_2", "12", 2)
+        "gridengine",
+        "12_2",
+        "12",
+        2,
+    )
     single = DRMAACluster.job_identity({"JOB_ID": "13", "SGE_TASK_ID": "undefined"})
     assert (single.job_id, single.array_task_id) == ("13", None)
     assert DRMAACluster.job_end_time(task, {"ZHPC_GE_END_TIME": "1796172326"}) == 1796172326
@@ -187,7 +221,8 @@ def test_job_identity_from_grid_engine_variables() -> None:
 def test_job_environment_finds_grid_engine_through_its_entry_point() -> None:
     from zhpc.jobenv import JobEnvironment
 
-    env = JobEnvironment.from_environ({"JOB_ID": "12", "SGE_TASK_ID": "1",
-                                       "ZHPC_GE_END_TIME": "1796172326"})
+    env = JobEnvironment.from_environ(
+        {"JOB_ID": "12", "SGE_TASK_ID": "1", "ZHPC_GE_END_TIME": "1796172326"}
+    )
     assert (env.scheduler, env.job_id, env.array_task_id) == ("gridengine", "12_0", 0)
     assert env.end_time() == 1796172326 and env.slurm_job_id is None

@@ -27,11 +27,13 @@ class ClusterNodes:
     """Find, kill and restart nodes of the test cluster (as root)."""
 
     def _run(self, *args: str, timeout: float = 240) -> str:
-        done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            [str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
         if done.returncode != 0:
-            raise AssertionError(f"setup-rabbitmq-cluster {' '.join(args)} failed: "
-                                 f"{done.stderr.strip()[-2000:]}")
+            raise AssertionError(
+                f"setup-rabbitmq-cluster {' '.join(args)} failed: {done.stderr.strip()[-2000:]}"
+            )
         return done.stdout.strip()
 
     def leader(self, queue: str) -> str:

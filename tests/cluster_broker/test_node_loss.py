@@ -67,24 +67,41 @@ class Pipeline:
         self.home = tmp_path / "home"
         self.output = self.home / "output" / "cluster.jsonl"
         self.config = tmp_path / "zhpc.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "broker": {"url": urls, "connection_attempts": 60, "retry_delay": 0.5},
-            "services": {"jsonlines": {"queue": sink, "prefetch": 50}},
-        }))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "broker": {"url": urls, "connection_attempts": 60, "retry_delay": 0.5},
+                    "services": {"jsonlines": {"queue": sink, "prefetch": 50}},
+                }
+            )
+        )
         self.logs: list[Path] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         # double through tests/services/runner.py, for its simulated work: the stream
         # must last through three kills and restarts.
-        double = [str(RUNNER), json.dumps(urls), "double", work, "--prefetch", "20",
-                  "--work", str(WORK_S)]
+        double = [
+            str(RUNNER),
+            json.dumps(urls),
+            "double",
+            work,
+            "--prefetch",
+            "20",
+            "--work",
+            str(WORK_S),
+        ]
         sink = ["-m", "zhpc", "-v", "--config", str(self.config), "service", "-s", "jsonlines"]
         for index, args in enumerate([double] * 3 + [sink]):
             log = tmp_path / f"service-{index}.log"
             self.logs.append(log)
             with log.open("ab") as handle:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT,
-                    env={**_environ(), "ZHPC_HOME": str(self.home)}))
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, *args],
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                        env={**_environ(), "ZHPC_HOME": str(self.home)},
+                    )
+                )
 
     def lines(self) -> list[dict]:
         if not self.output.exists():
@@ -103,15 +120,17 @@ class Pipeline:
 
     def connected_node(self, index: int) -> str:
         """The node service ``index`` connected to last, from its log."""
-        connected = [line for line in self.log(index).splitlines()
-                     if "connected to RabbitMQ at" in line]
+        connected = [
+            line for line in self.log(index).splitlines() if "connected to RabbitMQ at" in line
+        ]
         assert connected, f"service {index} never connected:\n{self.log(index)[-3000:]}"
         return ClusterNodes.node_of(connected[-1].rsplit(" ", 1)[-1])
 
     def assert_running(self) -> None:
         for index, proc in enumerate(self.procs):
             assert proc.poll() is None, (
-                f"service {index} exited ({proc.returncode}):\n{self.log(index)[-3000:]}")
+                f"service {index} exited ({proc.returncode}):\n{self.log(index)[-3000:]}"
+            )
 
     def stop(self) -> list[int]:
         for proc in self.procs:
@@ -132,8 +151,12 @@ def _environ() -> dict[str, str]:
 
 
 def _run_with_kills(
-    tmp_path: Path, queues: Callable[[str], str], cluster: ClusterNodes,
-    urls: list[str], declare_urls: list[str], choose_victim: Callable[[Pipeline, str], str],
+    tmp_path: Path,
+    queues: Callable[[str], str],
+    cluster: ClusterNodes,
+    urls: list[str],
+    declare_urls: list[str],
+    choose_victim: Callable[[Pipeline, str], str],
 ) -> list[str]:
     """Kill a node three times while the stream flows; the publisher uses ``declare_urls``.
 
@@ -143,11 +166,15 @@ def _run_with_kills(
     work, sink = queues("cl-double"), queues("cl-sink")
     recipe = {
         "1": {"service": "double", "queue": work, "output": 2},
-        "2": {"service": "jsonlines", "queue": sink,
-              "parameters": {"output_filename": "cluster.jsonl"}},
+        "2": {
+            "service": "jsonlines",
+            "queue": sink,
+            "parameters": {"output_filename": "cluster.jsonl"},
+        },
     }
-    transport = RabbitMQTransport.from_config(BrokerConfig(
-        url=declare_urls, connection_attempts=60, retry_delay=0.5))  # type: ignore[arg-type]
+    transport = RabbitMQTransport.from_config(
+        BrokerConfig(url=declare_urls, connection_attempts=60, retry_delay=0.5)
+    )  # type: ignore[arg-type]
     transport.connect()
     try:
         for name in (work, sink):
@@ -156,7 +183,9 @@ def _run_with_kills(
         for n in range(MESSAGES):
             outputs += RecipeWrapper.from_recipe({**recipe, "start": [[1, {"value": n}]]}).start()
         part = len(outputs) // (KILLS + 1)
-        parts = [outputs[i * part:(i + 1) * part] for i in range(KILLS)] + [outputs[KILLS * part:]]
+        parts = [outputs[i * part : (i + 1) * part] for i in range(KILLS)] + [
+            outputs[KILLS * part :]
+        ]
         transport.publish_many(parts[0])
         pipeline = Pipeline(tmp_path, urls, work, sink)
         victims: list[str] = []
@@ -168,9 +197,12 @@ def _run_with_kills(
                 victim = choose_victim(pipeline, work)
                 if victims:
                     transport.publish_many(parts[len(victims)])
-                wait_until(lambda m=mark: pipeline.values() >= m + LINES_BETWEEN_KILLS,
-                           timeout=max(1.0, deadline - time.monotonic()), interval=0.02,
-                           what=lambda: f"the stream to flow ({pipeline.values()} values)")
+                wait_until(
+                    lambda m=mark: pipeline.values() >= m + LINES_BETWEEN_KILLS,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                    interval=0.02,
+                    what=lambda: f"the stream to flow ({pipeline.values()} values)",
+                )
                 cluster.kill(victim)
                 victims.append(victim)
                 print(f"killed {victim} at {pipeline.values()} values", file=sys.stderr)
@@ -178,29 +210,42 @@ def _run_with_kills(
                 pipeline.assert_running()
                 mark = pipeline.values()
             transport.publish_many(parts[-1])
-            wait_until(lambda: pipeline.values() >= MESSAGES,
-                       timeout=max(1.0, deadline - time.monotonic()), interval=0.2,
-                       what=lambda: f"all values in the sink ({pipeline.values()})")
+            wait_until(
+                lambda: pipeline.values() >= MESSAGES,
+                timeout=max(1.0, deadline - time.monotonic()),
+                interval=0.2,
+                what=lambda: f"all values in the sink ({pipeline.values()})",
+            )
             pipeline.assert_running()
         finally:
             codes = pipeline.stop()
-        assert codes == [0] * len(codes), [pipeline.log(i)[-3000:]
-                                           for i, c in enumerate(codes) if c]
+        assert codes == [0] * len(codes), [
+            pipeline.log(i)[-3000:] for i, c in enumerate(codes) if c
+        ]
         lines = pipeline.lines()
         assert sorted({line["payload"]["value"] for line in lines}) == [
-            2 * n for n in range(MESSAGES)]
+            2 * n for n in range(MESSAGES)
+        ]
         by_id: dict[str, list[dict]] = defaultdict(list)
         for line in lines:
             by_id[line["message_id"]].append(line["payload"])
         assert len(by_id) == MESSAGES, "a duplicate line came with a new message id"
         assert all(all(p == group[0] for p in group) for group in by_id.values())
-        for queue in (work, sink, retry_name(work), retry_name(sink),
-                      dlq_name(work), dlq_name(sink)):
+        for queue in (
+            work,
+            sink,
+            retry_name(work),
+            retry_name(sink),
+            dlq_name(work),
+            dlq_name(sink),
+        ):
             assert transport.queue_depth(queue).ready == 0, queue
         logs = "".join(pipeline.log(i) for i in range(len(pipeline.procs)))
-        print(f"victims {victims}; {len(lines) - MESSAGES} duplicate lines; "
-              f"{logs.count('publishing it again on a fresh channel')} nacked publishes retried",
-              file=sys.stderr)
+        print(
+            f"victims {victims}; {len(lines) - MESSAGES} duplicate lines; "
+            f"{logs.count('publishing it again on a fresh channel')} nacked publishes retried",
+            file=sys.stderr,
+        )
         return victims
     finally:
         transport.close()
@@ -243,26 +288,40 @@ def test_go_with_the_first_node_down_sends_to_the_second(
 ) -> None:
     queue = queues("cl-go")
     config = tmp_path / "zhpc.yaml"
-    config.write_text(yaml.safe_dump({
-        "broker": {"url": CLUSTER_URLS, "connection_attempts": 1, "retry_delay": 0},
-        "services": {"dispatcher": {"queue": queue}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": CLUSTER_URLS, "connection_attempts": 1, "retry_delay": 0},
+                "services": {"dispatcher": {"queue": queue}},
+            }
+        )
+    )
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"1": {"service": "x", "queue": "zhpc-test-cl-go-unused"},
-                                  "start": [[1, {"value": 1}]]}))
+    recipe.write_text(
+        json.dumps(
+            {"1": {"service": "x", "queue": "zhpc-test-cl-go-unused"}, "start": [[1, {"value": 1}]]}
+        )
+    )
     cluster.kill("zc1")
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "zhpc", "-v", "--config", str(config), "go", "-f",
-             str(recipe)], capture_output=True, text=True, timeout=120,
-            env={**_environ(), "ZHPC_HOME": str(tmp_path / "home")})
+            [sys.executable, "-m", "zhpc", "-v", "--config", str(config), "go", "-f", str(recipe)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**_environ(), "ZHPC_HOME": str(tmp_path / "home")},
+        )
         assert done.returncode == 0, done.stderr
         assert "127.0.0.1:5682" in done.stderr  # it says which node took the request
         with RabbitMQTransport(node_url("zc2")) as transport:
             got: list[Message] = []
             transport.subscribe(queue, lambda m: (got.append(m), transport.ack(m)))
-            wait_until(lambda: transport.poll(0.2) or got, timeout=60, interval=0,
-                       what="the request on the second node")
+            wait_until(
+                lambda: transport.poll(0.2) or got,
+                timeout=60,
+                interval=0,
+                what="the request on the second node",
+            )
         assert got[0].json()["custom_recipe"]["1"]["queue"] == "zhpc-test-cl-go-unused"
         assert not list((tmp_path / "home").glob("spool/*")), "the request was spooled"
     finally:

@@ -36,26 +36,38 @@ def test_demo_runs_the_recipe_and_leaves_nothing_behind(tmp_path: Path) -> None:
     home = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "zhpc", "demo", "--home", str(home), "--timeout", "60"],
-        capture_output=True, text=True, timeout=120, env=demo_env(tmp_path), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=demo_env(tmp_path),
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert result.stderr == ""
-    for line in ("dispatcher  started the recipe", "double      doubled the value",
-                 "jsonlines   appended the result", 'result      {"value": 42}',
-                 "stopped 3 services (all exited 0)", 'turned {"value": 21} into {"value": 42}'):
+    for line in (
+        "dispatcher  started the recipe",
+        "double      doubled the value",
+        "jsonlines   appended the result",
+        'result      {"value": 42}',
+        "stopped 3 services (all exited 0)",
+        'turned {"value": 21} into {"value": 42}',
+    ):
         assert line in out, out
     assert len(out.splitlines()) <= 10
 
-    [record] = [json.loads(line) for line in (home / "output" / "demo.jsonl").read_text()
-                .splitlines()]
+    [record] = [
+        json.loads(line) for line in (home / "output" / "demo.jsonl").read_text().splitlines()
+    ]
     assert record["payload"] == {"value": 42}
     assert record["recipe_id"] in out
     for name in ("dispatcher", "double", "jsonlines"):
         log = (home / "logs" / f"{name}.log").read_text()
         assert "stopped after 1 processed, 0 failed" in log, log
-    assert f"dispatched recipe {record['recipe_id']} (demo)" in (
-        home / "logs" / "dispatcher.log").read_text()
+    assert (
+        f"dispatched recipe {record['recipe_id']} (demo)"
+        in (home / "logs" / "dispatcher.log").read_text()
+    )
     assert processes_in(home) == []
     assert not (tmp_path / "users-own-home").exists()
 
@@ -64,7 +76,11 @@ def test_demo_that_times_out_says_so_in_one_line_and_stops_everything(tmp_path: 
     home = tmp_path / "demo"
     result = subprocess.run(
         [sys.executable, "-m", "zhpc", "demo", "--home", str(home), "--timeout", "0.01"],
-        capture_output=True, text=True, timeout=60, env=demo_env(tmp_path), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=demo_env(tmp_path),
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert result.stderr.startswith("zhpc: error: timed out waiting for the services to start")
@@ -76,7 +92,10 @@ def test_demo_that_times_out_says_so_in_one_line_and_stops_everything(tmp_path: 
 def test_demo_refuses_a_timeout_that_is_not_positive(tmp_path: Path, timeout: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "zhpc", "demo", "--home", str(tmp_path), "--timeout", timeout],
-        capture_output=True, text=True, timeout=60, env=demo_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=demo_env(tmp_path),
     )
     assert (result.returncode, result.stderr) == (2, "zhpc: error: --timeout must be positive\n")
 
@@ -84,13 +103,20 @@ def test_demo_refuses_a_timeout_that_is_not_positive(tmp_path: Path, timeout: st
 def run_demo(home: Path, tmp_path: Path, timeout: str = "60") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "zhpc", "demo", "--home", str(home), "--timeout", timeout],
-        capture_output=True, text=True, timeout=120, env=demo_env(tmp_path), cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=demo_env(tmp_path),
+        cwd=tmp_path,
     )
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
@@ -107,9 +133,11 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     before = snapshot(home)
     result = run_demo(home, tmp_path)
     assert result.returncode == 2
-    assert result.stderr == (f"zhpc: error: --home {home} is not empty and was not made by zhpc "
-                             "demo; name a new or empty directory (the demo would replace its "
-                             "zhpc.yaml and consume the messages in its broker.sqlite)\n")
+    assert result.stderr == (
+        f"zhpc: error: --home {home} is not empty and was not made by zhpc "
+        "demo; name a new or empty directory (the demo would replace its "
+        "zhpc.yaml and consume the messages in its broker.sqlite)\n"
+    )
     assert result.stdout == ""
     assert snapshot(home) == before
     assert processes_in(home) == []
@@ -119,7 +147,9 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     afile.write_text("mine\n")
     result = run_demo(afile, tmp_path)
     assert (result.returncode, result.stderr) == (
-        2, f"zhpc: error: --home {afile} exists and is not a directory\n")
+        2,
+        f"zhpc: error: --home {afile} exists and is not a directory\n",
+    )
     assert afile.read_text() == "mine\n"
 
 
@@ -130,5 +160,6 @@ def test_demo_reuses_an_empty_directory_and_its_own(tmp_path: Path) -> None:
         result = run_demo(home, tmp_path, timeout="0.01")
         assert result.returncode == 2
         assert result.stderr.startswith("zhpc: error: timed out waiting for the services"), (
-            result.stderr)
+            result.stderr
+        )
         assert (home / "zhpc.yaml").is_file() and (home / ".zhpc-demo").is_file()

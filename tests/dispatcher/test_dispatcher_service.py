@@ -36,16 +36,24 @@ def step(queue: str, **extra: Any) -> dict[str, Any]:
 def recipes(tmp_path: Path) -> Path:
     directory = tmp_path / "recipes"
     directory.mkdir()
-    (directory / "alpha.json").write_text(json.dumps({
-        "1": step("q.alpha", parameters={"x": "{x}", "id": "{guid}", "host": "{dispatch_host}"}),
-        "start": [[1, {"from": "alpha"}]],
-    }))
+    (directory / "alpha.json").write_text(
+        json.dumps(
+            {
+                "1": step(
+                    "q.alpha", parameters={"x": "{x}", "id": "{guid}", "host": "{dispatch_host}"}
+                ),
+                "start": [[1, {"from": "alpha"}]],
+            }
+        )
+    )
     (directory / "beta.yaml").write_text(
         "1: {service: b, queue: q.beta, output: 2}\n"
         "2: {service: b2, queue: q.beta2, parameters: {file: '{x}.out'}}\n"
-        "start: [[1, {from: beta}]]\n")
-    (directory / "badtemplate.json").write_text(json.dumps({
-        "1": step("q.bad", parameters={"f": "{x"}), "start": [[1, {}]]}))
+        "start: [[1, {from: beta}]]\n"
+    )
+    (directory / "badtemplate.json").write_text(
+        json.dumps({"1": step("q.bad", parameters={"f": "{x"}), "start": [[1, {}]]})
+    )
     return directory
 
 
@@ -88,16 +96,24 @@ def test_merges_custom_then_named_recipes_applies_parameters_and_guid(
     recipes: Path, transport: EmbeddedTransport
 ) -> None:
     custom = {"1": step("q.custom", parameters={"x": "{x}"}), "start": [[1, {"from": "custom"}]]}
-    send(transport, {"recipes": ["alpha", "beta"], "custom_recipe": custom,
-                     "parameters": {"x": "7", "guid": "guid-1"}},
-         headers={"zocalo.go.user": "someone", "zocalo.go.host": "somewhere"})
+    send(
+        transport,
+        {
+            "recipes": ["alpha", "beta"],
+            "custom_recipe": custom,
+            "parameters": {"x": "7", "guid": "guid-1"},
+        },
+        headers={"zocalo.go.user": "someone", "zocalo.go.host": "somewhere"},
+    )
     runner = run(make_dispatcher(recipes), transport)
     assert (runner.processed, runner.dead_lettered) == (1, 0)
     assert transport.queue_depth(DISPATCHER_QUEUE).ready == 0
 
     # The Dispatcher has run: all it sent is queued already, no need to listen for more.
-    bodies = {q: collect(transport, q, 1, exact=True, listen=0)[0].json()
-              for q in ("q.custom", "q.alpha", "q.beta")}
+    bodies = {
+        q: collect(transport, q, 1, exact=True, listen=0)[0].json()
+        for q in ("q.custom", "q.alpha", "q.beta")
+    }
     # As Zocalo's Dispatcher: the custom recipe comes first, named recipes follow in order.
     assert bodies["q.custom"]["recipe-pointer"] == 1
     assert bodies["q.alpha"]["recipe-pointer"] == 2
@@ -162,8 +178,9 @@ def test_lookups_are_chosen_by_the_service_parameters(
     recipes: Path, transport: EmbeddedTransport
 ) -> None:
     config = Config(recipes=RecipesConfig(directory=recipes))
-    dispatcher = Dispatcher("dispatcher", ServiceConfig(idle_timeout=0.3,
-                                                        parameters={"lookups": []}), config)
+    dispatcher = Dispatcher(
+        "dispatcher", ServiceConfig(idle_timeout=0.3, parameters={"lookups": []}), config
+    )
     send(transport, {"recipes": ["alpha"], "parameters": {"guid": "g"}})
     run(dispatcher, transport)
     (started,) = collect(transport, "q.alpha", 1, exact=True, listen=0)
@@ -184,19 +201,24 @@ BAD_REQUESTS = [
     pytest.param(["alpha"], "must be a JSON object", id="list-body"),
     pytest.param({"recipes": "alpha"}, "list of recipe names", id="recipes-not-list"),
     pytest.param({"recipes": []}, "names no recipe", id="no-recipe"),
-    pytest.param({"recipes": ["alpha"], "parameters": [1]}, "'parameters' must be",
-                 id="parameters-not-object"),
+    pytest.param(
+        {"recipes": ["alpha"], "parameters": [1]},
+        "'parameters' must be",
+        id="parameters-not-object",
+    ),
     pytest.param({"recipes": ["alpha"], "parameters": {"guid": 5}}, "'guid'", id="guid-int"),
-    pytest.param({"recipes": ["alpha"], "parameters": {"guid": "../x"}}, "'guid'",
-                 id="guid-path"),
+    pytest.param({"recipes": ["alpha"], "parameters": {"guid": "../x"}}, "'guid'", id="guid-path"),
     pytest.param({"recipes": ["nosuch"]}, "no recipe 'nosuch'", id="unknown-recipe"),
     pytest.param({"recipes": ["../alpha"]}, "invalid recipe name", id="path-in-name"),
     pytest.param({"recipes": ["badtemplate"]}, "node 1", id="bad-template"),
     pytest.param({"custom_recipe": {"1": {"queue": "q"}}}, "start", id="invalid-custom"),
     pytest.param({"custom_recipe": "text"}, "'custom_recipe' must be", id="custom-not-object"),
     pytest.param({"rcipes": ["alpha"]}, "names no recipe", id="typo-key"),
-    pytest.param({"recipes": ["alpha"], "parameters": {"boom": "1"}},
-                 "lookup 'failing' failed: database is down", id="failed-lookup"),
+    pytest.param(
+        {"recipes": ["alpha"], "parameters": {"boom": "1"}},
+        "lookup 'failing' failed: database is down",
+        id="failed-lookup",
+    ),
 ]
 
 
@@ -219,12 +241,14 @@ def test_bad_requests_end_in_the_error_queue_with_the_reason(
     assert transport.queue_depth("q.bad").ready == 0
 
 
-def test_recipe_cache_rereads_a_changed_file(recipes: Path, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
+def test_recipe_cache_rereads_a_changed_file(
+    recipes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     reads: list[Path] = []
     real = dispatcher_module.load_recipe_file
-    monkeypatch.setattr(dispatcher_module, "load_recipe_file",
-                        lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(
+        dispatcher_module, "load_recipe_file", lambda path: reads.append(path) or real(path)
+    )
     cache = RecipeCache(recipes)
     first = cache.get("alpha")
     first.data[1]["queue"] = "changed by the caller"

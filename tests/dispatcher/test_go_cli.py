@@ -49,8 +49,12 @@ def embedded(home: Path) -> Path:
 @pytest.fixture
 def down(home: Path) -> Path:
     """A broker nothing listens on (port 1), tried once."""
-    return write_config(home / "down.yaml", f"amqp://guest:{SECRET}@127.0.0.1:1/",
-                        connection_attempts=1, retry_delay=0)
+    return write_config(
+        home / "down.yaml",
+        f"amqp://guest:{SECRET}@127.0.0.1:1/",
+        connection_attempts=1,
+        retry_delay=0,
+    )
 
 
 def requests(config: Path, expect: int) -> list[Message]:
@@ -58,6 +62,7 @@ def requests(config: Path, expect: int) -> list[Message]:
 
     got: list[Message] = []
     with EmbeddedTransport.from_config(load_config(config).broker) as transport:
+
         def keep(message: Message) -> None:
             got.append(message)
             transport.ack(message)
@@ -83,9 +88,10 @@ def test_go_sends_a_zocalo_request_and_prints_its_recipe_id(
     uuid.UUID(guid)
     assert err == ""
     [message] = requests(embedded, 1)
-    assert message.json() == {"recipes": ["demo"],
-                              "parameters": {"output_filename": "x.jsonl", "n": "a=b",
-                                             "guid": guid}}
+    assert message.json() == {
+        "recipes": ["demo"],
+        "parameters": {"output_filename": "x.jsonl", "n": "a=b", "guid": guid},
+    }
     assert message.headers[USER_HEADER] and message.headers[HOST_HEADER]
 
 
@@ -98,8 +104,10 @@ def test_go_keeps_a_given_guid_and_sends_a_custom_recipe(
     assert capsys.readouterr().out.strip() == "my-id"
     [message] = requests(embedded, 1)
     body = message.json()
-    assert body["custom_recipe"] == {"1": {"queue": "q.custom", "parameters": {"f": "{f}"}},
-                                     "start": [[1, {}]]}
+    assert body["custom_recipe"] == {
+        "1": {"queue": "q.custom", "parameters": {"f": "{f}"}},
+        "start": [[1, {}]],
+    }
     assert body["recipes"] == [] and body["parameters"] == {"guid": "my-id", "f": "1"}
 
 
@@ -130,14 +138,18 @@ def test_dry_run_prints_the_request_and_sends_nothing(
     ],
 )
 def test_errors_are_one_line_exit_2_and_send_nothing(
-    embedded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    args: list[str], expected: str,
+    embedded: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    expected: str,
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"1": {"queue": "q"}}))  # no start
     template = tmp_path / "template.json"
-    template.write_text(json.dumps({"1": {"queue": "q", "parameters": {"a": "{x"}},
-                                    "start": [[1, {}]]}))
+    template.write_text(
+        json.dumps({"1": {"queue": "q", "parameters": {"a": "{x"}}, "start": [[1, {}]]})
+    )
     args = [str(bad) if a == "BAD" else str(template) if a == "TEMPLATE" else a for a in args]
     assert go(embedded, *args) == 2
     out, err = capsys.readouterr()
@@ -186,8 +198,9 @@ def test_pickup_skips_a_request_another_pickup_holds(
     embedded: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spool = Spool(home / "spool")
-    held = spool.save(DISPATCHER_QUEUE, {"recipes": ["demo"], "parameters": {"guid": "held"}},
-                      {}, label="held")
+    held = spool.save(
+        DISPATCHER_QUEUE, {"recipes": ["demo"], "parameters": {"guid": "held"}}, {}, label="held"
+    )
     spool.save(DISPATCHER_QUEUE, {"recipes": ["demo"], "parameters": {"guid": "free"}}, {})
     with held.open() as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # as a concurrent pickup would

@@ -32,8 +32,9 @@ def test_pickup_keeps_the_message_id_of_the_first_attempt(
     monkeypatch.delenv("ZHPC_CONFIG", raising=False)
     monkeypatch.delenv("ZHPC_ENV", raising=False)
     monkeypatch.chdir(tmp_path)
-    down = _config(home / "down.yaml", "amqp://guest:guest@127.0.0.1:1/",
-                   connection_attempts=1, retry_delay=0)
+    down = _config(
+        home / "down.yaml", "amqp://guest:guest@127.0.0.1:1/", connection_attempts=1, retry_delay=0
+    )
     up = _config(home / "up.yaml", f"sqlite://{home / 'broker.sqlite'}")
 
     assert main(["--config", str(down), "go", "demo", "-s", "output_filename=a"]) == EXIT_SPOOLED

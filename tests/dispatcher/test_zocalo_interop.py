@@ -35,8 +35,12 @@ from zhpc.transport.accounting import retry_name
 ZOCALO_GO = "import sys; from zocalo.cli.go import run; sys.argv[0] = 'zocalo.go'; run()"
 
 
-@pytest.fixture(params=[pytest.param(AMQP_URL, marks=pytest.mark.rabbitmq, id="rabbitmq"),
-                        pytest.param(STOMP_URL, marks=pytest.mark.activemq, id="stomp")])
+@pytest.fixture(
+    params=[
+        pytest.param(AMQP_URL, marks=pytest.mark.rabbitmq, id="rabbitmq"),
+        pytest.param(STOMP_URL, marks=pytest.mark.activemq, id="stomp"),
+    ]
+)
 def url(request: pytest.FixtureRequest) -> str:
     request.getfixturevalue("rabbitmq_up" if request.param == AMQP_URL else "activemq_up")
     return str(request.param)
@@ -55,14 +59,32 @@ def broker(url: str) -> Iterator[Any]:
 def zocalo_go(url: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     parts = urlsplit(url)
     if parts.scheme == "stomp":
-        wire = ["-t", "StompTransport", "--stomp-host", parts.hostname or "127.0.0.1",
-                "--stomp-port", str(parts.port or 61613)]
+        wire = [
+            "-t",
+            "StompTransport",
+            "--stomp-host",
+            parts.hostname or "127.0.0.1",
+            "--stomp-port",
+            str(parts.port or 61613),
+        ]
     else:
-        wire = ["--rabbit-host", parts.hostname or "127.0.0.1", "--rabbit-port",
-                str(parts.port or 5672), "--rabbit-user", parts.username or "guest",
-                "--rabbit-pass", parts.password or "guest"]
-    result = subprocess.run([sys.executable, "-c", ZOCALO_GO, *wire, *args], env=env,
-                            capture_output=True, text=True, timeout=60)
+        wire = [
+            "--rabbit-host",
+            parts.hostname or "127.0.0.1",
+            "--rabbit-port",
+            str(parts.port or 5672),
+            "--rabbit-user",
+            parts.username or "guest",
+            "--rabbit-pass",
+            parts.password or "guest",
+        ]
+    result = subprocess.run(
+        [sys.executable, "-c", ZOCALO_GO, *wire, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Submitted." in result.stdout
     return result
@@ -74,38 +96,66 @@ def test_a_zocalo_go_request_runs_through_zhpc_services(
     queues = {"double": f"{unique_name}.double", "jsonlines": f"{unique_name}.jsonlines"}
     home = tmp_path / "home"
     config_file = tmp_path / "zhpc.yaml"
-    config_file.write_text(yaml.safe_dump({
-        "broker": {"url": url},
-        "services": {name: {"queue": queue} for name, queue in queues.items()},
-    }))
+    config_file.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": url},
+                "services": {name: {"queue": queue} for name, queue in queues.items()},
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZHPC_", "ZOCALO_"))}
     env.update(ZHPC_HOME=str(home), ZHPC_CONFIG=str(config_file))
     recipe_file = tmp_path / "recipe.json"
-    recipe_file.write_text(json.dumps({
-        "1": {"service": "zhpc double", "queue": queues["double"], "output": 2},
-        "2": {"service": "zhpc jsonlines", "queue": queues["jsonlines"],
-              "parameters": {"output_filename": "{output_filename}"}},
-        "start": [[1, {"value": 21}]],
-    }))
+    recipe_file.write_text(
+        json.dumps(
+            {
+                "1": {"service": "zhpc double", "queue": queues["double"], "output": 2},
+                "2": {
+                    "service": "zhpc jsonlines",
+                    "queue": queues["jsonlines"],
+                    "parameters": {"output_filename": "{output_filename}"},
+                },
+                "start": [[1, {"value": 21}]],
+            }
+        )
+    )
     output = home / "output" / f"{unique_name}.jsonl"
 
     services = {
-        name: subprocess.Popen([sys.executable, "-m", "zhpc", "-v", "service", "-s", name],
-                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=(tmp_path / f"{name}.log").open("wb"))
+        name: subprocess.Popen(
+            [sys.executable, "-m", "zhpc", "-v", "service", "-s", name],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{name}.log").open("wb"),
+        )
         for name in ("dispatcher", "double", "jsonlines")
     }
     try:
         for queue in (DISPATCHER_QUEUE, *queues.values()):
-            wait_until(lambda q=queue: broker.queue_depth(q).consumers >= 1, 30,
-                       what=f"a consumer on {queue}")
+            wait_until(
+                lambda q=queue: broker.queue_depth(q).consumers >= 1,
+                30,
+                what=f"a consumer on {queue}",
+            )
 
         # As zocalo.go sends it: no guid (the Dispatcher makes one), then with -s guid=.
-        zocalo_go(url, "-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}",
-                  env=env)
+        zocalo_go(
+            url, "-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}", env=env
+        )
         chosen = str(uuid.uuid4())
-        zocalo_go(url, "-n", "-f", str(recipe_file), "-s", f"output_filename={output.name}",
-                  "-s", f"guid={chosen}", env=env)
+        zocalo_go(
+            url,
+            "-n",
+            "-f",
+            str(recipe_file),
+            "-s",
+            f"output_filename={output.name}",
+            "-s",
+            f"guid={chosen}",
+            env=env,
+        )
 
         def records() -> list[dict[str, Any]]:
             if not output.exists():

@@ -39,8 +39,9 @@ def zhpc(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.Completed
     )
 
 
-def wrapped_recipe(queue: str, step: dict[str, Any], payload: Any,
-                   submission: str | None = None) -> dict[str, Any]:
+def wrapped_recipe(
+    queue: str, step: dict[str, Any], payload: Any, submission: str | None = None
+) -> dict[str, Any]:
     """A recipe whose step 1 is a cluster step with all four named outputs on test queues."""
     return {
         "1": {

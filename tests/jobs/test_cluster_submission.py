@@ -48,22 +48,25 @@ class Site:
         self.queues += [f"{name}.{kind}" for kind in ("success", "failure", "done", "submitted")]
         return name
 
-    def run(self, step: dict[str, Any], payload: Any = None,
-            parameters: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    def run(
+        self, step: dict[str, Any], payload: Any = None, parameters: dict[str, Any] | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Start a one-cluster-step recipe; returns its queue prefix and job_submitted payload."""
         name = self.new_queue()
         recipe = wrapped_recipe(name, step, payload or {}, submission=self.queue)
         (self.base / "recipes" / f"{name}.json").write_text(json.dumps(recipe))
         request = DispatchRequest(recipes=[name], parameters=dict(parameters or {}))
         self.transport.publish(request_message(request, self.dispatcher_queue))
-        (submitted,) = collect(self.transport, f"{name}.submitted", 1, timeout=30,
-                               check=False) or [None]
+        (submitted,) = collect(self.transport, f"{name}.submitted", 1, timeout=30, check=False) or [
+            None
+        ]
         assert submitted is not None, self.log.read_text()[-3000:]
         return name, submitted.json()["payload"]
 
     def outcome(self, name: str, expect: str, job: dict[str, Any]) -> dict[str, Any]:
-        (message,) = collect(self.transport, f"{name}.{expect}", 1, timeout=90,
-                             check=False) or [None]
+        (message,) = collect(self.transport, f"{name}.{expect}", 1, timeout=90, check=False) or [
+            None
+        ]
         job_log = Path(job["workdir"]) / "job.out"
         assert message is not None, job_log.read_text() if job_log.exists() else "no job log"
         other = "failure" if expect == "success" else "success"
@@ -75,33 +78,65 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: None
-         ) -> Iterator[Site]:
+def site(
+    tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: None
+) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("site")
     queue = f"zhpc-test-{uuid.uuid4().hex[:10]}.submission"
     dispatcher_queue = f"zhpc-test-{uuid.uuid4().hex[:10]}.processing_recipe"
     for folder in ("data", "jobs", "recipes"):
         (base / folder).mkdir()
-    config = write_config(base / "zhpc.yaml", {
-        "broker": {"url": AMQP_URL},
-        "cluster": {"backend": "slurm", "workdir": str(base / "jobs"),
-                    "default_time": "00:05:00"},
-        "staging": {"allowed_roots": [str(base / "data")]},
-        "recipes": {"directory": str(base / "recipes")},
-        "services": {"cluster_submission": {"queue": queue, "prefetch": 10},
-                     "dispatcher": {"queue": dispatcher_queue}},
-    })
+    config = write_config(
+        base / "zhpc.yaml",
+        {
+            "broker": {"url": AMQP_URL},
+            "cluster": {
+                "backend": "slurm",
+                "workdir": str(base / "jobs"),
+                "default_time": "00:05:00",
+            },
+            "staging": {"allowed_roots": [str(base / "data")]},
+            "recipes": {"directory": str(base / "recipes")},
+            "services": {
+                "cluster_submission": {"queue": queue, "prefetch": 10},
+                "dispatcher": {"queue": dispatcher_queue},
+            },
+        },
+    )
     log = base / "service.log"
     services = []
     with open(log, "w") as out:
         for name in ("dispatcher", "cluster_submission"):
-            services.append(subprocess.Popen(
-                [sys.executable, "-m", "zhpc", "--config", str(config), "-v", "service", "-s",
-                 name], env=zhpc_env(), stdout=out, stderr=subprocess.STDOUT))
+            services.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "zhpc",
+                        "--config",
+                        str(config),
+                        "-v",
+                        "service",
+                        "-s",
+                        name,
+                    ],
+                    env=zhpc_env(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     transport = get_transport(BrokerConfig(url=AMQP_URL))
     transport.connect()
-    site = Site(base, config, queue, dispatcher_queue, base / "data", log, transport,
-                queues=[queue, dlq_name(queue), dispatcher_queue, dlq_name(dispatcher_queue)])
+    site = Site(
+        base,
+        config,
+        queue,
+        dispatcher_queue,
+        base / "data",
+        log,
+        transport,
+        queues=[queue, dlq_name(queue), dispatcher_queue, dlq_name(dispatcher_queue)],
+    )
     try:
         yield site
     finally:
@@ -110,8 +145,13 @@ def site(tmp_path_factory: pytest.TempPathFactory, rabbitmq_up: None, slurm_up: 
         for service in services:
             assert service.wait(timeout=30) == 0
         cluster = SlurmCluster()  # jobs of this module have their directory under base
-        cluster.cancel([j.job_id for j in cluster.jobs("zhpc-wrap-")
-                        if not j.state.finished and (base / "jobs" / j.name).is_dir()])
+        cluster.cancel(
+            [
+                j.job_id
+                for j in cluster.jobs("zhpc-wrap-")
+                if not j.state.finished and (base / "jobs" / j.name).is_dir()
+            ]
+        )
         for name in site.queues:
             for each in (name, retry_name(name)):
                 transport.delete_queue(each)
@@ -125,13 +165,20 @@ def finished_job(job_id: str) -> JobInfo:
         info = cluster.job(job_id, "zhpc-wrap-")
         return info if info is not None and info.state.finished else None
 
-    return wait_until(finished, 30, 0.5,
-                      lambda: f"job {job_id} to finish: {cluster.job(job_id, 'zhpc-wrap-')}")
+    return wait_until(
+        finished, 30, 0.5, lambda: f"job {job_id} to finish: {cluster.job(job_id, 'zhpc-wrap-')}"
+    )
 
 
 def test_success_reaches_the_next_step_from_a_slurm_job(site: Site) -> None:
-    step = {"cluster": {"command": [sys.executable, "-c", "print('hello from the job')"],
-                        "time": "00:02:00", "cpus": 1, "memory": "200M"}}
+    step = {
+        "cluster": {
+            "command": [sys.executable, "-c", "print('hello from the job')"],
+            "time": "00:02:00",
+            "cpus": 1,
+            "memory": "200M",
+        }
+    }
     name, job = site.run(step, {"image": 1})
     assert job["job_id"].isdigit() and job["resubmission"] is False
     payload = site.outcome(name, "success", job)
@@ -154,8 +201,19 @@ def test_a_parameter_cannot_inject_a_command(site: Site) -> None:
     pwned = Path(f"/tmp/zhpc-pwned-{uuid.uuid4().hex[:8]}")
     evil = f"; touch {pwned}"
     dump = site.base / f"argv-{uuid.uuid4().hex[:8]}.json"
-    step = {"cluster": {"command": [sys.executable, "-c", ARGV_DUMP, str(dump), "{evil}",
-                                    "$(touch {evil})", "{payload[evil]}"]}}
+    step = {
+        "cluster": {
+            "command": [
+                sys.executable,
+                "-c",
+                ARGV_DUMP,
+                str(dump),
+                "{evil}",
+                "$(touch {evil})",
+                "{payload[evil]}",
+            ]
+        }
+    }
     name, job = site.run(step, {"evil": evil}, parameters={"evil": evil})
     site.outcome(name, "success", job)
     assert json.loads(dump.read_text()) == [evil, f"$(touch {evil})", evil]
@@ -165,8 +223,12 @@ def test_a_parameter_cannot_inject_a_command(site: Site) -> None:
 
 def test_staging_outside_the_allowed_roots_is_refused(site: Site) -> None:
     marker = site.base / f"ran-{uuid.uuid4().hex[:8]}"
-    step = {"cluster": {"command": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
-                        "stage_in": [f"{site.data}/../../etc/passwd"]}}
+    step = {
+        "cluster": {
+            "command": [sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+            "stage_in": [f"{site.data}/../../etc/passwd"],
+        }
+    }
     name, job = site.run(step)
     payload = site.outcome(name, "failure", job)
     assert "'..' is not allowed" in payload["error"] and payload["exit_code"] == 2
@@ -187,8 +249,14 @@ def test_redelivery_after_sbatch_does_not_submit_twice(site: Site) -> None:
     payloads = []
     try:
         for attempt in range(3):
-            message = Message(out.body, dict(out.headers), site.queue, delivery_count=attempt + 1,
-                              redelivered=attempt > 0, message_id=out.message_id)
+            message = Message(
+                out.body,
+                dict(out.headers),
+                site.queue,
+                delivery_count=attempt + 1,
+                redelivered=attempt > 0,
+                message_id=out.message_id,
+            )
             outputs: list[Any] = []
             service.receive(message, outputs)
             (sent,) = outputs
@@ -208,8 +276,11 @@ def test_a_cancelled_job_still_reports_failure_with_the_signal(site: Site) -> No
     step = {"cluster": {"command": [sys.executable, "-c", code]}}
     name, job = site.run(step)
     job_log = Path(job["workdir"]) / "job.out"
-    wait_until(lambda: "started" in (job_log.read_text() if job_log.exists() else ""), 60,
-               what="the command to start")
+    wait_until(
+        lambda: "started" in (job_log.read_text() if job_log.exists() else ""),
+        60,
+        what="the command to start",
+    )
     SlurmCluster().cancel([job["job_id"]])
     payload = site.outcome(name, "failure", job)
     assert (payload["signal"], payload["exit_code"]) == (15, 143)

@@ -37,14 +37,21 @@ def held_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm_up: None)
 
 
 def test_a_job_cancelled_before_wrap_reports_gets_its_failure_sent(
-        tmp_path: Path, held_sbatch: None) -> None:
+    tmp_path: Path, held_sbatch: None
+) -> None:
     from zhpc.services.cluster_submission import ClusterSubmission
 
-    config = write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
-        "cluster": {"backend": "slurm", "workdir": str(tmp_path / "jobs"),
-                    "default_time": "00:02:00"},
-    })
+    config = write_config(
+        tmp_path / "zhpc.yaml",
+        {
+            "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
+            "cluster": {
+                "backend": "slurm",
+                "workdir": str(tmp_path / "jobs"),
+                "default_time": "00:02:00",
+            },
+        },
+    )
     service = ClusterSubmission("cluster_submission", config=load_config(config))
     service.setup()
     out = recipe_message(wrapped_recipe(Q, {"cluster": {"command": ["true"]}}, {}))
@@ -61,8 +68,11 @@ def test_a_job_cancelled_before_wrap_reports_gets_its_failure_sent(
             service.tick(broker)  # still pending: nothing to report
             assert broker.queue_depth(f"{Q}.failure").ready == 0
             slurm.cancel([job_id])
-            wait_until(lambda: (slurm.job(job_id, "zhpc-wrap-") or _gone).state.finished, 30,
-                       what="the job to be cancelled")
+            wait_until(
+                lambda: (slurm.job(job_id, "zhpc-wrap-") or _gone).state.finished,
+                30,
+                what="the job to be cancelled",
+            )
 
             def reported() -> int:
                 service.watch._next = 0.0  # do not wait for the watch's interval

@@ -19,9 +19,12 @@ Q = "jobwindows"
 
 def test_job_submitted_and_the_jobs_first_result_have_distinct_ids(tmp_path: Path) -> None:
     """Item 6: a consumer dropping duplicates by id must not drop the job's real result."""
-    config = write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
-    })
+    config = write_config(
+        tmp_path / "zhpc.yaml",
+        {
+            "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
+        },
+    )
     message = recipe_message(wrapped_recipe(Q, {}, {}))
     # what cluster_submission sends for the step (from_message builds it like this)
     submitter = RecipeWrapper.from_body(json.loads(message.body), message_id=message.message_id)
@@ -33,8 +36,19 @@ def test_job_submitted_and_the_jobs_first_result_have_distinct_ids(tmp_path: Pat
     with EmbeddedTransport(tmp_path / "broker.sqlite") as broker:
         for name in ("success", "done"):
             broker.declare_queue(f"{Q}.{name}")
-        proc = zhpc("--config", str(config), "wrap", "--recipewrapper", str(rwfile),
-                    "--workdir", str(rwfile.parent), "--", sys.executable, "-c", "pass")
+        proc = zhpc(
+            "--config",
+            str(config),
+            "wrap",
+            "--recipewrapper",
+            str(rwfile),
+            "--workdir",
+            str(rwfile.parent),
+            "--",
+            sys.executable,
+            "-c",
+            "pass",
+        )
         assert proc.returncode == 0, proc.stderr
         results = collect(broker, f"{Q}.success", 1) + collect(broker, f"{Q}.done", 1)
     result_ids = {m.message_id for m in results}
@@ -42,24 +56,43 @@ def test_job_submitted_and_the_jobs_first_result_have_distinct_ids(tmp_path: Pat
     assert not submitted_ids & result_ids
 
 
-def test_a_second_run_while_the_broker_is_away_keeps_the_first_runs_results(
-        tmp_path: Path) -> None:
+def test_a_second_run_while_the_broker_is_away_keeps_the_first_runs_results(tmp_path: Path) -> None:
     """Item 7: two runs of the step while the broker is down: both results files stay."""
-    config = write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
-    })
-    away = write_config(tmp_path / "away.yaml", {
-        "broker": {"url": "amqp://guest:guest@127.0.0.1:9/", "connection_attempts": 1,
-                   "retry_delay": 0},
-    })
+    config = write_config(
+        tmp_path / "zhpc.yaml",
+        {
+            "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
+        },
+    )
+    away = write_config(
+        tmp_path / "away.yaml",
+        {
+            "broker": {
+                "url": "amqp://guest:guest@127.0.0.1:9/",
+                "connection_attempts": 1,
+                "retry_delay": 0,
+            },
+        },
+    )
     message = recipe_message(wrapped_recipe(Q, {}, {}))
     rwfile = tmp_path / "job" / "recipewrapper.json"
     rwfile.parent.mkdir()
     write_recipewrapper(rwfile, json.loads(message.body), message.message_id)
     kept = []
     for text in ("first", "second"):
-        proc = zhpc("--config", str(away), "wrap", "--recipewrapper", str(rwfile), "--workdir",
-                    str(rwfile.parent), "--", sys.executable, "-c", f"print({text!r})")
+        proc = zhpc(
+            "--config",
+            str(away),
+            "wrap",
+            "--recipewrapper",
+            str(rwfile),
+            "--workdir",
+            str(rwfile.parent),
+            "--",
+            sys.executable,
+            "-c",
+            f"print({text!r})",
+        )
         assert proc.returncode == 2, proc.stderr
         saved = re.search(r"saved in (\S+?\.results\.json)", proc.stderr)
         assert saved, proc.stderr

@@ -72,7 +72,9 @@ def test_stage_out_copies_matches_and_refuses_symlinks_out(root: Path, tmp_path:
     files = find_outputs(["*.xy", "sub/*.xy"], work)
     copies = stage_out(files, work, str(root / "results"), [root])
     assert sorted(p.relative_to(root) for p in copies) == [
-        Path("results/a.xy"), Path("results/sub/b.xy")]
+        Path("results/a.xy"),
+        Path("results/sub/b.xy"),
+    ]
     with pytest.raises(StagingError, match="outside the allowed roots"):
         stage_out(files, work, "/tmp", [root])
     (work / "leak.xy").symlink_to("/etc/passwd")
@@ -172,8 +174,11 @@ def test_stage_in_refuses_a_directory_holding_a_link_out_of_the_roots(
     (tree / "sub" / "escape").symlink_to(victim)
     work = tmp_path / "work"
     work.mkdir()
-    with pytest.raises(StagingError, match=r"scan/sub/escape is a symbolic link to .*victim, "
-                                           "outside the allowed roots"):
+    with pytest.raises(
+        StagingError,
+        match=r"scan/sub/escape is a symbolic link to .*victim, "
+        "outside the allowed roots",
+    ):
         stage_in([str(tree)], work, [root])
     assert list(work.iterdir()) == []
     (tree / "sub" / "escape").unlink()
@@ -193,8 +198,7 @@ def test_stage_in_copies_links_inside_the_roots_as_files(
     (copy,) = stage_in([str(tree)], work, [root])
     assert copy == work / "scan"
     found = {str(p.relative_to(copy)): p for p in copy.rglob("*")}
-    assert sorted(found) == ["a.cbf", "same", "same/b.cbf", "same/up", "sub", "sub/b.cbf",
-                             "sub/up"]
+    assert sorted(found) == ["a.cbf", "same", "same/b.cbf", "same/up", "sub", "sub/b.cbf", "sub/up"]
     assert not any(p.is_symlink() for p in found.values())
     assert found["sub/up"].read_bytes() == b"\x00image"
     assert found["same/b.cbf"].read_bytes() == b"b"

@@ -13,19 +13,31 @@ from zhpc.transport import dlq_name
 from zhpc.transport.embedded import EmbeddedTransport
 
 
-def test_a_local_array_runs_the_service_and_drains_on_cancel(tmp_path: Path
-                                                             ) -> None:
-    config = write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
-        "cluster": {"backend": "local", "workdir": str(tmp_path / "jobs")},
-        "services": {"zhpc_test_slow": {"queue": "slow", "prefetch": 1, "drain_grace": 2}},
-    })
+def test_a_local_array_runs_the_service_and_drains_on_cancel(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "zhpc.yaml",
+        {
+            "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
+            "cluster": {"backend": "local", "workdir": str(tmp_path / "jobs")},
+            "services": {"zhpc_test_slow": {"queue": "slow", "prefetch": 1, "drain_grace": 2}},
+        },
+    )
     recipe = {"1": {"queue": "slow", "output": 2}, "2": {"queue": "slow.out"}}
     with EmbeddedTransport(tmp_path / "broker.sqlite") as broker:
-        broker.publish_many([recipe_message({**recipe, "start": [[1, {"n": n, "sleep": 0.2}]]})
-                             for n in range(30)])
-        proc = zhpc("--config", str(config), "submit-services", "-s", "zhpc_test_slow",
-                    "--count", "2", "--time", "00:02:00")
+        broker.publish_many(
+            [recipe_message({**recipe, "start": [[1, {"n": n, "sleep": 0.2}]]}) for n in range(30)]
+        )
+        proc = zhpc(
+            "--config",
+            str(config),
+            "submit-services",
+            "-s",
+            "zhpc_test_slow",
+            "--count",
+            "2",
+            "--time",
+            "00:02:00",
+        )
         assert proc.returncode == 0, proc.stderr
         job_id = proc.stdout.strip()
         outputs = collect(broker, "slow.out", 5, timeout=30)

@@ -49,11 +49,18 @@ def stuck_sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slurm_up: None
 def _service(tmp_path: Path) -> Any:
     from zhpc.services.cluster_submission import ClusterSubmission
 
-    config = write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
-        "cluster": {"backend": "slurm", "workdir": str(tmp_path / "jobs"),
-                    "default_time": "00:02:00", "command_timeout": 3},
-    })
+    config = write_config(
+        tmp_path / "zhpc.yaml",
+        {
+            "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
+            "cluster": {
+                "backend": "slurm",
+                "workdir": str(tmp_path / "jobs"),
+                "default_time": "00:02:00",
+                "command_timeout": 3,
+            },
+        },
+    )
     service = ClusterSubmission("cluster_submission", config=load_config(config))
     service.setup()
     return service
@@ -66,7 +73,8 @@ def _message() -> Message:
 
 
 def test_a_timed_out_submit_finds_its_job_and_never_takes_the_error_route(
-        tmp_path: Path, slow_sbatch: None) -> None:
+    tmp_path: Path, slow_sbatch: None
+) -> None:
     service = _service(tmp_path)
     message = _message()
     outputs: list[Any] = []
@@ -77,20 +85,27 @@ def test_a_timed_out_submit_finds_its_job_and_never_takes_the_error_route(
         assert destinations == ["zt.timeout.submitted"], destinations  # not the error route
         job = json.loads(outputs[0].body)["payload"]
         job_ids.append(job["job_id"])
-        listed = [j for j in SlurmCluster(cache_seconds=0).jobs(job["job_name"])
-                  if j.name == job["job_name"]]
+        listed = [
+            j
+            for j in SlurmCluster(cache_seconds=0).jobs(job["job_name"])
+            if j.name == job["job_name"]
+        ]
         assert [j.job_id for j in listed] == [job["job_id"]]
         assert service.cluster.calls.get("sbatch") == 1  # type: ignore[attr-defined]
     finally:
         if not job_ids:  # whatever was submitted under this message's job name
-            job_ids = [j.job_id for j in SlurmCluster(cache_seconds=0).jobs("zhpc-wrap-")
-                       if (tmp_path / "jobs" / j.name).is_dir()]
+            job_ids = [
+                j.job_id
+                for j in SlurmCluster(cache_seconds=0).jobs("zhpc-wrap-")
+                if (tmp_path / "jobs" / j.name).is_dir()
+            ]
         service.cluster.cancel(job_ids)
         service.teardown()
 
 
 def test_a_timed_out_submit_with_no_job_is_retried_not_routed_to_error(
-        tmp_path: Path, stuck_sbatch: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, stuck_sbatch: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from zhpc.services import cluster_submission
 
     monkeypatch.setattr(cluster_submission, "LOOKUP_SECONDS", 1.0, raising=False)

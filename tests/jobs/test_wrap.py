@@ -32,10 +32,13 @@ def data(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config(tmp_path: Path, data: Path) -> Path:
-    return write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
-        "staging": {"allowed_roots": [str(data)]},
-    })
+    return write_config(
+        tmp_path / "zhpc.yaml",
+        {
+            "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"},
+            "staging": {"allowed_roots": [str(data)]},
+        },
+    )
 
 
 @pytest.fixture
@@ -46,8 +49,12 @@ def broker(tmp_path: Path) -> Iterator[EmbeddedTransport]:
         yield transport
 
 
-def recipewrapper(tmp_path: Path, step: dict[str, Any], payload: Any = None,
-                  parameters: dict[str, Any] | None = None) -> Path:
+def recipewrapper(
+    tmp_path: Path,
+    step: dict[str, Any],
+    payload: Any = None,
+    parameters: dict[str, Any] | None = None,
+) -> Path:
     """A recipe-wrapper file as the cluster submission service writes it."""
     message = recipe_message(wrapped_recipe(Q, step, payload or {}), parameters)
     path = tmp_path / "job" / "recipewrapper.json"
@@ -56,8 +63,9 @@ def recipewrapper(tmp_path: Path, step: dict[str, Any], payload: Any = None,
     return path
 
 
-def run_wrap(config: Path, rwfile: Path | None, *command: str, extra: tuple[str, ...] = ()
-             ) -> subprocess.CompletedProcess[str]:
+def run_wrap(
+    config: Path, rwfile: Path | None, *command: str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     args = ["--config", str(config), "wrap", *extra]
     if rwfile is not None:
         args += ["--recipewrapper", str(rwfile), "--workdir", str(rwfile.parent)]
@@ -76,8 +84,7 @@ def outcome(broker: EmbeddedTransport, expect: str) -> dict[str, Any]:
     return payload
 
 
-def test_without_recipewrapper_it_runs_the_command_and_keeps_its_exit_code(
-        config: Path) -> None:
+def test_without_recipewrapper_it_runs_the_command_and_keeps_its_exit_code(config: Path) -> None:
     code = "import sys; print('to out'); print('to err', file=sys.stderr); sys.exit(3)"
     proc = run_wrap(config, None, sys.executable, "-c", code)
     assert proc.returncode == 3
@@ -85,7 +92,8 @@ def test_without_recipewrapper_it_runs_the_command_and_keeps_its_exit_code(
 
 
 def test_success_sends_success_then_done_with_the_run_details(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path
+) -> None:
     statuses = []
     broker.subscribe_broadcast("transient.status", statuses.append)
     rwfile = recipewrapper(tmp_path, {})
@@ -104,7 +112,8 @@ def test_success_sends_success_then_done_with_the_run_details(
 
 
 def test_failure_reaches_failure_and_the_exit_code_is_the_commands(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path
+) -> None:
     rwfile = recipewrapper(tmp_path, {})
     code = "import sys; sys.stderr.write('x' * 10000 + 'the end'); sys.exit(7)"
     proc = run_wrap(config, rwfile, sys.executable, "-c", code)
@@ -115,12 +124,25 @@ def test_failure_reaches_failure_and_the_exit_code_is_the_commands(
 
 
 def test_parameters_reach_the_command_as_single_literal_arguments(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path
+) -> None:
     pwned = Path(f"/tmp/zhpc-pwned-{os.getpid()}-{time.monotonic_ns()}")
     evil = f"; touch {pwned}"
     dump = tmp_path / "argv.json"
-    step = {"cluster": {"command": [sys.executable, "-c", ARGV_DUMP, str(dump), "{evil}",
-                                    "x={payload[evil]}", "$(touch {evil})", "`{evil}`"]}}
+    step = {
+        "cluster": {
+            "command": [
+                sys.executable,
+                "-c",
+                ARGV_DUMP,
+                str(dump),
+                "{evil}",
+                "x={payload[evil]}",
+                "$(touch {evil})",
+                "`{evil}`",
+            ]
+        }
+    }
     rwfile = recipewrapper(tmp_path, step, {"evil": evil}, parameters={"evil": evil})
     body = json.loads(rwfile.read_text())
     command = body["recipe"]["1"]["cluster"]["command"]  # as the submission service passes it
@@ -132,7 +154,8 @@ def test_parameters_reach_the_command_as_single_literal_arguments(
 
 
 def test_staging_dot_dot_is_refused_before_the_command_runs(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path, data: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path, data: Path
+) -> None:
     marker = tmp_path / "ran"
     step = {"cluster": {"stage_in": [f"{data}/../../etc/passwd"]}}
     rwfile = recipewrapper(tmp_path, step)
@@ -145,10 +168,16 @@ def test_staging_dot_dot_is_refused_before_the_command_runs(
 
 
 def test_inputs_are_staged_in_and_results_out(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path, data: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path, data: Path
+) -> None:
     (data / "input.txt").write_text("42\n")
-    step = {"cluster": {"stage_in": [str(data / "input.txt")], "stage_out": ["*.out"],
-                        "results_directory": f"{data}/results/{{payload[n]}}"}}
+    step = {
+        "cluster": {
+            "stage_in": [str(data / "input.txt")],
+            "stage_out": ["*.out"],
+            "results_directory": f"{data}/results/{{payload[n]}}",
+        }
+    }
     rwfile = recipewrapper(tmp_path, step, {"n": 7})
     code = "open('result.out', 'w').write(str(2 * int(open('input.txt').read())))"
     proc = run_wrap(config, rwfile, sys.executable, "-c", code)
@@ -160,7 +189,8 @@ def test_inputs_are_staged_in_and_results_out(
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signals_are_forwarded_to_the_command(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path, sig: signal.Signals) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path, sig: signal.Signals
+) -> None:
     ready, got = tmp_path / "ready", tmp_path / "got"
     child = (
         "import signal, sys, time\n"
@@ -171,11 +201,33 @@ def test_signals_are_forwarded_to_the_command(
     )
     rwfile = recipewrapper(tmp_path, {})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zhpc", "--config", str(config), "wrap", "--recipewrapper",
-         str(rwfile), "--workdir", str(tmp_path), "--", sys.executable, "-c", child],
-        env=zhpc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: ready.exists() or proc.poll() is not None, 20, 0.02,
-               "the command to start (or zhpc wrap to exit)")
+        [
+            sys.executable,
+            "-m",
+            "zhpc",
+            "--config",
+            str(config),
+            "wrap",
+            "--recipewrapper",
+            str(rwfile),
+            "--workdir",
+            str(tmp_path),
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ],
+        env=zhpc_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(
+        lambda: ready.exists() or proc.poll() is not None,
+        20,
+        0.02,
+        "the command to start (or zhpc wrap to exit)",
+    )
     assert ready.exists(), proc.communicate()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=20)
@@ -185,7 +237,8 @@ def test_signals_are_forwarded_to_the_command(
 
 
 def test_a_broken_or_unknown_plugin_is_reported_as_failure(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path
+) -> None:
     rwfile = recipewrapper(tmp_path, {})
     proc = run_wrap(config, rwfile, extra=("--wrap", "zhpc_test_broken"))
     assert proc.returncode == 2
@@ -200,21 +253,31 @@ def test_a_broken_or_unknown_plugin_is_reported_as_failure(
 def test_bad_input_gives_one_line_and_exit_2(config: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('{"recipe": {}}')
-    for args in (["--recipewrapper", str(bad), "--", "true"],
-                 ["--recipewrapper", str(tmp_path / "missing.json"), "--", "true"],
-                 ["--heartbeat", "0", "--", "true"], [],
-                 ["--", "/no/such/program"]):
+    for args in (
+        ["--recipewrapper", str(bad), "--", "true"],
+        ["--recipewrapper", str(tmp_path / "missing.json"), "--", "true"],
+        ["--heartbeat", "0", "--", "true"],
+        [],
+        ["--", "/no/such/program"],
+    ):
         proc = zhpc("--config", str(config), "wrap", *args)
         assert proc.returncode == 2, args
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_results_are_kept_when_the_broker_is_away_and_can_be_resent(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
-    away = write_config(tmp_path / "away.yaml", {
-        "broker": {"url": "amqp://guest:guest@127.0.0.1:9/", "connection_attempts": 1,
-                   "retry_delay": 0},
-    })
+    config: Path, broker: EmbeddedTransport, tmp_path: Path
+) -> None:
+    away = write_config(
+        tmp_path / "away.yaml",
+        {
+            "broker": {
+                "url": "amqp://guest:guest@127.0.0.1:9/",
+                "connection_attempts": 1,
+                "retry_delay": 0,
+            },
+        },
+    )
     rwfile = recipewrapper(tmp_path, {})
     proc = run_wrap(away, rwfile, sys.executable, "-c", "print('kept')")
     assert proc.returncode == 2
@@ -228,18 +291,35 @@ def test_results_are_kept_when_the_broker_is_away_and_can_be_resent(
 
 
 def test_results_fall_back_to_zhpc_home_and_stay_out_of_the_go_spool(
-        config: Path, broker: EmbeddedTransport, tmp_path: Path) -> None:
+    config: Path, broker: EmbeddedTransport, tmp_path: Path
+) -> None:
     """Results that cannot be written next to FILE go to $ZHPC_HOME/wrap-results, where
     ``zhpc go --pickup`` (which sends only its own requests) leaves them alone."""
-    away = write_config(tmp_path / "away.yaml", {
-        "broker": {"url": "amqp://guest:guest@127.0.0.1:9/", "connection_attempts": 1,
-                   "retry_delay": 0},
-    })
+    away = write_config(
+        tmp_path / "away.yaml",
+        {
+            "broker": {
+                "url": "amqp://guest:guest@127.0.0.1:9/",
+                "connection_attempts": 1,
+                "retry_delay": 0,
+            },
+        },
+    )
     rwfile = recipewrapper(tmp_path, {})
     rwfile.with_name("recipewrapper.results.json").mkdir()  # not writable as a file
     env = zhpc_env(ZHPC_HOME=str(tmp_path / "home"))
-    proc = zhpc("--config", str(away), "wrap", "--recipewrapper", str(rwfile), "--workdir",
-                str(rwfile.parent), "--", "true", env=env)
+    proc = zhpc(
+        "--config",
+        str(away),
+        "wrap",
+        "--recipewrapper",
+        str(rwfile),
+        "--workdir",
+        str(rwfile.parent),
+        "--",
+        "true",
+        env=env,
+    )
     assert proc.returncode == 2, proc.stderr
     (kept,) = (tmp_path / "home" / "wrap-results").glob("*.results.json")
     assert f"saved in {kept}" in proc.stderr

@@ -16,8 +16,9 @@ from zhpc.transport.embedded import EmbeddedTransport
 
 
 def test_a_wrapped_job_reports_its_start_and_its_exit_code(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "zhpc.yaml", {
-        "broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"}})
+    config = write_config(
+        tmp_path / "zhpc.yaml", {"broker": {"url": f"sqlite:///{tmp_path / 'broker.sqlite'}"}}
+    )
     with EmbeddedTransport(tmp_path / "broker.sqlite") as broker:
         for name in ("success", "failure", "done"):
             broker.declare_queue(f"{Q}.{name}")

@@ -26,22 +26,25 @@ def slurm(slurm_up: None) -> SlurmCluster:
 
 
 @pytest.fixture
-def slurm_setup(tmp_path: Path, rabbit: Transport, slurm: SlurmCluster
-                ) -> Iterator[Callable[..., Setup]]:
+def slurm_setup(
+    tmp_path: Path, rabbit: Transport, slurm: SlurmCluster
+) -> Iterator[Callable[..., Setup]]:
     """Makes this test's service (a name of its own) on RabbitMQ + Slurm; afterwards cancels
     exactly that service's jobs and deletes its queues."""
     made: list[Setup] = []
 
     def make(**kwargs: object) -> Setup:
-        setup = make_setup(tmp_path / f"s{len(made)}", broker=AMQP_URL, backend="slurm",
-                           **kwargs)  # type: ignore[arg-type]
+        setup = make_setup(tmp_path / f"s{len(made)}", broker=AMQP_URL, backend="slurm", **kwargs)  # type: ignore[arg-type]
         made.append(setup)
         return setup
 
     yield make
     for setup in made:
-        mine = [j.job_id for j in slurm.jobs(f"zhpc-svc-{setup.service}")
-                if j.name == f"zhpc-svc-{setup.service}" and not j.state.finished]
+        mine = [
+            j.job_id
+            for j in slurm.jobs(f"zhpc-svc-{setup.service}")
+            if j.name == f"zhpc-svc-{setup.service}" and not j.state.finished
+        ]
         slurm.cancel(mine)
         for queue in (setup.queue, f"{setup.queue}.out"):
             for name in (queue, dlq_name(queue)):

@@ -30,12 +30,17 @@ def cluster_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, 
 
 
 @pytest.fixture(params=["slurmrestd", "drmaa"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path, rabbit: Transport
-          ) -> Iterator[tuple[Setup, Cluster]]:
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, rabbit: Transport
+) -> Iterator[tuple[Setup, Cluster]]:
     backend = request.param
-    made = make_setup(tmp_path, broker=AMQP_URL, backend=backend,
-                      cluster=cluster_settings(backend, request),
-                      scaler={"max_jobs": 2, "messages_per_job": 20, "max_pending": 2})
+    made = make_setup(
+        tmp_path,
+        broker=AMQP_URL,
+        backend=backend,
+        cluster=cluster_settings(backend, request),
+        scaler={"max_jobs": 2, "messages_per_job": 20, "max_pending": 2},
+    )
     cluster = get_cluster(load_config(made.config).cluster)
     try:
         yield made, cluster
@@ -49,7 +54,8 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, rabbit: Transport
 
 
 def test_a_burst_gets_one_array_that_drains_it_and_ends_when_idle(
-        setup: tuple[Setup, Cluster], rabbit: Transport) -> None:
+    setup: tuple[Setup, Cluster], rabbit: Transport
+) -> None:
     made, cluster = setup
     rabbit.declare_queue(f"{made.queue}.out")
     rabbit.publish_many(work(made.queue, 40, sleep=0.01))
@@ -62,8 +68,13 @@ def test_a_burst_gets_one_array_that_drains_it_and_ends_when_idle(
     assert second["submitted"] == 0, second
     outputs = collect(rabbit, f"{made.queue}.out", 40, timeout=120, check=False)
     assert {m.json()["payload"]["n"] for m in outputs} == set(range(40)), made.logs()
-    done = wait_until(lambda: (lambda js: js if js and all(j.state.finished for j in js)
-                               else None)([j for j in cluster.jobs(name) if j.name == name]),
-                      timeout=90, interval=0.5, what="the service tasks to end when idle")
+    done = wait_until(
+        lambda: (lambda js: js if js and all(j.state.finished for j in js) else None)(
+            [j for j in cluster.jobs(name) if j.name == name]
+        ),
+        timeout=90,
+        interval=0.5,
+        what="the service tasks to end when idle",
+    )
     assert {(j.state, j.exit_code) for j in done} == {(JobState.COMPLETED, 0)}, made.logs()
     assert rabbit.queue_depth(dlq_name(made.queue)).ready == 0

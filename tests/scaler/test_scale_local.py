@@ -22,13 +22,17 @@ from zhpc.transport.embedded import EmbeddedTransport
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
-    return make_setup(tmp_path, broker=f"sqlite:///{tmp_path / 'broker.sqlite'}",
-                      backend="local",
-                      scaler={"max_jobs": 2, "messages_per_job": 10, "max_pending": 2})
+    return make_setup(
+        tmp_path,
+        broker=f"sqlite:///{tmp_path / 'broker.sqlite'}",
+        backend="local",
+        scaler={"max_jobs": 2, "messages_per_job": 10, "max_pending": 2},
+    )
 
 
 def test_a_backlog_starts_local_service_jobs_that_drain_it_and_end_when_idle(
-        setup: Setup, tmp_path: Path) -> None:
+    setup: Setup, tmp_path: Path
+) -> None:
     cluster = LocalCluster(setup.workdir / "local")
     name = f"zhpc-svc-{setup.service}"
     with EmbeddedTransport(tmp_path / "broker.sqlite") as broker:
@@ -40,9 +44,15 @@ def test_a_backlog_starts_local_service_jobs_that_drain_it_and_end_when_idle(
         assert again["submitted"] == 0 and again["running"] + again["pending"] == 2, again
         outputs = collect(broker, f"{setup.queue}.out", 40, timeout=60)
         assert {m.json()["payload"]["n"] for m in outputs} == set(range(40))
-        jobs = wait_until(lambda: [j for j in cluster.jobs(name)]
-                          if all(j.state.finished for j in cluster.jobs(name)) else None,
-                          timeout=30, what="the local service jobs to end when idle")
+        jobs = wait_until(
+            lambda: (
+                [j for j in cluster.jobs(name)]
+                if all(j.state.finished for j in cluster.jobs(name))
+                else None
+            ),
+            timeout=30,
+            what="the local service jobs to end when idle",
+        )
         assert {(j.state, j.exit_code) for j in jobs} == {(JobState.COMPLETED, 0)}, setup.logs()
         assert "idle for 3 s" in setup.logs()
         (idle,) = setup.scale("--once")
@@ -55,13 +65,15 @@ def test_a_backlog_starts_local_service_jobs_that_drain_it_and_end_when_idle(
 
 
 def test_work_left_only_in_the_retry_lane_still_gets_a_service(
-        setup: Setup, tmp_path: Path) -> None:
+    setup: Setup, tmp_path: Path
+) -> None:
     """The messages of killed consumers wait in ``retry.Q``, which services read by fetch and
     no one subscribes to: with the work queue empty they are still work, or they wait for
     ever when the last service job was killed."""
     with EmbeddedTransport(tmp_path / "broker.sqlite") as broker:
-        broker.publish_many([replace(m, destination=retry_name(setup.queue))
-                             for m in work(setup.queue, 5)])
+        broker.publish_many(
+            [replace(m, destination=retry_name(setup.queue)) for m in work(setup.queue, 5)]
+        )
         (first,) = setup.scale("--once")
         assert (first["ready"], first["submitted"]) == (5, 1), first
         outputs = collect(broker, f"{setup.queue}.out", 5, timeout=60)
@@ -80,16 +92,36 @@ def test_dry_run_changes_nothing(setup: Setup, tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     header, row = table.stdout.splitlines()
     assert header.split()[:3] == ["SERVICE", "QUEUE", "READY"] and row.split()[:3] == [
-        setup.service, setup.queue, "30"]
+        setup.service,
+        setup.queue,
+        "30",
+    ]
 
 
 def test_the_daemon_runs_cycles_and_stops_on_sigterm(setup: Setup, tmp_path: Path) -> None:
     # PYTHONFAULTHANDLER: if it does not stop, SIGABRT makes it print where it is stuck.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "zhpc", "--config", str(setup.config), "scale", "--daemon",
-         "--interval", "30", "--poll", "0.2", "--json", "-s", setup.service],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**setup.env, "PYTHONFAULTHANDLER": "1"})
+        [
+            sys.executable,
+            "-m",
+            "zhpc",
+            "--config",
+            str(setup.config),
+            "scale",
+            "--daemon",
+            "--interval",
+            "30",
+            "--poll",
+            "0.2",
+            "--json",
+            "-s",
+            setup.service,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**setup.env, "PYTHONFAULTHANDLER": "1"},
+    )
     try:
         assert proc.stdout is not None
         idle = json.loads(proc.stdout.readline())
@@ -127,8 +159,9 @@ def test_an_unknown_service_is_one_line_and_exit_2(setup: Setup) -> None:
 
 def test_an_unreachable_broker_fails_the_cycle_clearly(tmp_path: Path) -> None:
     setup = make_setup(tmp_path, broker="amqp://guest:guest@127.0.0.1:1/", backend="local")
-    text = setup.config.read_text().replace("broker:\n", "broker:\n  connection_attempts: 1\n"
-                                            "  retry_delay: 0\n", 1)
+    text = setup.config.read_text().replace(
+        "broker:\n", "broker:\n  connection_attempts: 1\n  retry_delay: 0\n", 1
+    )
     setup.config.write_text(text)
     proc = setup.zhpc("scale", "--once", "-s", setup.service, timeout=60)
     assert proc.returncode == 1 and proc.stdout == "", proc

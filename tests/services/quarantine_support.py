@@ -56,17 +56,23 @@ def setup(broker: Broker, tmp_path: Path) -> Setup:
     notify = broker.queue("note")
     data = {
         "broker": {"url": broker.url, "delivery_limit": broker.delivery_limit},
-        "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}",
-                       "queues": [], "discover": broker.kind == "embedded",
-                       "management_url": "", "rescan_interval": 0.2, "notify_queue": notify},
+        "quarantine": {
+            "url": f"sqlite://{tmp_path / 'quarantine.sqlite'}",
+            "queues": [],
+            "discover": broker.kind == "embedded",
+            "management_url": "",
+            "rescan_interval": 0.2,
+            "notify_queue": notify,
+        },
     }
     path = tmp_path / "zhpc.yaml"
     path.write_text(yaml.safe_dump(data))
     return Setup(broker, data, path)
 
 
-def run_schlockmeister(config: Config, transport: Transport, idle: float = 1.0,
-                       queue: str | None = None) -> SchlockmeisterRunner:
+def run_schlockmeister(
+    config: Config, transport: Transport, idle: float = 1.0, queue: str | None = None
+) -> SchlockmeisterRunner:
     """Schlockmeister in this process until it has been idle for ``idle`` s."""
     service = Schlockmeister("schlockmeister", ServiceConfig(idle_timeout=idle), config)
     runner = SchlockmeisterRunner(service, transport, queue=queue)
@@ -74,27 +80,34 @@ def run_schlockmeister(config: Config, transport: Transport, idle: float = 1.0,
     return runner
 
 
-def schlockmeister_process(setup: Setup, log: Path, *args: str,
-                           env: dict[str, str] | None = None) -> ServiceProcess:
+def schlockmeister_process(
+    setup: Setup, log: Path, *args: str, env: dict[str, str] | None = None
+) -> ServiceProcess:
     """``zhpc service -s schlockmeister`` as a child process (the real command line)."""
-    return ServiceProcess(["-m", "zhpc", "--config", str(setup.path), "-v", "service", "-s",
-                           "schlockmeister", *args], log, env)
+    return ServiceProcess(
+        ["-m", "zhpc", "--config", str(setup.path), "-v", "service", "-s", "schlockmeister", *args],
+        log,
+        env,
+    )
 
 
-def run_service(cls: type[Service], queue: str, transport: Transport,
-                **parameters: Any) -> ServiceRunner:
+def run_service(
+    cls: type[Service], queue: str, transport: Transport, **parameters: Any
+) -> ServiceRunner:
     # The lane is looked at more often than the idle timeout, so a failed message is
     # retried before the runner stops, however the first delivery races the first look.
-    service = cls(cls.__name__.lower(), ServiceConfig(queue=queue, idle_timeout=0.5,
-                                                      retry_interval=0.2,
-                                                      parameters=parameters))
+    service = cls(
+        cls.__name__.lower(),
+        ServiceConfig(queue=queue, idle_timeout=0.5, retry_interval=0.2, parameters=parameters),
+    )
     runner = ServiceRunner(service, transport)
     assert runner.run() == 0
     return runner
 
 
-def dlq(setup: Setup, capsys: pytest.CaptureFixture[str], *args: str,
-        config: Path | None = None) -> tuple[int, str, str]:
+def dlq(
+    setup: Setup, capsys: pytest.CaptureFixture[str], *args: str, config: Path | None = None
+) -> tuple[int, str, str]:
     """``zhpc dlq ARGS`` in this process: exit code, stdout, stderr."""
     capsys.readouterr()
     code = main(["--config", str(config or setup.path), "dlq", *args])
@@ -126,9 +139,15 @@ class FlakyStep(Service):
             raise RuntimeError("step 2 is broken until it is fixed")
         message = self.current_message
         assert message is not None
-        rw.send({**payload, "fixed": True, "delivery_count": message.delivery_count,
-                 "reinjected": message.headers.get("zhpc-reinjected"),
-                 "x-death": "x-death" in message.headers})
+        rw.send(
+            {
+                **payload,
+                "fixed": True,
+                "delivery_count": message.delivery_count,
+                "reinjected": message.headers.get("zhpc-reinjected"),
+                "x-death": "x-death" in message.headers,
+            }
+        )
 
 
 def python() -> str:

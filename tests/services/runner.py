@@ -38,12 +38,14 @@ class Sleepy(Service):
         if marker:
             Path(marker, str(os.getpid())).touch()
         time.sleep(float(self.parameters.get("sleep", 0)))  # simulated work, interruptible
-        rw.send({
-            **payload,
-            "pid": os.getpid(),
-            "delivery_count": message.delivery_count,
-            "handbacks": message.headers.get(HANDBACK_HEADER, 0),
-        })
+        rw.send(
+            {
+                **payload,
+                "pid": os.getpid(),
+                "delivery_count": message.delivery_count,
+                "handbacks": message.headers.get(HANDBACK_HEADER, 0),
+            }
+        )
 
 
 class Poison(Service):
@@ -80,18 +82,26 @@ def main() -> int:
     parser.add_argument("--work", type=float, default=0.0)
     parser.add_argument("--param", action="append", default=[], metavar="KEY=JSON")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(process)d %(name)s %(message)s"
+    )
     cls = TEST_SERVICES.get(args.service) or plugins.load(plugins.SERVICES, args.service)
     if args.work:
         cls = with_work(cls, args.work)
     parameters = {k: json.loads(v) for k, v in (p.split("=", 1) for p in args.param)}
     url = json.loads(args.url) if args.url.startswith("[") else args.url  # a cluster's nodes
-    config = Config(broker=BrokerConfig(url=url, delivery_limit=args.delivery_limit,
-                                        connection_attempts=60, retry_delay=0.5))
-    settings = ServiceConfig(queue=args.queue, prefetch=args.prefetch,
-                             drain_grace=args.drain_grace, idle_timeout=args.idle_timeout,
-                             parameters=parameters)
+    config = Config(
+        broker=BrokerConfig(
+            url=url, delivery_limit=args.delivery_limit, connection_attempts=60, retry_delay=0.5
+        )
+    )
+    settings = ServiceConfig(
+        queue=args.queue,
+        prefetch=args.prefetch,
+        drain_grace=args.drain_grace,
+        idle_timeout=args.idle_timeout,
+        parameters=parameters,
+    )
     transport = get_transport(config.broker)
     with transport:
         return ServiceRunner(cls(args.service, settings, config), transport).run()

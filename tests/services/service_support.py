@@ -67,7 +67,9 @@ class ServiceProcess:
         self.log = log
         self._handle = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, *args], stdout=self._handle, stderr=subprocess.STDOUT,
+            [sys.executable, *args],
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
 
@@ -83,8 +85,9 @@ class ServiceProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"process {self.pid} still running after {timeout} s; "
-                                 f"log:\n{self.output()}") from None
+            raise AssertionError(
+                f"process {self.pid} still running after {timeout} s; log:\n{self.output()}"
+            ) from None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]

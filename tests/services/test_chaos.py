@@ -33,34 +33,43 @@ STALL = 60.0
 DEADLINE = 300.0
 
 
-def test_random_sigkills_lose_nothing(
-    broker: Broker, tmp_path: Path
-) -> None:
+def test_random_sigkills_lose_nothing(broker: Broker, tmp_path: Path) -> None:
     # The default delivery limit: a message a killed consumer had prefetched (not started)
     # goes to the retry lane uncounted, so a dozen kills never push a good one to the DLQ.
     work, sink = broker.queue("chaos-double"), broker.queue("chaos-sink")
     home = tmp_path / "home"
     output = home / "output" / "chaos.jsonl"
     config = tmp_path / "zhpc.yaml"
-    config.write_text(yaml.safe_dump({
-        "broker": {"url": broker.url, "delivery_limit": broker.delivery_limit},
-        "services": {"jsonlines": {"queue": sink, "prefetch": 10}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": broker.url, "delivery_limit": broker.delivery_limit},
+                "services": {"jsonlines": {"queue": sink, "prefetch": 10}},
+            }
+        )
+    )
     transport = broker.transport()
     recipe = {
         "1": {"service": "double", "queue": work, "output": 2},
-        "2": {"service": "jsonlines", "queue": sink,
-              "parameters": {"output_filename": "chaos.jsonl"}},
+        "2": {
+            "service": "jsonlines",
+            "queue": sink,
+            "parameters": {"output_filename": "chaos.jsonl"},
+        },
     }
     publish_recipe(transport, recipe, [{"value": n} for n in range(MESSAGES)])
 
     def start(role: str, index: int) -> ServiceProcess:
         log = tmp_path / f"{role}-{index}.log"
         if role == "double":
-            return ServiceProcess.runner(log, broker.url, "double", work, "--prefetch", "10",
-                                         "--work", "0.02")
-        return ServiceProcess(["-m", "zhpc", "-v", "--config", str(config), "service",
-                               "-s", "jsonlines"], log, env={"ZHPC_HOME": str(home)})
+            return ServiceProcess.runner(
+                log, broker.url, "double", work, "--prefetch", "10", "--work", "0.02"
+            )
+        return ServiceProcess(
+            ["-m", "zhpc", "-v", "--config", str(config), "service", "-s", "jsonlines"],
+            log,
+            env={"ZHPC_HOME": str(home)},
+        )
 
     roles = ["double"] * 3 + ["jsonlines"] * 2
     procs = [start(role, i) for i, role in enumerate(roles)]
@@ -80,7 +89,8 @@ def test_random_sigkills_lose_nothing(
             assert now - progressed < STALL and now - started < DEADLINE, (
                 f"{values} of {MESSAGES} values ({len(lines)} lines) after {now - started:.0f} s "
                 f"and {kills} kills, none new for {now - progressed:.0f} s; "
-                f"last log:\n{procs[0].output()}")
+                f"last log:\n{procs[0].output()}"
+            )
             if len(lines) - last_kill_at >= KILL_EVERY:
                 victim = rng.randrange(len(procs))
                 procs[victim].proc.send_signal(signal.SIGKILL)
@@ -95,8 +105,7 @@ def test_random_sigkills_lose_nothing(
     finally:
         for proc in procs:
             proc.stop()
-    assert codes == [0] * len(procs), [
-        p.output() for p, c in zip(procs, codes, strict=True) if c]
+    assert codes == [0] * len(procs), [p.output() for p, c in zip(procs, codes, strict=True) if c]
     assert kills >= MIN_KILLS, f"only {kills} kills: the services finished too fast"
 
     lines = _lines(output)
@@ -109,8 +118,7 @@ def test_random_sigkills_lose_nothing(
     assert all(all(p == group[0] for p in group) for group in by_id.values())
     for queue in (work, sink, retry_name(work), retry_name(sink), dlq_name(work), dlq_name(sink)):
         assert transport.queue_depth(queue).ready == 0, queue
-    print(f"{broker.kind}: {kills} kills, {len(lines) - MESSAGES} duplicate lines",
-          file=sys.stderr)
+    print(f"{broker.kind}: {kills} kills, {len(lines) - MESSAGES} duplicate lines", file=sys.stderr)
 
 
 def _lines(path: Path) -> list[dict]:

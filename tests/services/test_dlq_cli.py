@@ -32,9 +32,11 @@ def two_steps_with_a_broken_second(broker: Broker, tmp_path: Path) -> tuple[Setu
     world.watch(dlq_name(second))
     transport = broker.transport()
     transport.declare_queue(second)
-    recipe = {"1": {"service": "counting", "queue": first, "output": 2},
-              "2": {"service": "flaky", "queue": second, "output": 3},
-              "3": {"service": "sink", "queue": out}}
+    recipe = {
+        "1": {"service": "counting", "queue": first, "output": 2},
+        "2": {"service": "flaky", "queue": second, "output": 3},
+        "3": {"service": "sink", "queue": out},
+    }
     publish_recipe(transport, recipe, [{"n": 42}])
     runs, fixed = tmp_path / "runs.txt", tmp_path / "fixed"
     assert run_service(CountingStep, first, transport, runs=str(runs)).processed == 1
@@ -49,10 +51,21 @@ def test_reinject_resumes_at_the_failed_step_and_the_recipe_completes(
 ) -> None:
     world, names = two_steps_with_a_broken_second(broker, tmp_path)
     (entry,) = listed(world, capsys)
-    assert {"id", "queue", "recipe_id", "step", "reason", "error", "deliveries",
-            "quarantined_at"} <= set(entry)
+    assert {
+        "id",
+        "queue",
+        "recipe_id",
+        "step",
+        "reason",
+        "error",
+        "deliveries",
+        "quarantined_at",
+    } <= set(entry)
     assert (entry["queue"], entry["step"], entry["reason"]) == (
-        names["second"], 2, "delivery_limit")
+        names["second"],
+        2,
+        "delivery_limit",
+    )
 
     names["fixed"].touch()  # the service is fixed
     code, out, err = dlq(world, capsys, "reinject", entry["id"][:8])
@@ -64,8 +77,13 @@ def test_reinject_resumes_at_the_failed_step_and_the_recipe_completes(
     run_service(FlakyStep, names["second"], transport, fixed=str(names["fixed"]))
     (done,) = collect(transport, names["out"], 1, exact=True, listen=0.5)
     body = done.json()
-    assert body["payload"] == {"n": 42, "fixed": True, "delivery_count": 1, "reinjected": 1,
-                               "x-death": False}  # a fresh failure budget
+    assert body["payload"] == {
+        "n": 42,
+        "fixed": True,
+        "delivery_count": 1,
+        "reinjected": 1,
+        "x-death": False,
+    }  # a fresh failure budget
     assert body["recipe-path"] == [1, 2] and body["environment"]["ID"] == entry["recipe_id"]
     assert names["runs"].read_text().splitlines() == ["{'n': 42}"]  # step 1 ran once
     assert transport.queue_depth(names["first"]).ready == 0
@@ -93,12 +111,17 @@ def test_reinject_with_the_broker_down_keeps_the_entry(
     world, _names = two_steps_with_a_broken_second(broker, tmp_path)
     (entry,) = listed(world, capsys)
     if broker.kind == "rabbitmq":
-        down = world.with_broker(tmp_path / "down.yaml", url="amqp://guest:guest@127.0.0.1:1/",
-                                 connection_attempts=1, retry_delay=0)
+        down = world.with_broker(
+            tmp_path / "down.yaml",
+            url="amqp://guest:guest@127.0.0.1:1/",
+            connection_attempts=1,
+            retry_delay=0,
+        )
     else:  # the broker's file cannot be opened: its folder is a plain file
         (tmp_path / "not-a-dir").write_text("")
-        down = world.with_broker(tmp_path / "down.yaml",
-                                 url=f"sqlite://{tmp_path / 'not-a-dir' / 'broker.sqlite'}")
+        down = world.with_broker(
+            tmp_path / "down.yaml", url=f"sqlite://{tmp_path / 'not-a-dir' / 'broker.sqlite'}"
+        )
     code, out, err = dlq(world, capsys, "reinject", entry["id"], config=down)
     assert code == EXIT_BROKER and out == ""
     assert "did not take the message" in err and "1 entry kept" in err
@@ -111,8 +134,7 @@ def test_show_tells_everything_with_the_history_as_a_timeline(
 ) -> None:
     world, names = two_steps_with_a_broken_second(broker, tmp_path)
     (entry,) = listed(world, capsys)
-    for queue, count in ((names["second"], 1), (f"dlq.{names['second']}", 1),
-                         (names["first"], 0)):
+    for queue, count in ((names["second"], 1), (f"dlq.{names['second']}", 1), (names["first"], 0)):
         code, out, err = dlq(world, capsys, "list", "--json", "--queue", queue)
         assert code == 0 and len(json.loads(out)) == count, (queue, err)
     code, out, err = dlq(world, capsys, "show", entry["id"], "--json")
@@ -138,8 +160,9 @@ def dead_letters(world: Setup, count: int) -> tuple[str, list[bytes]]:
     transport.declare_queue(queue)
     bodies = [json.dumps({"n": n}).encode() for n in range(count - 1)] + [b"\x00binary\xff"]
     transport.publish_many([Outgoing(queue, body) for body in bodies])
-    sub = transport.subscribe(queue, lambda m: transport.dead_letter(m, "malformed: test"),
-                              prefetch=50)
+    sub = transport.subscribe(
+        queue, lambda m: transport.dead_letter(m, "malformed: test"), prefetch=50
+    )
     wait_until(lambda: transport.poll(0.1) or transport.queue_depth(queue).ready == 0, 20)
     transport.unsubscribe(sub)
     run_schlockmeister(world.config, transport)
@@ -161,8 +184,9 @@ def test_purge_exports_to_files_before_deleting(
     assert json.loads(saved.read_text())["id"] == chosen
     assert [e["id"] for e in listed(world, capsys)] == [e["id"] for e in entries[1:]]
 
-    code, out, err = dlq(world, capsys, "purge", "--older-than", "0s", "--export-dir",
-                         str(exported))
+    code, out, err = dlq(
+        world, capsys, "purge", "--older-than", "0s", "--export-dir", str(exported)
+    )
     assert code == 0, err
     assert "zhpc dlq: purged 2/2" in err  # progress of a bulk operation
     assert len(list(exported.glob(f"{queue}/*/*.json"))) == 3
@@ -202,15 +226,15 @@ def test_pull_files_what_waits_when_schlockmeister_is_not_running(
     transport = broker.transport()
     transport.declare_queue(queue)
     transport.publish_many([Outgoing.json(queue, {"n": n}) for n in range(3)])
-    sub = transport.subscribe(queue, lambda m: transport.dead_letter(m, "malformed: x"),
-                              prefetch=10)
+    sub = transport.subscribe(
+        queue, lambda m: transport.dead_letter(m, "malformed: x"), prefetch=10
+    )
     wait_until(lambda: transport.poll(0.1) or transport.queue_depth(queue).ready == 0, 20)
     transport.unsubscribe(sub)
     code, out, err = dlq(world, capsys, "pull", "--queue", queue)
     assert code == 0, err
     assert "filed 3 message(s) from 1 dead-letter queue(s)" in out
-    assert sorted(e["summary"] for e in listed(world, capsys)) == [
-        '{"n":0}', '{"n":1}', '{"n":2}']
+    assert sorted(e["summary"] for e in listed(world, capsys)) == ['{"n":0}', '{"n":1}', '{"n":2}']
     assert transport.queue_depth(dlq_name(queue)).ready == 0
 
 

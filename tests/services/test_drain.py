@@ -11,15 +11,18 @@ from testsupport import collect, wait_until
 from zhpc.transport import Transport
 
 
-def sleepy_stream(broker: Broker, prefix: str, ns: list[int], tmp_path: Path
-                  ) -> tuple[str, Transport, Path]:
+def sleepy_stream(
+    broker: Broker, prefix: str, ns: list[int], tmp_path: Path
+) -> tuple[str, Transport, Path]:
     """Messages ``{"n": n}`` for a sleepy step whose output goes to ``QUEUE.out``; returns
     the queue, a transport and an empty folder for the service's "started" markers."""
     queue = broker.queue(prefix)
     broker.names.append(f"{queue}.out")
     transport = broker.transport()
-    recipe = {"1": {"service": "sleepy", "queue": queue, "output": 2},
-              "2": {"service": "sink", "queue": f"{queue}.out"}}
+    recipe = {
+        "1": {"service": "sleepy", "queue": queue, "output": 2},
+        "2": {"service": "sink", "queue": f"{queue}.out"},
+    }
     publish_recipe(transport, recipe, [{"n": n} for n in ns])
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -31,8 +34,18 @@ def test_sigterm_during_a_long_message_hands_it_and_the_prefetched_back(
 ) -> None:
     queue, transport, markers = sleepy_stream(broker, "drain", [0, 1, 2], tmp_path)
     first = ServiceProcess.runner(
-        tmp_path / "first.log", broker.url, "sleepy", queue, "--prefetch", "10",
-        "--drain-grace", "0.5", "--param", "sleep=120", "--param", f'marker_dir="{markers}"',
+        tmp_path / "first.log",
+        broker.url,
+        "sleepy",
+        queue,
+        "--prefetch",
+        "10",
+        "--drain-grace",
+        "0.5",
+        "--param",
+        "sleep=120",
+        "--param",
+        f'marker_dir="{markers}"',
     )
     second = None
     try:
@@ -59,13 +72,19 @@ def test_sigterm_during_a_long_message_hands_it_and_the_prefetched_back(
     assert payloads[0]["handbacks"] == 1
 
 
-def test_sigterm_lets_a_message_that_fits_the_grace_finish(
-    broker: Broker, tmp_path: Path
-) -> None:
+def test_sigterm_lets_a_message_that_fits_the_grace_finish(broker: Broker, tmp_path: Path) -> None:
     queue, transport, markers = sleepy_stream(broker, "drainfit", [7], tmp_path)
     service = ServiceProcess.runner(
-        tmp_path / "service.log", broker.url, "sleepy", queue, "--drain-grace", "30",
-        "--param", "sleep=1.0", "--param", f'marker_dir="{markers}"',
+        tmp_path / "service.log",
+        broker.url,
+        "sleepy",
+        queue,
+        "--drain-grace",
+        "30",
+        "--param",
+        "sleep=1.0",
+        "--param",
+        f'marker_dir="{markers}"',
     )
     try:
         wait_until(lambda: any(markers.iterdir()), 30, 0.02, "the message to start")
@@ -77,4 +96,3 @@ def test_sigterm_lets_a_message_that_fits_the_grace_finish(
     assert out.json()["payload"]["pid"] == service.pid
     assert out.json()["payload"]["delivery_count"] == 1
     assert "1 processed, 0 failed, 0 handed back" in service.output()
-

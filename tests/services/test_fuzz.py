@@ -31,23 +31,28 @@ SEED = int(os.environ.get("ZHPC_FUZZ_SEED", "14"))
 
 # On ActiveMQ this found a NUL in a header cutting the delivered frame (docs/stomp.md, fz-14-36).
 @pytest.mark.parametrize(
-    "broker", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
-               pytest.param("stomp", marks=pytest.mark.activemq)], indirect=True)
+    "broker",
+    [
+        "embedded",
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+        pytest.param("stomp", marks=pytest.mark.activemq),
+    ],
+    indirect=True,
+)
 @pytest.mark.parametrize("target", ["service", "dispatcher"])
 def test_hostile_messages_are_processed_or_quarantined_with_a_reason(
-        broker: Broker, target: str, tmp_path: Path) -> None:
+    broker: Broker, target: str, tmp_path: Path
+) -> None:
     broker.delivery_limit = 1  # a failing case is retried once: the fuzz stays fast
     queue, out = broker.queue(f"fuzz-{target}"), broker.queue("fuzz-out")
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     (recipes / "fuzz.json").write_text(json.dumps(good_recipe(out, out)))
-    report = fuzz(target, broker.transport, queue, out, CASES, rng_seed=SEED,
-                  recipes_dir=recipes)
+    report = fuzz(target, broker.transport, queue, out, CASES, rng_seed=SEED, recipes_dir=recipes)
     print(report)
     assert report["problems"] == [], report
     assert report["cases"] == CASES
     assert report["quarantined"] > 0 and report["processed"] > 0, report
-
 
 
 def test_the_account_catches_an_input_acked_without_its_outputs(tmp_path: Path) -> None:

@@ -74,29 +74,45 @@ def listener() -> Iterator[GelfListener]:
 
 
 def test_gelf_records_of_a_failing_step_carry_the_recipe_id(
-        broker: Broker, tmp_path: Path, listener: GelfListener) -> None:
+    broker: Broker, tmp_path: Path, listener: GelfListener
+) -> None:
     queue = broker.queue("gelf")
     broker.delivery_limit = 1
     config = tmp_path / "zhpc.yaml"
-    config.write_text(yaml.safe_dump({
-        "broker": {"url": broker.url, "delivery_limit": 1},
-        "logging": {"level": "INFO", "gelf": f"udp://127.0.0.1:{listener.port}"},
-        "services": {"double": {"queue": queue}},
-        "events": {"enabled": False},
-    }))
-    rw = RecipeWrapper.from_recipe({"1": {"service": "double", "queue": queue},
-                                    "start": [[1, {"value": "not a number"}]]})
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": broker.url, "delivery_limit": 1},
+                "logging": {"level": "INFO", "gelf": f"udp://127.0.0.1:{listener.port}"},
+                "services": {"double": {"queue": queue}},
+                "events": {"enabled": False},
+            }
+        )
+    )
+    rw = RecipeWrapper.from_recipe(
+        {"1": {"service": "double", "queue": queue}, "start": [[1, {"value": "not a number"}]]}
+    )
     broker.transport().publish_many(rw.start())
-    service = ServiceProcess(["-m", "zhpc", "--config", str(config), "service", "-s", "double"],
-                             tmp_path / "double.log")
+    service = ServiceProcess(
+        ["-m", "zhpc", "--config", str(config), "service", "-s", "double"], tmp_path / "double.log"
+    )
     try:
+
         def failure_logged() -> dict[str, Any] | None:
-            found = [m for m in listener.receive() if m.get("_recipe_id") == rw.recipe_id
-                     and "processing failed" in m.get("short_message", "")]
+            found = [
+                m
+                for m in listener.receive()
+                if m.get("_recipe_id") == rw.recipe_id
+                and "processing failed" in m.get("short_message", "")
+            ]
             return found[0] if found else None
 
-        record = wait_until(failure_logged, timeout=60, interval=0,
-                            what=lambda: f"a GELF record; log:\n{service.output()}")
+        record = wait_until(
+            failure_logged,
+            timeout=60,
+            interval=0,
+            what=lambda: f"a GELF record; log:\n{service.output()}",
+        )
         service.proc.send_signal(signal.SIGTERM)
         assert service.wait(60) == 0
     finally:
@@ -123,8 +139,12 @@ def test_no_password_reaches_gelf(listener: GelfListener) -> None:
             raise RuntimeError("connect to postgresql://zhpc:s3cret-pw@db/zhpc failed")
         except RuntimeError:
             log.exception("store failed")
-        messages = wait_until(lambda: len(listener.receive()) >= 2 and listener.messages,
-                              timeout=30, interval=0, what="two GELF records")
+        messages = wait_until(
+            lambda: len(listener.receive()) >= 2 and listener.messages,
+            timeout=30,
+            interval=0,
+            what="two GELF records",
+        )
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -137,8 +157,9 @@ def test_no_password_reaches_gelf(listener: GelfListener) -> None:
 
 
 def test_json_log_lines_carry_the_fields_and_no_password() -> None:
-    record = logging.LogRecord("zhpc.service", logging.ERROR, __file__, 1,
-                               "lost %s", ("amqps://u:pw123@h/",), None)
+    record = logging.LogRecord(
+        "zhpc.service", logging.ERROR, __file__, 1, "lost %s", ("amqps://u:pw123@h/",), None
+    )
     try:
         set_process_fields(service="double")
         set_message("r-9", 3)

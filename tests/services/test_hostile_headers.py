@@ -50,8 +50,10 @@ def test_hostile_headers_are_refused_and_nothing_is_lost(broker: Broker) -> None
     transport = broker.transport()
     transport.declare_queue(queue)
     transport.declare_queue(out)
-    recipe = {"1": {"service": "h", "queue": queue, "output": 2},
-              "2": {"service": "o", "queue": out}}
+    recipe = {
+        "1": {"service": "h", "queue": queue, "output": 2},
+        "2": {"service": "o", "queue": out},
+    }
     payloads: list[dict[str, Any]] = []
     for index in range(len(HOSTILE)):
         payloads += [{"hostile": index}, {"good": index}]
@@ -93,8 +95,11 @@ def test_an_unencodable_publish_on_the_io_thread_fails_only_its_own_commit(
         assert future.result(10) is None
 
     back: list[Message] = []
-    wait_until(lambda: back.append(transport.fetch(retry_name(queue))) or back[-1] is not None,
-               timeout=10, what="the failed input in the retry lane")
+    wait_until(
+        lambda: back.append(transport.fetch(retry_name(queue))) or back[-1] is not None,
+        timeout=10,
+        what="the failed input in the retry lane",
+    )
     assert back[-1].json() == {"n": 0}  # the failed input came back, once
     transport.ack(back[-1])
     transport.poll(0.3)

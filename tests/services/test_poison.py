@@ -38,8 +38,10 @@ def test_poison_is_quarantined_and_no_good_message_with_it(
     transport = broker.transport()
     transport.declare_queue(work)
     transport.declare_queue(out)
-    recipe = {"1": {"service": "poison", "queue": work, "output": 2},
-              "2": {"service": "out", "queue": out}}
+    recipe = {
+        "1": {"service": "poison", "queue": work, "output": 2},
+        "2": {"service": "out", "queue": out},
+    }
     # the poison first, so that every consumer holds good messages when it dies
     spacing = good // poison
     payloads: list[dict] = []
@@ -49,8 +51,16 @@ def test_poison_is_quarantined_and_no_good_message_with_it(
     publish_recipe(transport, recipe, payloads)
 
     def start(index: int) -> ServiceProcess:
-        return ServiceProcess.runner(tmp_path / f"poison-{index}.log", broker.url, "poison",
-                                     work, "--prefetch", str(prefetch), "--idle-timeout", "3")
+        return ServiceProcess.runner(
+            tmp_path / f"poison-{index}.log",
+            broker.url,
+            "poison",
+            work,
+            "--prefetch",
+            str(prefetch),
+            "--idle-timeout",
+            "3",
+        )
 
     procs = [start(i) for i in range(consumers)]
     started, kills = consumers, 0
@@ -65,8 +75,8 @@ def test_poison_is_quarantined_and_no_good_message_with_it(
         # Like a job array whose tasks are re-run: a process the poison killed is replaced.
         while not finished():
             assert time.monotonic() < deadline, (
-                f"{len(arrived)} of {good} arrived after {kills} kills; log:\n"
-                f"{procs[0].output()}")
+                f"{len(arrived)} of {good} arrived after {kills} kills; log:\n{procs[0].output()}"
+            )
             arrived += collect(transport, out, good, timeout=0.5, check=False)
             for index, proc in enumerate(procs):
                 if proc.proc.poll() is not None:
@@ -80,7 +90,8 @@ def test_poison_is_quarantined_and_no_good_message_with_it(
 
     assert sorted({m.json()["payload"]["good"] for m in arrived}) == list(range(good))
     assert sorted(m.json()["payload"]["n"] for m in dead) == list(range(poison)), [
-        m.json()["payload"] for m in dead]
+        m.json()["payload"] for m in dead
+    ]
     for message in dead:
         record = death_record(message)
         assert record is not None and record.reason == "delivery_limit"

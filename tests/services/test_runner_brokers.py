@@ -33,12 +33,14 @@ def test_malformed_messages_are_dead_lettered_with_a_reason(broker: Broker) -> N
     transport = broker.transport()
     transport.declare_queue(queue)
     header = {"workflows-recipe": True}
-    transport.publish_many([
-        Outgoing(queue, b"\xff not utf-8", headers=header),
-        Outgoing(queue, b'{"no": "recipe"}', headers=header),
-        Outgoing.json(queue, {"recipe": {"1": {}}, "recipe-pointer": 7}, headers=header),
-        Outgoing.json(queue, {"value": 1}),  # no recipe header at all
-    ])
+    transport.publish_many(
+        [
+            Outgoing(queue, b"\xff not utf-8", headers=header),
+            Outgoing(queue, b'{"no": "recipe"}', headers=header),
+            Outgoing.json(queue, {"recipe": {"1": {}}, "recipe-pointer": 7}, headers=header),
+            Outgoing.json(queue, {"value": 1}),  # no recipe header at all
+        ]
+    )
     runner = run(broker, queue)
     assert runner.dead_lettered == 4 and runner.failed == 0
     dead = collect(transport, dlq_name(queue), 4, timeout=10)
@@ -76,8 +78,10 @@ def test_an_error_route_gets_the_details_and_the_input_is_acked(broker: Broker) 
     errors = f"{queue}.err"
     broker.names.append(errors)
     transport = broker.transport()
-    recipe = {"1": {"service": "d", "queue": queue, "error": 2},
-              "2": {"service": "e", "queue": errors}}
+    recipe = {
+        "1": {"service": "d", "queue": queue, "error": 2},
+        "2": {"service": "e", "queue": errors},
+    }
     publish_recipe(transport, recipe, [{"nothing": 1}])
     runner = run(broker, queue)
     assert runner.failed == 0 and runner.processed == 1
@@ -91,8 +95,9 @@ class ToNowhere(Service):
     """Publishes to an exchange that does not exist: every commit fails."""
 
     def process(self, rw: RecipeWrapper, payload: Any) -> None:
-        self.publish(Outgoing.json("zst.no-such-exchange", payload, kind="exchange",
-                                   routing_key="x"))
+        self.publish(
+            Outgoing.json("zst.no-such-exchange", payload, kind="exchange", routing_key="x")
+        )
 
 
 def test_a_failed_commit_returns_the_input_and_the_runner_carries_on(broker: Broker) -> None:

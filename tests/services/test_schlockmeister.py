@@ -51,7 +51,11 @@ def test_a_step_that_keeps_failing_is_quarantined_with_its_history(
     with world.store() as store:
         (entry,) = store.entries(full=True)
     assert (entry.queue, entry.dlq, entry.step, entry.reason) == (
-        queue, dlq_name(queue), 1, "delivery_limit")
+        queue,
+        dlq_name(queue),
+        1,
+        "delivery_limit",
+    )
     assert entry.recipe_id and json.loads(entry.body)["payload"] == {"n": 1}
     assert entry.deliveries >= 1
     # the runner dead-lettered it itself, with both failures recorded in the message
@@ -60,8 +64,11 @@ def test_a_step_that_keeps_failing_is_quarantined_with_its_history(
     assert entry.headers["zhpc-dead-letter-queue"] == queue
     assert entry.headers["workflows-recipe"] is True
     assert transport.queue_depth(dlq_name(queue)).ready == 0
-    lines = [r.getMessage() for r in caplog.records
-             if r.levelno == logging.ERROR and r.name == "zhpc.quarantine"]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name == "zhpc.quarantine"
+    ]
     assert len(lines) == 1 and entry.id in lines[0] and "delivery_limit" in lines[0]
     (note,) = collect(transport, world.notify_queue, 1, exact=True, listen=0.5)
     assert note.json()["id"] == entry.id and note.json()["queue"] == queue
@@ -75,10 +82,16 @@ def test_bodies_that_are_no_recipe_at_all_are_kept_byte_for_byte(
     world.watch(dlq_name(queue))
     transport = broker.transport()
     transport.declare_queue(queue)
-    bodies = {b"\x00\xff\xfe binary", b"not json {", b'{"json": "but no recipe"}',
-              b"[" * 5000 + b"]" * 5000, b"x" * 2_000_000}
-    transport.publish_many([Outgoing(queue, body, headers={"raw": b"\x01\x02", "n": 7})
-                            for body in bodies])
+    bodies = {
+        b"\x00\xff\xfe binary",
+        b"not json {",
+        b'{"json": "but no recipe"}',
+        b"[" * 5000 + b"]" * 5000,
+        b"x" * 2_000_000,
+    }
+    transport.publish_many(
+        [Outgoing(queue, body, headers={"raw": b"\x01\x02", "n": 7}) for body in bodies]
+    )
 
     def reject(message: object) -> None:
         transport.dead_letter(message, "malformed: not for this test")  # type: ignore[arg-type]
@@ -86,9 +99,13 @@ def test_bodies_that_are_no_recipe_at_all_are_kept_byte_for_byte(
     sub = transport.subscribe(queue, reject, prefetch=10)
     # Until all are dead-lettered: one poll may see only the first frames (the 2 MB one
     # arrives later), and what is left in hand at unsubscribe would never get there.
-    wait_until(lambda: transport.poll(0.1) >= 0
-               and transport.queue_depth(dlq_name(queue)).ready == len(bodies), 20,
-               what="every body in the dead-letter queue")
+    wait_until(
+        lambda: (
+            transport.poll(0.1) >= 0 and transport.queue_depth(dlq_name(queue)).ready == len(bodies)
+        ),
+        20,
+        what="every body in the dead-letter queue",
+    )
     transport.unsubscribe(sub)
     run_schlockmeister(world.config, transport)
 
@@ -113,8 +130,9 @@ def test_killed_between_store_commit_and_ack_the_message_is_stored_once(
     wait_until(lambda: transport.poll(0.1) or transport.queue_depth(dlq_name(queue)).ready, 20)
     transport.unsubscribe(sub)
 
-    crashing = schlockmeister_process(world, tmp_path / "crash.log", "--idle-timeout", "30",
-                                      env={CRASH_AFTER_STORE_ENV: "1"})
+    crashing = schlockmeister_process(
+        world, tmp_path / "crash.log", "--idle-timeout", "30", env={CRASH_AFTER_STORE_ENV: "1"}
+    )
     try:
         assert crashing.wait(60) == CRASH_EXIT_CODE, crashing.output()
     finally:
@@ -122,8 +140,11 @@ def test_killed_between_store_commit_and_ack_the_message_is_stored_once(
     with world.store() as store:
         (stored,) = store.entries()
     # Stored, not acked: the copy is back in its dead-letter queue.
-    wait_until(lambda: transport.queue_depth(dlq_name(queue)).ready == 1, 30,
-               what="the unacked copy to be back in the dead-letter queue")
+    wait_until(
+        lambda: transport.queue_depth(dlq_name(queue)).ready == 1,
+        30,
+        what="the unacked copy to be back in the dead-letter queue",
+    )
 
     again = schlockmeister_process(world, tmp_path / "again.log", "--idle-timeout", "1.5")
     try:
@@ -151,8 +172,14 @@ def test_new_dead_letter_queues_are_found_while_it_runs(tmp_path: Path) -> None:
             transport.declare_queue(name)
             transport.publish(Outgoing.json(name, {"queue": name}))
             sub = transport.subscribe(name, lambda m: transport.dead_letter(m, "malformed: x"))
-            wait_until(lambda n=name: transport.poll(0.1) or transport.queue_depth(
-                dlq_name(n)).ready or transport.queue_depth(n).ready == 0, 20)
+            wait_until(
+                lambda n=name: (
+                    transport.poll(0.1)
+                    or transport.queue_depth(dlq_name(n)).ready
+                    or transport.queue_depth(n).ready == 0
+                ),
+                20,
+            )
             transport.unsubscribe(sub)
 
         def filed() -> set[str]:
@@ -183,8 +210,10 @@ def test_a_failing_store_leaves_the_message_in_its_queue_and_stops(
         def put(self, entry: QuarantineEntry) -> object:  # type: ignore[override]
             raise StoreError("quarantine store: database or disk is full")
 
-    monkeypatch.setattr("zhpc.services.schlockmeister.open_store",
-                        lambda config: FullDisk(tmp_path / "full.sqlite").open())
+    monkeypatch.setattr(
+        "zhpc.services.schlockmeister.open_store",
+        lambda config: FullDisk(tmp_path / "full.sqlite").open(),
+    )
     from zhpc.config import ServiceConfig
     from zhpc.services.schlockmeister import Schlockmeister, SchlockmeisterRunner
 
@@ -201,13 +230,16 @@ def test_rabbitmq_dead_letter_queues_are_listed_by_its_management_api(
 ) -> None:
     parts = urlsplit(MANAGEMENT_URL)
     if not port_open(parts.port or 80, parts.hostname or "127.0.0.1"):
-        unavailable(f"the RabbitMQ management API does not answer at {MANAGEMENT_URL}",
-                    "enable the rabbitmq_management plugin in scripts/setup-cluster")
+        unavailable(
+            f"the RabbitMQ management API does not answer at {MANAGEMENT_URL}",
+            "enable the rabbitmq_management plugin in scripts/setup-cluster",
+        )
     queue = rabbitmq.queue("listed")
     transport = rabbitmq.transport()
     transport.declare_queue(queue)  # and its dlq.<queue>
-    config = parse_config({"broker": {"url": rabbitmq.url},
-                           "quarantine": {"management_url": MANAGEMENT_URL}})
+    config = parse_config(
+        {"broker": {"url": rabbitmq.url}, "quarantine": {"management_url": MANAGEMENT_URL}}
+    )
     found = QueueFinder(transport, config).find()
     assert dlq_name(queue) in found and queue not in found
 
@@ -217,22 +249,36 @@ def test_without_a_queue_listing_the_known_queues_are_watched(
 ) -> None:
     from zhpc.transport import get_transport
 
-    config = parse_config({
-        "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/"},
-        "services": {"mine": {"queue": "zst.mine"}},
-        "quarantine": {"management_url": "http://127.0.0.1:1", "queues": ["zst.extra",
-                                                                          "dlq.zst.other"]}})
+    config = parse_config(
+        {
+            "broker": {"url": "amqp://guest:guest@127.0.0.1:5672/"},
+            "services": {"mine": {"queue": "zst.mine"}},
+            "quarantine": {
+                "management_url": "http://127.0.0.1:1",
+                "queues": ["zst.extra", "dlq.zst.other"],
+            },
+        }
+    )
     finder = QueueFinder(get_transport(config.broker), config)  # never connected: not needed
     with caplog.at_level(logging.WARNING, logger="zhpc.quarantine"):
         found = finder.find()
         assert finder.find() == found
-    assert {"dlq.zst.mine", "dlq.zst.extra", "dlq.zst.other", "dlq.processing_recipe",
-            "dlq.cluster.submission"} <= found
+    assert {
+        "dlq.zst.mine",
+        "dlq.zst.extra",
+        "dlq.zst.other",
+        "dlq.processing_recipe",
+        "dlq.cluster.submission",
+    } <= found
     assert all(name.startswith("dlq.") and "*" not in name for name in found)
     warnings = [r.getMessage() for r in caplog.records if r.name == "zhpc.quarantine"]
     assert len(warnings) == 1 and "management API at http://127.0.0.1:1" in warnings[0]
     assert "guest" not in warnings[0]
 
-    only = parse_config({"broker": {"url": "amqp://127.0.0.1/"},
-                         "quarantine": {"discover": False, "queues": ["zst.a"]}})
+    only = parse_config(
+        {
+            "broker": {"url": "amqp://127.0.0.1/"},
+            "quarantine": {"discover": False, "queues": ["zst.a"]},
+        }
+    )
     assert QueueFinder(get_transport(only.broker), only).find() == {"dlq.zst.a"}

@@ -30,33 +30,53 @@ def register(tmp_path: Path, target: str) -> str:
 
 def start(config: Path, log: Path, service: str, plugins: Path) -> ServiceProcess:
     path = os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
-    return ServiceProcess(["-m", "zhpc", "--config", str(config), "-v", "service", "-s",
-                           service], log, env={"PYTHONPATH": path})
+    return ServiceProcess(
+        ["-m", "zhpc", "--config", str(config), "-v", "service", "-s", service],
+        log,
+        env={"PYTHONPATH": path},
+    )
 
 
 def shutdown(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zhpc", "--config", str(config), "shutdown",
-                           *args], capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "zhpc", "--config", str(config), "shutdown", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_shutdown_service_stops_only_its_instances_which_exit_0(
-        broker: Broker, tmp_path: Path) -> None:
+    broker: Broker, tmp_path: Path
+) -> None:
     doubler = register(tmp_path, "zhpc.services.double:Double")
     writer = register(tmp_path, "zhpc.services.jsonlines:JSONLines")
     doubled, written = broker.queue("shut-double"), broker.queue("shut-lines")
     config = tmp_path / "zhpc.yaml"
-    config.write_text(yaml.safe_dump({
-        "broker": {"url": broker.url},
-        "events": {"enabled": False},
-        "services": {doubler: {"queue": doubled},
-                     writer: {"queue": written, "parameters": {"output_roots": [str(tmp_path)]}}},
-    }))
-    procs = [start(config, tmp_path / f"{name}{n}.log", name, tmp_path / "plugins")
-             for n, name in enumerate((doubler, doubler, writer))]
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": broker.url},
+                "events": {"enabled": False},
+                "services": {
+                    doubler: {"queue": doubled},
+                    writer: {"queue": written, "parameters": {"output_roots": [str(tmp_path)]}},
+                },
+            }
+        )
+    )
+    procs = [
+        start(config, tmp_path / f"{name}{n}.log", name, tmp_path / "plugins")
+        for n, name in enumerate((doubler, doubler, writer))
+    ]
     try:
         for proc in procs:
-            wait_until(lambda proc=proc: "consuming" in proc.output(), timeout=60,
-                       what=lambda proc=proc: f"a service to start; log:\n{proc.output()}")
+            wait_until(
+                lambda proc=proc: "consuming" in proc.output(),
+                timeout=60,
+                what=lambda proc=proc: f"a service to start; log:\n{proc.output()}",
+            )
         sent = shutdown(config, "--service", doubler)
         assert sent.returncode == 0 and sent.stdout == f"shutdown sent to service {doubler}\n"
         for proc in procs[:2]:
@@ -82,14 +102,17 @@ def test_shutdown_needs_a_target(tmp_path: Path) -> None:
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ({"command": "shutdown", "service": None, "host": None}, True),
-    ({"command": "shutdown", "service": "double", "host": None}, True),
-    ({"command": "shutdown", "service": "other", "host": None}, False),
-    ({"command": "shutdown", "service": None, "host": "n1"}, True),
-    ({"command": "shutdown", "service": "double", "host": "n2"}, False),
-    ({"command": "restart"}, False),
-    (["shutdown"], False),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"command": "shutdown", "service": None, "host": None}, True),
+        ({"command": "shutdown", "service": "double", "host": None}, True),
+        ({"command": "shutdown", "service": "other", "host": None}, False),
+        ({"command": "shutdown", "service": None, "host": "n1"}, True),
+        ({"command": "shutdown", "service": "double", "host": "n2"}, False),
+        ({"command": "restart"}, False),
+        (["shutdown"], False),
+    ],
+)
 def test_which_broadcasts_apply(body: object, expected: bool) -> None:
     assert applies(body, "double", hostname="n1.cluster.example") is expected

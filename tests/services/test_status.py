@@ -22,19 +22,27 @@ from zhpc.message import Outgoing
 
 def write_config(tmp_path: Path, broker: Broker, running: str, waiting: str) -> Path:
     path = tmp_path / "zhpc.yaml"
-    path.write_text(yaml.safe_dump({
-        "broker": {"url": broker.url},
-        "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}"},
-        "cluster": {"backend": "local", "workdir": str(tmp_path / "jobs")},
-        "services": {"double": {"queue": running, "heartbeat_interval": 1},
-                     "jsonlines": {"queue": waiting}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": broker.url},
+                "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}"},
+                "cluster": {"backend": "local", "workdir": str(tmp_path / "jobs")},
+                "services": {
+                    "double": {"queue": running, "heartbeat_interval": 1},
+                    "jsonlines": {"queue": waiting},
+                },
+            }
+        )
+    )
     return path
 
 
 def start_double(config: Path, tmp_path: Path) -> ServiceProcess:
-    return ServiceProcess(["-m", "zhpc", "--config", str(config), "-v", "service", "-s",
-                           "double"], tmp_path / "double.log")
+    return ServiceProcess(
+        ["-m", "zhpc", "--config", str(config), "-v", "service", "-s", "double"],
+        tmp_path / "double.log",
+    )
 
 
 def stop(proc: ServiceProcess) -> None:
@@ -46,7 +54,8 @@ def stop(proc: ServiceProcess) -> None:
 
 
 def test_status_json_lists_running_services_and_queue_depths(
-        broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     running, waiting = broker.queue("status-run"), broker.queue("status-wait")
     config = write_config(tmp_path, broker, running, waiting)
     transport = broker.transport()
@@ -54,6 +63,7 @@ def test_status_json_lists_running_services_and_queue_depths(
     transport.publish_many([Outgoing.json(waiting, {"n": n}) for n in range(3)])
     service = start_double(config, tmp_path)
     try:
+
         def heard() -> dict | None:
             capsys.readouterr()
             assert main(["--config", str(config), "status", "--json", "--listen", "2"]) == 0
@@ -80,14 +90,17 @@ def test_status_watch_is_a_live_view_in_a_real_terminal(tmp_path: Path) -> None:
     config = write_config(tmp_path, broker, running, waiting)
     socket = f"zhpc-test-{uuid.uuid4().hex[:8]}"
     tmux = ["tmux", "-L", socket]
-    command = f"{sys.executable} -m zhpc --config {config} status --watch --listen 1; " \
-              f"echo exited $?; sleep 60"
+    command = (
+        f"{sys.executable} -m zhpc --config {config} status --watch --listen 1; "
+        f"echo exited $?; sleep 60"
+    )
     subprocess.run([*tmux, "new-session", "-d", "-x", "160", "-y", "50", command], check=True)
     service = start_double(config, tmp_path)
 
     def screen() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p"], capture_output=True, text=True, check=True
+        ).stdout
 
     def showing(text: str) -> str | None:
         shown = screen()
@@ -97,8 +110,9 @@ def test_status_watch_is_a_live_view_in_a_real_terminal(tmp_path: Path) -> None:
         return lambda: f"{what}; the screen:\n{screen()}\nservice log:\n{service.output()}"
 
     try:
-        shown = wait_until(lambda: showing(str(service.pid)), timeout=60,
-                           what=last("the service on screen"))
+        shown = wait_until(
+            lambda: showing(str(service.pid)), timeout=60, what=last("the service on screen")
+        )
         assert "services" in shown and "queues" in shown and running in shown
         stop(service)
         wait_until(lambda: showing("stopped"), timeout=60, what=last("the service stopped"))

@@ -41,12 +41,16 @@ class FailsOnce(Service):
 
 def write_config(tmp_path: Path, broker: Broker, step2: str) -> Path:
     path = tmp_path / "zhpc.yaml"
-    path.write_text(yaml.safe_dump({
-        "broker": {"url": broker.url},
-        "events": {"url": f"sqlite://{tmp_path / 'events.sqlite'}"},
-        "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}"},
-        "services": {"double": {"queue": step2, "heartbeat_interval": 1}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": broker.url},
+                "events": {"url": f"sqlite://{tmp_path / 'events.sqlite'}"},
+                "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}"},
+                "services": {"double": {"queue": step2, "heartbeat_interval": 1}},
+            }
+        )
+    )
     return path
 
 
@@ -57,34 +61,45 @@ def zhpc(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[
 
 
 def start(config: Path, log: Path, service: str, *args: str) -> ServiceProcess:
-    return ServiceProcess(["-m", "zhpc", "--config", str(config), "-v", "service", "-s",
-                           service, *args], log)
+    return ServiceProcess(
+        ["-m", "zhpc", "--config", str(config), "-v", "service", "-s", service, *args], log
+    )
 
 
 def test_trace_shows_a_failure_then_the_success_with_hosts_and_pids(
-        broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     step1, step2, sink = broker.queue("trace1"), broker.queue("trace2"), broker.queue("sink")
     config_path = write_config(tmp_path, broker, step2)
     config = load_config(str(config_path))
     recorder = start(config_path, tmp_path / "recorder.log", "recorder")
     doubler = None
     try:
-        wait_until(lambda: "consuming" in recorder.output(), timeout=60,
-                   what=f"the recorder to listen; log:\n{recorder.output()}")
+        wait_until(
+            lambda: "consuming" in recorder.output(),
+            timeout=60,
+            what=f"the recorder to listen; log:\n{recorder.output()}",
+        )
         transport = broker.transport()
-        rw = RecipeWrapper.from_recipe({
-            "1": {"service": "fails-once", "queue": step1, "output": 2},
-            "2": {"service": "double", "queue": step2, "output": 3},
-            "3": {"service": "sink", "queue": sink},
-            "start": [[1, {"value": 5}]],
-        })
+        rw = RecipeWrapper.from_recipe(
+            {
+                "1": {"service": "fails-once", "queue": step1, "output": 2},
+                "2": {"service": "double", "queue": step2, "output": 3},
+                "3": {"service": "sink", "queue": sink},
+                "start": [[1, {"value": 5}]],
+            }
+        )
         recipe_id = rw.recipe_id
         assert recipe_id is not None
         transport.publish_many(rw.start())
-        service = FailsOnce("fails-once", config.service("fails-once").model_copy(
-            update={"queue": step1, "idle_timeout": 1.0}), config)
-        runner = ServiceRunner(service, broker.transport(),
-                               events=emitter_for(config, "fails-once"))
+        service = FailsOnce(
+            "fails-once",
+            config.service("fails-once").model_copy(update={"queue": step1, "idle_timeout": 1.0}),
+            config,
+        )
+        runner = ServiceRunner(
+            service, broker.transport(), events=emitter_for(config, "fails-once")
+        )
         assert runner.run() == 0
         assert (runner.processed, runner.failed) == (1, 1)
 
@@ -99,8 +114,11 @@ def test_trace_shows_a_failure_then_the_success_with_hosts_and_pids(
         def traced() -> dict[str, Any] | None:
             code, out = zhpc(config_path, capsys, "trace", recipe_id, "--json")
             found = json.loads(out)
-            return found if code == 0 and len(found["steps"]) == 4 and found["steps"][2][
-                "outcome"] == "done" else None
+            return (
+                found
+                if code == 0 and len(found["steps"]) == 4 and found["steps"][2]["outcome"] == "done"
+                else None
+            )
 
         trace = wait_until(traced, timeout=60, what="the recorder to store step 2's events")
         doubler.proc.send_signal(signal.SIGTERM)
@@ -139,7 +157,8 @@ class AlwaysFails(Service):
 
 
 def test_a_dead_lettered_step_links_to_its_quarantine_entry(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from quarantine_support import run_schlockmeister
 
     from zhpc.events import EVENTS_TOPIC, decode_batch
@@ -148,26 +167,42 @@ def test_a_dead_lettered_step_links_to_its_quarantine_entry(
     broker = Broker("embedded", f"sqlite://{tmp_path / 'broker.sqlite'}", delivery_limit=1)
     queue = broker.queue("doomed")
     path = tmp_path / "zhpc.yaml"
-    path.write_text(yaml.safe_dump({
-        "broker": {"url": broker.url, "delivery_limit": 1},
-        "events": {"url": f"sqlite://{tmp_path / 'events.sqlite'}"},
-        "quarantine": {"url": f"sqlite://{tmp_path / 'quarantine.sqlite'}",
-                       "management_url": "", "notify_queue": ""},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {"url": broker.url, "delivery_limit": 1},
+                "events": {"url": f"sqlite://{tmp_path / 'events.sqlite'}"},
+                "quarantine": {
+                    "url": f"sqlite://{tmp_path / 'quarantine.sqlite'}",
+                    "management_url": "",
+                    "notify_queue": "",
+                },
+            }
+        )
+    )
     config = load_config(str(path))
     listener = broker.transport()
     with open_event_store(config.events) as store:
         listener.subscribe_broadcast(EVENTS_TOPIC, lambda m: store.add(decode_batch(m.json())))
-        rw = RecipeWrapper.from_recipe({"1": {"service": "fails", "queue": queue},
-                                        "start": [[1, {}]]})
+        rw = RecipeWrapper.from_recipe(
+            {"1": {"service": "fails", "queue": queue}, "start": [[1, {}]]}
+        )
         broker.transport().publish_many(rw.start())
-        service = AlwaysFails("fails", config.service("fails").model_copy(
-            update={"queue": queue, "idle_timeout": 1.0}), config)
+        service = AlwaysFails(
+            "fails",
+            config.service("fails").model_copy(update={"queue": queue, "idle_timeout": 1.0}),
+            config,
+        )
         runner = ServiceRunner(service, broker.transport(), events=emitter_for(config, "fails"))
         assert runner.run() == 0 and runner.dead_lettered == 1
-        wait_until(lambda: listener.poll(0.2) is not None and any(
-            e["event"] == "dead-lettered" for e in store.for_recipe(str(rw.recipe_id))),
-                   timeout=30, what="the dead-lettered event")
+        wait_until(
+            lambda: (
+                listener.poll(0.2) is not None
+                and any(e["event"] == "dead-lettered" for e in store.for_recipe(str(rw.recipe_id)))
+            ),
+            timeout=30,
+            what="the dead-lettered event",
+        )
     assert run_schlockmeister(config, broker.transport()).quarantiner.filed == 1
     code, out = zhpc(path, capsys, "trace", str(rw.recipe_id), "--json")
     trace = json.loads(out)

@@ -47,7 +47,8 @@ def test_workflows_to_zhpc_to_workflows(
     output = tmp_path / "sink.jsonl"
     side = subprocess.Popen(
         [sys.executable, str(SIDE), second, str(output), *(["stomp"] if wire == "stomp" else [])],
-        stdout=(tmp_path / "workflows.log").open("wb"), stderr=subprocess.STDOUT,
+        stdout=(tmp_path / "workflows.log").open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # the Frontend forks its service: stop the whole group
     )
     try:

@@ -32,9 +32,7 @@ class Sink(CommonService):
     _logger_name = "zhpc.tests.workflows_sink"
 
     def initializing(self) -> None:
-        workflows.recipe.wrap_subscribe(
-            self._transport, QUEUE, self.receive, acknowledgement=True
-        )
+        workflows.recipe.wrap_subscribe(self._transport, QUEUE, self.receive, acknowledgement=True)
         OUTPUT.with_suffix(".ready").touch()
 
     def receive(self, rw: Any, header: dict, message: Any) -> None:

@@ -51,11 +51,15 @@ def test_a_service_drains_within_its_grace_on_a_blocked_broker(tmp_path: Path) -
 
     queue = f"test.blocked.{uuid.uuid4().hex[:10]}"
     direct = RabbitMQTransport(node.url)
-    through = RabbitMQTransport(node.url, confirm_timeout=CONFIRM_TIMEOUT,
-                                connection_attempts=5, retry_delay=0.2)
+    through = RabbitMQTransport(
+        node.url, confirm_timeout=CONFIRM_TIMEOUT, connection_attempts=5, retry_delay=0.2
+    )
     runner = ServiceRunner(
-        SendsAfterTheAlarm("blocked", ServiceConfig(queue=queue, drain_grace=DRAIN_GRACE,
-                                                    idle_timeout=120)), through)
+        SendsAfterTheAlarm(
+            "blocked", ServiceConfig(queue=queue, drain_grace=DRAIN_GRACE, idle_timeout=120)
+        ),
+        through,
+    )
     drained_at: list[float] = []
     problems: list[BaseException] = []
 
@@ -75,8 +79,11 @@ def test_a_service_drains_within_its_grace_on_a_blocked_broker(tmp_path: Path) -
     try:
         direct.connect()
         through.connect()
-        recipe = {"1": {"service": "blocked", "queue": queue, "output": 2},
-                  "2": {"service": "sink", "queue": f"{queue}.out"}, "start": [[1, 7]]}
+        recipe = {
+            "1": {"service": "blocked", "queue": queue, "output": 2},
+            "2": {"service": "sink", "queue": f"{queue}.out"},
+            "start": [[1, 7]],
+        }
         direct.declare_queue(queue)
         direct.declare_queue(f"{queue}.out")
         direct.publish_many(RecipeWrapper.from_recipe(recipe).start())

@@ -386,5 +386,6 @@ def test_queue_depth_counts_ready_unacked_and_consumers(backend: Backend, qname:
         depth = transport.queue_depth(qname)
         return depth.ready == 2 and depth.unacked in (1, None) and depth.consumers == 1
 
-    wait_until(depth_seen,
-               what=lambda: f"2 ready, 1 unacked, 1 consumer: {transport.queue_depth(qname)}")
+    wait_until(
+        depth_seen, what=lambda: f"2 ready, 1 unacked, 1 consumer: {transport.queue_depth(qname)}"
+    )

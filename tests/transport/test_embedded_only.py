@@ -163,8 +163,11 @@ def test_killed_subscriber_loses_its_consumer_and_broadcast_queue(
     worker.kill()
     listener.kill()
     # A consumer holding nothing is looked up in /proc only every PID_CHECK_IDLE seconds.
-    wait_until(lambda: transport.queue_depth("work").consumers == 0,
-               timeout=PID_CHECK_IDLE * 3, what="consumer gone")
+    wait_until(
+        lambda: transport.queue_depth("work").consumers == 0,
+        timeout=PID_CHECK_IDLE * 3,
+        what="consumer gone",
+    )
     assert rows(path, "SELECT name FROM queues WHERE topic='news'") == []
     assert rows(path, "SELECT COUNT(*) FROM messages") == [(0,)]
 

@@ -36,7 +36,8 @@ def write_lock(path: Path) -> Iterator[None]:
 
 
 def test_a_failed_commit_and_nack_do_not_hold_the_lease_forever(
-        tmp_path: Path, short_busy_timeout: None) -> None:
+    tmp_path: Path, short_busy_timeout: None
+) -> None:
     """The runner's path when the file is locked past the timeout: the commit fails, the
     failure cannot be recorded, the nack fails too. The message must come back."""
     path = tmp_path / "broker.sqlite"
@@ -64,8 +65,7 @@ def test_a_failed_commit_and_nack_do_not_hold_the_lease_forever(
         t.ack(back[0])
 
 
-def test_a_busy_timeout_in_poll_does_not_escape(tmp_path: Path, short_busy_timeout: None
-                                                ) -> None:
+def test_a_busy_timeout_in_poll_does_not_escape(tmp_path: Path, short_busy_timeout: None) -> None:
     path = tmp_path / "broker.sqlite"
     with EmbeddedTransport(path) as t:
         got: list[Message] = []
@@ -82,7 +82,8 @@ def embedded_reclaim_due(t: EmbeddedTransport) -> None:
 
 
 def test_idle_consumers_are_not_looked_up_in_proc_on_every_pass(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "broker.sqlite"
     others = [EmbeddedTransport(path) for _ in range(4)]
     for other in others:

@@ -101,13 +101,21 @@ def test_work_queues_have_a_retry_lane_then_a_dlq(transport, names):
     conn = pika.BlockingConnection(pika.URLParameters(URL))
     try:
         for name, args in expected.items():
-            conn.channel().queue_declare(name, durable=True, arguments={
-                "x-queue-type": "quorum", "x-dead-letter-exchange": "",
-                "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish",
-                **args})
+            conn.channel().queue_declare(
+                name,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                    **args,
+                },
+            )
         with pytest.raises(pika.exceptions.ChannelClosedByBroker):
-            conn.channel().queue_declare(queue, durable=True, arguments={
-                "x-queue-type": "quorum", "x-delivery-limit": 5})
+            conn.channel().queue_declare(
+                queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 5}
+            )
     finally:
         conn.close()
 
@@ -135,8 +143,11 @@ def test_work_queues_have_a_retry_lane_then_a_dlq(transport, names):
 
 def poll_fetch(transport: RabbitMQTransport, queue: str, timeout: float = 10) -> Message:
     found: list[Message] = []
-    wait_until(lambda: found.append(transport.fetch(queue)) or found[-1] is not None,
-               timeout=timeout, what=f"a message on {queue}")
+    wait_until(
+        lambda: found.append(transport.fetch(queue)) or found[-1] is not None,
+        timeout=timeout,
+        what=f"a message on {queue}",
+    )
     return found[-1]
 
 
@@ -387,8 +398,9 @@ def test_first_connection_is_retried_until_the_broker_listens(caplog, names):
     with caplog.at_level(logging.WARNING, logger="zhpc.transport.rabbitmq"):
         thread = threading.Thread(target=connect)
         thread.start()
-        wait_until(lambda: "attempt 2 of 20" in caplog.text, interval=0.01,
-                   what="two failed attempts")
+        wait_until(
+            lambda: "attempt 2 of 20" in caplog.text, interval=0.01, what="two failed attempts"
+        )
         proxy.listen()
         thread.join(30)
     try:
@@ -401,8 +413,9 @@ def test_first_connection_is_retried_until_the_broker_listens(caplog, names):
 
 
 def _rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60,
-                          text=True)
+    done = subprocess.run(
+        ["rabbitmqctl", *args], check=True, capture_output=True, timeout=60, text=True
+    )
     return done.stdout
 
 

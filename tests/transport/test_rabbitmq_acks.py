@@ -62,8 +62,9 @@ def test_later_commits_do_not_ack_an_older_unsettled_delivery(names):
         t.subscribe(inq, got.append, prefetch=20)
         _poll_until(t, lambda: len(got) == 8)
         kept = {1, 3}
-        futures = [t.commit([Outgoing.json(outq, m.json())], m)
-                   for m in got if m.json()["n"] not in kept]
+        futures = [
+            t.commit([Outgoing.json(outq, m.json())], m) for m in got if m.json()["n"] not in kept
+        ]
         t.flush(30)
         assert all(f.exception() is None for f in futures)
         wait_until(lambda: t.queue_depth(outq).ready == 6, 30, what="outputs")
@@ -74,8 +75,11 @@ def test_later_commits_do_not_ack_an_older_unsettled_delivery(names):
     t.connect()
     try:
         lane = f"retry.{inq}"
-        wait_until(lambda: t.queue_depth(inq).ready + t.queue_depth(lane).ready >= 2, 30,
-                   what="the two unsettled inputs back")
+        wait_until(
+            lambda: t.queue_depth(inq).ready + t.queue_depth(lane).ready >= 2,
+            30,
+            what="the two unsettled inputs back",
+        )
         back = []
         for queue in (inq, lane):
             while (message := t.fetch(queue)) is not None:

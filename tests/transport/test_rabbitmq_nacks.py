@@ -48,8 +48,9 @@ def _full_queue(name: str) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
     try:
         channel = conn.channel()
-        channel.queue_declare(name, durable=True, arguments={
-            "x-max-length": 1, "x-overflow": "reject-publish"})
+        channel.queue_declare(
+            name, durable=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        )
         channel.basic_publish("", name, b'"filler"')
     finally:
         conn.close()
@@ -66,9 +67,14 @@ def _take_one(name: str) -> bytes | None:
 
 def _empty_later(transport: RabbitMQTransport, name: str) -> threading.Thread:
     """Once the transport retried a nacked publish, take the filler out of the queue."""
+
     def run() -> None:
-        wait_until(lambda: transport._io.nack_retry.nacks_seen >= 2, timeout=30, interval=0.02,
-                   what="a second nack")
+        wait_until(
+            lambda: transport._io.nack_retry.nacks_seen >= 2,
+            timeout=30,
+            interval=0.02,
+            what="a second nack",
+        )
         _take_one(name)
 
     thread = threading.Thread(target=run)
@@ -120,6 +126,8 @@ def test_nacks_past_the_budget_fail_the_publish(names) -> None:
 def test_no_budget_fails_at_the_first_nack(names) -> None:
     full = names("nacked-now")
     _full_queue(full)
-    with RabbitMQTransport(AMQP_URL, nack_retry_budget=0) as transport, \
-            pytest.raises(TransportError, match="nack"):
+    with (
+        RabbitMQTransport(AMQP_URL, nack_retry_budget=0) as transport,
+        pytest.raises(TransportError, match="nack"),
+    ):
         transport.publish(Outgoing.json(full, {"n": 4}))

@@ -30,15 +30,17 @@ pytestmark = [pytest.mark.rabbitmq, pytest.mark.timeout(180)]
 
 
 def _rabbitmqctl(*args: str) -> str:
-    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60,
-                          text=True)
+    done = subprocess.run(
+        ["rabbitmqctl", *args], check=True, capture_output=True, timeout=60, text=True
+    )
     return done.stdout
 
 
 def _own_connection_ports() -> set[int]:
     """Local ports of this process's connections to the broker."""
-    out = subprocess.run(["ss", "-tnpH", "dst", "127.0.0.1:5672"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        ["ss", "-tnpH", "dst", "127.0.0.1:5672"], capture_output=True, text=True, check=True
+    ).stdout
     ports = set()
     for line in out.splitlines():
         if f"pid={os.getpid()}," in line:
@@ -117,8 +119,11 @@ def test_a_lost_connection_surfaces_as_transport_error_from_every_call(broker, c
             wait_until(lambda: calls > 3, 60)
             _close_connection(port)
             old = {port}
-            wait_until(lambda: _own_connection_ports() - before - old, 60,  # noqa: B023
-                       what="a new connection")
+            wait_until(
+                lambda: _own_connection_ports() - before - old,  # noqa: B023
+                60,
+                what="a new connection",
+            )
             (port,) = _own_connection_ports() - before
         stop.set()
         worker.join(120)
@@ -143,8 +148,12 @@ def _disk_alarm() -> Iterator[None]:
     previous = int(_rabbitmqctl("eval", "rabbit_disk_monitor:get_disk_free_limit().").strip())
     try:
         _rabbitmqctl("set_disk_free_limit", str(10**18))
-        wait_until(lambda: "disk" in _rabbitmqctl("eval", "rabbit_alarm:get_alarms()."), 30,
-                   interval=0.2, what="the disk alarm")
+        wait_until(
+            lambda: "disk" in _rabbitmqctl("eval", "rabbit_alarm:get_alarms()."),
+            30,
+            interval=0.2,
+            what="the disk alarm",
+        )
         yield
     finally:
         _rabbitmqctl("set_disk_free_limit", str(previous))
@@ -160,23 +169,41 @@ def test_zhpc_go_spools_instead_of_hanging_on_a_blocked_broker(broker, cleanup, 
     home = tmp_path / "home"
     home.mkdir()
     config = home / "zhpc.yaml"
-    config.write_text(yaml.safe_dump({
-        "broker": {"url": URL, "connection_attempts": 2, "retry_delay": 0.1,
-                   "confirm_timeout": 5},
-        "services": {"dispatcher": {"queue": queue}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "broker": {
+                    "url": URL,
+                    "connection_attempts": 2,
+                    "retry_delay": 0.1,
+                    "confirm_timeout": 5,
+                },
+                "services": {"dispatcher": {"queue": queue}},
+            }
+        )
+    )
     env = {**os.environ, "ZHPC_HOME": str(home)}
     env.pop("ZHPC_CONFIG", None)
-    argv = [sys.executable, "-m", "zhpc", "--config", str(config), "go", "demo",
-            "-s", "output_filename=out.jsonl"]
+    argv = [
+        sys.executable,
+        "-m",
+        "zhpc",
+        "--config",
+        str(config),
+        "go",
+        "demo",
+        "-s",
+        "output_filename=out.jsonl",
+    ]
     # Declared before the alarm, so the only thing left to block is the publish.
     with RabbitMQTransport(URL) as t:
         t.declare_queue(queue)
     with _disk_alarm():
         started = time.monotonic()
         try:
-            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=40,
-                                  cwd=tmp_path)
+            done = subprocess.run(
+                argv, env=env, capture_output=True, text=True, timeout=40, cwd=tmp_path
+            )
         except subprocess.TimeoutExpired:
             pytest.fail("zhpc go hung on a blocked broker")
         took = time.monotonic() - started
@@ -228,12 +255,16 @@ def test_a_delayed_message_survives_an_unroutable_target(broker, cleanup):
         t.delete_queue(queue)  # the target is unroutable when the delay ends
         # At-least-once dead-lettering keeps it (and resends it minutes later, when
         # RabbitMQ's dead-letter worker retries): it must stay, not expire with its queue.
-        wait_until(lambda: (_queue_info(holding) or {}).get("messages") == 1, 30,
-                   what="the message waiting in the holding queue")
+        wait_until(
+            lambda: (_queue_info(holding) or {}).get("messages") == 1,
+            30,
+            what="the message waiting in the holding queue",
+        )
 
 
-def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(broker, cleanup,
-                                                                     monkeypatch, caplog):
+def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(
+    broker, cleanup, monkeypatch, caplog
+):
     """Chaos finding: a retry-lane fetch that waited out a broker outage ended the service
     with exit 2 (bad input) although the transport was still reconnecting. Now the lane waits
     for its next look; the service keeps running, processes what comes after the outage and
@@ -260,12 +291,15 @@ def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(broker, cle
     forwarder = Forwarder("127.0.0.1", 5672)
     direct = RabbitMQTransport(URL)
     direct.connect()
-    through = RabbitMQTransport(f"amqp://guest:guest@127.0.0.1:{forwarder.port}/%2F",
-                                connection_attempts=60, retry_delay=0.2)
+    through = RabbitMQTransport(
+        f"amqp://guest:guest@127.0.0.1:{forwarder.port}/%2F",
+        connection_attempts=60,
+        retry_delay=0.2,
+    )
     through.connect()
     runner = ServiceRunner(
-        Double("double", ServiceConfig(queue=queue, idle_timeout=120, retry_interval=0.2)),
-        through)
+        Double("double", ServiceConfig(queue=queue, idle_timeout=120, retry_interval=0.2)), through
+    )
     results: list[object] = []
     # The cut must find the runner in its loop: a cut during its start-up publishes (status,
     # first heartbeat) holds it in that publish for up to a minute, not in a lane fetch.
@@ -281,18 +315,30 @@ def test_a_service_outlives_a_broker_outage_longer_than_a_fetch_wait(broker, cle
     def outage_then_work() -> None:
         """Beside the runner (which needs the main thread for its signals)."""
         try:
-            wait_until(lambda: direct.queue_depth(queue).consumers == 1, timeout=60,
-                       what="the service to consume")
+            wait_until(
+                lambda: direct.queue_depth(queue).consumers == 1,
+                timeout=60,
+                what="the service to consume",
+            )
             # Two lane reads: the first heartbeat (sent between them) is behind the runner.
-            wait_until(lambda: len(fetches) >= 2, timeout=60,
-                       what="the runner to read its retry lane twice")
+            wait_until(
+                lambda: len(fetches) >= 2,
+                timeout=60,
+                what="the runner to read its retry lane twice",
+            )
             forwarder.refusing = True
             forwarder.cut()
-            wait_until(lambda: "cannot read retry." in caplog.text, timeout=60,
-                       what="a fetch to wait out the outage")
+            wait_until(
+                lambda: "cannot read retry." in caplog.text,
+                timeout=60,
+                what="a fetch to wait out the outage",
+            )
             forwarder.refusing = False
-            recipe = {"1": {"service": "double", "queue": queue, "output": 2},
-                      "2": {"service": "sink", "queue": out}, "start": [[1, 21]]}
+            recipe = {
+                "1": {"service": "double", "queue": queue, "output": 2},
+                "2": {"service": "sink", "queue": out},
+                "start": [[1, 21]],
+            }
             direct.publish_many(RecipeWrapper.from_recipe(recipe).start())
             results.extend(m.json()["payload"] for m in collect(direct, out, 1, timeout=90))
         except BaseException as exc:

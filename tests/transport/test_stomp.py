@@ -27,8 +27,9 @@ pytestmark = pytest.mark.activemq
 
 #: The STOMP+SSL connector of scripts/setup-activemq and the certificate it made.
 SSL_URL = os.environ.get("ZHPC_TEST_STOMP_SSL_URL", "stomp+ssl://127.0.0.1:61614")
-SSL_CA = Path(os.environ.get("ZHPC_TEST_STOMP_SSL_CA",
-                             "/var/lib/activemq/zhpc-test-cluster/tls/broker.pem"))
+SSL_CA = Path(
+    os.environ.get("ZHPC_TEST_STOMP_SSL_CA", "/var/lib/activemq/zhpc-test-cluster/tls/broker.pem")
+)
 
 
 @pytest.fixture
@@ -42,8 +43,9 @@ def forwarder(activemq_up: None) -> Iterator[Forwarder]:
 def test_a_cut_connection_is_restored_and_nothing_is_lost(forwarder: Forwarder) -> None:
     direct = get_transport(BrokerConfig(url=STOMP_URL))
     direct.connect()
-    through = get_transport(BrokerConfig(url=f"stomp://127.0.0.1:{forwarder.port}",
-                                         heartbeat=2, retry_delay=0.2))
+    through = get_transport(
+        BrokerConfig(url=f"stomp://127.0.0.1:{forwarder.port}", heartbeat=2, retry_delay=0.2)
+    )
     through.connect()
     work, out = unique("zt.cut"), unique("zt.cut.out")
     total = 200
@@ -60,8 +62,11 @@ def test_a_cut_connection_is_restored_and_nothing_is_lost(forwarder: Forwarder) 
             done[0] += 1
 
         through.subscribe(work, step, prefetch=20)
-        wait_until(lambda: through.poll(0.05) is not None and done[0] >= 50, 60,
-                   what="50 steps before the cut")
+        wait_until(
+            lambda: through.poll(0.05) is not None and done[0] >= 50,
+            60,
+            what="50 steps before the cut",
+        )
         forwarder.cut()
 
         outputs: set[bytes] = set()
@@ -98,8 +103,11 @@ def test_a_header_stomp_cannot_frame_arrives_intact_or_is_refused() -> None:
     try:
         transport.publish(Outgoing(queue, b'{"value": 1}', headers=hostile, message_id="m-nul"))
         got: list[Message] = []
-        wait_until(lambda: bool(got.extend(filter(None, [transport.fetch(queue)])) or got), 30,
-                   what="the message back")
+        wait_until(
+            lambda: bool(got.extend(filter(None, [transport.fetch(queue)])) or got),
+            30,
+            what="the message back",
+        )
         message = got[0]
         transport.ack(message)
         assert message.body == b'{"value": 1}'
@@ -127,13 +135,18 @@ def test_a_frame_cut_by_another_clients_nul_header_is_not_settled() -> None:
     transport.connect()
     queue = unique("zt.cutframe")
     try:
-        raw.send(f"/queue/{queue}", b"payload", headers={"zzz": "x\x00y", "persistent": "true"},
-                 receipt="sent")
+        raw.send(
+            f"/queue/{queue}",
+            b"payload",
+            headers={"zzz": "x\x00y", "persistent": "true"},
+            receipt="sent",
+        )
         wait_until(lambda: transport.queue_depth(queue).ready == 1, 30, what="the message queued")
         got: list[Message] = []
         transport.subscribe(queue, got.append, prefetch=1)
-        wait_until(lambda: transport.queue_depth(queue).unacked == 1, 30,
-                   what="the broker handing it out")
+        wait_until(
+            lambda: transport.queue_depth(queue).unacked == 1, 30, what="the broker handing it out"
+        )
         transport.poll(0.5)
         assert got == []
     finally:
@@ -156,8 +169,11 @@ def test_stomp_over_tls_verifies_the_broker_against_its_ca(activemq_up: None) ->
     try:
         transport.publish(Outgoing(queue, b"over tls", message_id="m-tls"))
         got: list[Message] = []
-        wait_until(lambda: bool(got.extend(filter(None, [transport.fetch(queue)])) or got), 30,
-                   what="the message back over TLS")
+        wait_until(
+            lambda: bool(got.extend(filter(None, [transport.fetch(queue)])) or got),
+            30,
+            what="the message back over TLS",
+        )
         transport.ack(got[0])
         assert (got[0].body, got[0].message_id) == (b"over tls", "m-tls")
     finally:
@@ -167,11 +183,29 @@ def test_stomp_over_tls_verifies_the_broker_against_its_ca(activemq_up: None) ->
 
 
 def test_a_broker_certificate_the_ca_does_not_verify_is_one_clear_error(
-        activemq_up: None, tmp_path: Path) -> None:
+    activemq_up: None, tmp_path: Path
+) -> None:
     other = tmp_path / "other.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(tmp_path / "other.key"),
-                    "-out", str(other)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(tmp_path / "other.key"),
+            "-out",
+            str(other),
+        ],
+        check=True,
+        capture_output=True,
+    )
     transport = get_transport(BrokerConfig(url=SSL_URL, tls=TLSConfig(ca_file=other)))
     with pytest.raises(TransportError) as caught:
         transport.connect()

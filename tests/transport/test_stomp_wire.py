@@ -25,8 +25,15 @@ def test_destinations_are_workflows_and_activemq_names() -> None:
 
 
 def test_headers_round_trip_with_their_types() -> None:
-    headers = {"s": "text: with\ncolon", "i": 7, "b": True, "n": None, "raw": b"\x00\x01\xff",
-               "l": [1, {"k": "v"}], "d": {"x": [True, None]}}
+    headers = {
+        "s": "text: with\ncolon",
+        "i": 7,
+        "b": True,
+        "n": None,
+        "raw": b"\x00\x01\xff",
+        "l": [1, {"k": "v"}],
+        "d": {"x": [True, None]},
+    }
     wire = encode_headers(headers)
     assert all(isinstance(v, str) for v in wire.values())
     assert wire["s"] == headers["s"] and wire["i"] == "7"
@@ -34,9 +41,14 @@ def test_headers_round_trip_with_their_types() -> None:
 
 
 def test_text_from_workflows_stays_text() -> None:
-    assert decode_headers({"workflows-recipe": "True", "destination": "/queue/q",
-                           "message-id": "ID:1", "redelivered": "false"}) == {
-        "workflows-recipe": "True"}
+    assert decode_headers(
+        {
+            "workflows-recipe": "True",
+            "destination": "/queue/q",
+            "message-id": "ID:1",
+            "redelivered": "false",
+        }
+    ) == {"workflows-recipe": "True"}
 
 
 @pytest.mark.parametrize("key", ["destination", "a,b", "zhpc-json"])
@@ -55,7 +67,12 @@ def test_send_headers_carry_persistence_delay_and_id() -> None:
 
 def test_urls() -> None:
     assert server("stomp://u:p%40ss@mq.example.org:61614") == (
-        "mq.example.org", 61614, "u", "p@ss", False)
+        "mq.example.org",
+        61614,
+        "u",
+        "p@ss",
+        False,
+    )
     assert server("stomp+ssl://mq")[1:] == (61613, None, None, True)
     with pytest.raises(ConfigError):
         server("amqp://mq")

@@ -239,8 +239,9 @@ def time_limit_seconds(limit: str | float) -> float:
         return float(limit)
     match = _TIME.match(limit.strip())
     if not match:
-        raise ClusterError(f"bad time limit {limit[:40]!r}: use HH:MM:SS, MM, or D-HH:MM:SS "
-                           "(ASCII digits)")
+        raise ClusterError(
+            f"bad time limit {limit[:40]!r}: use HH:MM:SS, MM, or D-HH:MM:SS (ASCII digits)"
+        )
     days, a, b, c = match.groups()
     nums = [int(x) for x in (a, b, c) if x is not None]
     if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS

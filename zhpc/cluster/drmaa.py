@@ -62,8 +62,12 @@ _NOT_EXPORTED = re.compile(r"(SGE_|SLURM_|SLURMD_|JOB_ID\Z|JOB_NAME\Z|LD_PRELOAD
 #: How much of a large accounting file the first listing reads (its end: the newest jobs).
 _ACCOUNTING_TAIL = 16 * 1024 * 1024
 
+
 def job_template(
-    spec: JobSpec, script: Path, environ: Mapping[str, str], queue: str | None,
+    spec: JobSpec,
+    script: Path,
+    environ: Mapping[str, str],
+    queue: str | None,
     native_args: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The DRMAA job template attributes (and ``bulk``/``hold``) for ``spec``."""  # fmt: skip
@@ -180,9 +184,13 @@ class DRMAACluster(Cluster):
     @classmethod
     def from_config(cls, config: ClusterConfig) -> DRMAACluster:
         drmaa = config.drmaa
-        return cls(config.job_workdir() / "drmaa", library=drmaa.library,
-                   queue=drmaa.queue or config.partition,
-                   native_args=drmaa.native_args, command_timeout=config.command_timeout)
+        return cls(
+            config.job_workdir() / "drmaa",
+            library=drmaa.library,
+            queue=drmaa.queue or config.partition,
+            native_args=drmaa.native_args,
+            command_timeout=config.command_timeout,
+        )
 
     # -- inside a job ------------------------------------------------------------
 
@@ -301,8 +309,10 @@ class DRMAACluster(Cluster):
                 every = {**{j.job_id: j for j in live}, **self._finished}
                 self._cache = (time.monotonic(), list(every.values()))
             found = self._cache[1]
-        return sorted((j for j in found if j.name.startswith(name_prefix)),
-                      key=lambda j: (int(j.array_job_id or j.job_id), j.array_task_id or 0))
+        return sorted(
+            (j for j in found if j.name.startswith(name_prefix)),
+            key=lambda j: (int(j.array_job_id or j.job_id), j.array_task_id or 0),
+        )
 
     def cancel(self, job_ids: Iterable[str], *, pending_only: bool = False) -> None:
         ids = [str(job_id) for job_id in job_ids]
@@ -362,8 +372,11 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
                         setattr(template, key, value)
                 if hold:
                     template.jobSubmissionState = drmaa.JobSubmissionState.HOLD_STATE
-                ids = session.runBulkJobs(template, 1, bulk, 1) if bulk else [
-                    session.runJob(template)]
+                ids = (
+                    session.runBulkJobs(template, 1, bulk, 1)
+                    if bulk
+                    else [session.runJob(template)]
+                )
                 session.deleteJobTemplate(template)
                 return {"ids": ids}
             for job_id in request["ids"]:

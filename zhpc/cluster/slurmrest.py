@@ -46,7 +46,6 @@ from zhpc.cluster.slurm import batch_script, normalise_state
 from zhpc.errors import ClusterError
 
 if TYPE_CHECKING:  # pragma: no cover
-
     from zhpc.config import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -295,16 +294,20 @@ class SlurmRestCluster(Cluster):
         except httpx.TransportError as exc:
             raise _Transient(f"slurmrestd at {self.url}: {type(exc).__name__}: {exc}") from None
         if response.status_code in (401, 403):
-            raise ClusterError(f"slurmrestd at {self.url} refused the token for user "
-                               f"{self.user!r} (expired? make one with scontrol token)")
+            raise ClusterError(
+                f"slurmrestd at {self.url} refused the token for user "
+                f"{self.user!r} (expired? make one with scontrol token)"
+            )
         if response.status_code in (502, 503, 504):
             raise _Transient(f"slurmrestd at {self.url}: HTTP {response.status_code}")
         try:
             answer = response.json()
         except ValueError:
             text = response.text.strip().splitlines()[:1]
-            raise ClusterError(f"slurmrestd at {self.url}: HTTP {response.status_code}: "
-                               f"{text[0][:200] if text else 'no JSON answer'}") from None
+            raise ClusterError(
+                f"slurmrestd at {self.url}: HTTP {response.status_code}: "
+                f"{text[0][:200] if text else 'no JSON answer'}"
+            ) from None
         errors = [e for e in answer.get("errors") or [] if isinstance(e, dict)]
         answer["errors"] = errors
         for error in errors:
@@ -329,7 +332,9 @@ class SlurmRestCluster(Cluster):
             retry=retry_if_exception(retryable),
             reraise=True,
             before_sleep=lambda state: log.warning(
-                "retrying %s %s: %s", method, path,
+                "retrying %s %s: %s",
+                method,
+                path,
                 state.outcome.exception() if state.outcome else "",
             ),
         )

@@ -21,7 +21,8 @@ def positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds") from None
     if not math.isfinite(value) or not 0 < value <= MAX_SECONDS:
         raise argparse.ArgumentTypeError(
-            f"{text[:40]!r}: give a number of seconds above 0 and at most {MAX_SECONDS:.0f}")
+            f"{text[:40]!r}: give a number of seconds above 0 and at most {MAX_SECONDS:.0f}"
+        )
     return value
 
 
@@ -32,7 +33,8 @@ def bounded_count(maximum: int):
         stripped = text.strip()
         if not (stripped.isascii() and stripped.isdigit()) or len(stripped) > 12:
             raise argparse.ArgumentTypeError(
-                f"{text[:40]!r}: give a whole number from 1 to {maximum}")
+                f"{text[:40]!r}: give a whole number from 1 to {maximum}"
+            )
         value = int(stripped)
         if not 1 <= value <= maximum:
             raise argparse.ArgumentTypeError(f"{value} is not from 1 to {maximum}")

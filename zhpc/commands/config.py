@@ -34,6 +34,8 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.environment)
     source = config.source or "embedded default"
     env = f" (environment {config.environment})" if config.environment else ""
-    print(f"{source}{env}: OK, broker {config.broker.display_url()}, "
-          f"cluster backend {config.cluster.backend}")
+    print(
+        f"{source}{env}: OK, broker {config.broker.display_url()}, "
+        f"cluster backend {config.cluster.backend}"
+    )
     return 0

@@ -43,11 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "embedded broker in a fresh directory, run the 'demo' recipe through them, show each "
         "step, and stop everything again.",
     )
-    parser.add_argument("--home", metavar="DIR",
-                        help="directory for the demo's state: new, empty, or one an earlier "
-                        "demo made (default: a new temporary one)")
-    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                        help="give up if the result has not arrived by then (default: 60)")
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="directory for the demo's state: new, empty, or one an earlier "
+        "demo made (default: a new temporary one)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up if the result has not arrived by then (default: 60)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -80,8 +88,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.timeout <= 0:
         raise ZhpcError("--timeout must be positive")
-    home = Path(args.home).expanduser().resolve() if args.home else Path(
-        tempfile.mkdtemp(prefix="zhpc-demo-"))
+    home = (
+        Path(args.home).expanduser().resolve()
+        if args.home
+        else Path(tempfile.mkdtemp(prefix="zhpc-demo-"))
+    )
     demo = _prepare(home)
     print(f"zhpc demo: recipe '{RECIPE}' on an embedded broker, state in {home}")
     try:
@@ -101,14 +112,17 @@ def _claim(home: Path) -> None:
     marker = home / MARKER
     if home.is_dir():
         if not marker.is_file() and any(home.iterdir()):
-            raise ZhpcError(f"--home {home} is not empty and was not made by zhpc demo; "
-                            "name a new or empty directory (the demo would replace its "
-                            "zhpc.yaml and consume the messages in its broker.sqlite)")
+            raise ZhpcError(
+                f"--home {home} is not empty and was not made by zhpc demo; "
+                "name a new or empty directory (the demo would replace its "
+                "zhpc.yaml and consume the messages in its broker.sqlite)"
+            )
     elif home.exists() or home.is_symlink():
         raise ZhpcError(f"--home {home} exists and is not a directory")
     home.mkdir(parents=True, exist_ok=True)
-    marker.write_text("Made by zhpc demo, which may replace anything here when it runs again.\n",
-                      encoding="utf-8")
+    marker.write_text(
+        "Made by zhpc demo, which may replace anything here when it runs again.\n", encoding="utf-8"
+    )
 
 
 def _prepare(home: Path) -> _Demo:
@@ -168,8 +182,13 @@ def _run_demo(demo: _Demo, timeout: float) -> int:
         for name in SERVICES:
             demo.services[name] = _start_service(demo, name)
 
-        _wait(transport, demo, deadline, lambda: all(s.seen for s in demo.services.values()),
-              "the services to start")
+        _wait(
+            transport,
+            demo,
+            deadline,
+            lambda: all(s.seen for s in demo.services.values()),
+            "the services to start",
+        )
         print(f"{demo.elapsed()}  started {', '.join(SERVICES)} as local processes")
 
         request = build_request([RECIPE], [f"output_filename={OUTPUT_NAME}"])
@@ -178,8 +197,10 @@ def _run_demo(demo: _Demo, timeout: float) -> int:
         sent, why = send_request(request, config)
         if not sent:
             raise ZhpcError(f"could not send the request to the embedded broker: {why}")
-        print(f"{demo.elapsed()}  sent recipe '{RECIPE}' with {start_payload}, "
-              f"recipe id {request.guid}")
+        print(
+            f"{demo.elapsed()}  sent recipe '{RECIPE}' with {start_payload}, "
+            f"recipe id {request.guid}"
+        )
 
         found: list[dict[str, Any]] = []
 
@@ -191,17 +212,30 @@ def _run_demo(demo: _Demo, timeout: float) -> int:
 
         _wait(transport, demo, deadline, result_arrived, "the result")
         # Let the last status broadcasts arrive, so every step is shown before the result.
-        _wait(transport, demo, min(deadline, time.monotonic() + 2.0),
-              lambda: all(s.processed for s in demo.services.values()), "", quiet=True)
+        _wait(
+            transport,
+            demo,
+            min(deadline, time.monotonic() + 2.0),
+            lambda: all(s.processed for s in demo.services.values()),
+            "",
+            quiet=True,
+        )
         payload = json.dumps(found[0]["payload"])
         print(f"{demo.elapsed()}  result      {payload} in {output}")
 
     stopped = _stop_all(demo)
-    print(f"{demo.elapsed()}  stopped {len(stopped)} services "
-          + ("(all exited 0)" if all(code == 0 for code in stopped.values())
-             else "(" + ", ".join(f"{n} exited {c}" for n, c in stopped.items()) + ")"))
-    print(f"done in {time.monotonic() - demo.started:.1f} s: recipe '{RECIPE}' turned "
-          f"{start_payload} into {payload}; service logs in {demo.home / 'logs'}")
+    print(
+        f"{demo.elapsed()}  stopped {len(stopped)} services "
+        + (
+            "(all exited 0)"
+            if all(code == 0 for code in stopped.values())
+            else "(" + ", ".join(f"{n} exited {c}" for n, c in stopped.items()) + ")"
+        )
+    )
+    print(
+        f"done in {time.monotonic() - demo.started:.1f} s: recipe '{RECIPE}' turned "
+        f"{start_payload} into {payload}; service logs in {demo.home / 'logs'}"
+    )
     return 0 if all(code == 0 for code in stopped.values()) else 1
 
 
@@ -230,8 +264,10 @@ def _show_step(demo: _Demo, service: _Service) -> None:
         "double": "doubled the value and sent it on",
         "jsonlines": "appended the result to the output file",
     }.get(service.name, "processed a message")
-    print(f"{demo.elapsed()}  {service.name:<11} {what} "
-          f"({service.processed} message{'s' if service.processed != 1 else ''})")
+    print(
+        f"{demo.elapsed()}  {service.name:<11} {what} "
+        f"({service.processed} message{'s' if service.processed != 1 else ''})"
+    )
 
 
 def _start_service(demo: _Demo, name: str) -> _Service:
@@ -239,14 +275,23 @@ def _start_service(demo: _Demo, name: str) -> _Service:
     log_file = log_path.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "zhpc", "-v", "service", "-s", name],
-        env=demo.env, cwd=demo.home, stdin=subprocess.DEVNULL, stdout=log_file,
+        env=demo.env,
+        cwd=demo.home,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
         stderr=subprocess.STDOUT,
     )
     return _Service(name, process, log_path, log_file)
 
 
-def _wait(transport: Any, demo: _Demo, deadline: float, done: Callable[[], bool],
-          what: str, quiet: bool = False) -> None:
+def _wait(
+    transport: Any,
+    demo: _Demo,
+    deadline: float,
+    done: Callable[[], bool],
+    what: str,
+    quiet: bool = False,
+) -> None:
     """Poll broadcasts until ``done()``; a service that dies or the deadline ends the demo."""
     from zhpc.errors import ZhpcError
 
@@ -254,9 +299,11 @@ def _wait(transport: Any, demo: _Demo, deadline: float, done: Callable[[], bool]
         for service in demo.services.values():
             code = service.process.poll()
             if code is not None:
-                raise ZhpcError(f"service {service.name} exited with code {code} while waiting "
-                                f"for {what}: {_last_line(service.log_path)} "
-                                f"(log: {service.log_path})")
+                raise ZhpcError(
+                    f"service {service.name} exited with code {code} while waiting "
+                    f"for {what}: {_last_line(service.log_path)} "
+                    f"(log: {service.log_path})"
+                )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             if quiet:
@@ -300,11 +347,12 @@ def _stop_all(demo: _Demo) -> dict[str, int]:
         try:
             service.process.wait(max(end - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            print(f"zhpc demo: {service.name} did not stop in {STOP_TIMEOUT:g} s; killing it",
-                  file=sys.stderr)
+            print(
+                f"zhpc demo: {service.name} did not stop in {STOP_TIMEOUT:g} s; killing it",
+                file=sys.stderr,
+            )
             service.process.kill()
             service.process.wait()
         service.returncode = service.process.returncode
         service.log_file.close()
-    return {name: s.returncode for name, s in demo.services.items()
-            if s.returncode is not None}
+    return {name: s.returncode for name, s in demo.services.items() if s.returncode is not None}

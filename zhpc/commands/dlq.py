@@ -32,10 +32,12 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "dlq", help="inspect, reinject or purge dead-lettered messages",
+        "dlq",
+        help="inspect, reinject or purge dead-lettered messages",
         description="Dead-lettered messages kept by Schlockmeister in the quarantine store. "
         "ID is a message id or a unique prefix of one; T is a time (2026-12-01T10:00, UTC) "
-        "or an age (90s, 30m, 2h, 7d, 1w).")
+        "or an age (90s, 30m, 2h, 7d, 1w).",
+    )
     actions = parser.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", help="list quarantined messages, oldest first")
@@ -50,20 +52,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.set_defaults(handler=_show)
 
     reinject = actions.add_parser(
-        "reinject", help="send messages back to work; their entries go once the broker confirms",
+        "reinject",
+        help="send messages back to work; their entries go once the broker confirms",
         description="By default each message goes back to the step that failed, with its "
-        "recipe path, a zhpc-reinjected header and a fresh failure budget.")
+        "recipe path, a zhpc-reinjected header and a fresh failure budget.",
+    )
     reinject.add_argument("ids", nargs="+", metavar="ID")
-    reinject.add_argument("--from-start", action="store_true",
-                          help="start the message's recipe again instead (same recipe id)")
+    reinject.add_argument(
+        "--from-start",
+        action="store_true",
+        help="start the message's recipe again instead (same recipe id)",
+    )
     reinject.add_argument("--to", metavar="QUEUE", help="send to QUEUE instead of the original")
     reinject.set_defaults(handler=_reinject)
 
     purge = actions.add_parser("purge", help="export entries to files, then delete them")
     purge.add_argument("ids", nargs="*", metavar="ID")
     purge.add_argument("--older-than", metavar="T", help="every entry quarantined before T")
-    purge.add_argument("--export-dir", metavar="DIR", type=Path,
-                       help="where the files go (default: $ZHPC_HOME/dlq-purged)")
+    purge.add_argument(
+        "--export-dir",
+        metavar="DIR",
+        type=Path,
+        help="where the files go (default: $ZHPC_HOME/dlq-purged)",
+    )
     purge.set_defaults(handler=_purge)
 
     export = actions.add_parser("export", help="write entries as JSON lines (nothing deleted)")
@@ -77,11 +88,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     restore.set_defaults(handler=_import)
 
     pull = actions.add_parser(
-        "pull", help="file what waits in dlq.* queues now (when Schlockmeister is not running)")
-    pull.add_argument("--queue", metavar="Q", action="append", default=[],
-                      help="only this dead-letter queue (dlq.X, or X; repeatable)")
-    pull.add_argument("--quiet-time", type=float, default=1.0, metavar="SECONDS",
-                      help="stop after this long without a message (default 1)")
+        "pull", help="file what waits in dlq.* queues now (when Schlockmeister is not running)"
+    )
+    pull.add_argument(
+        "--queue",
+        metavar="Q",
+        action="append",
+        default=[],
+        help="only this dead-letter queue (dlq.X, or X; repeatable)",
+    )
+    pull.add_argument(
+        "--quiet-time",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="stop after this long without a message (default 1)",
+    )
     pull.set_defaults(handler=_pull)
 
 
@@ -98,8 +120,10 @@ def selection(args: argparse.Namespace) -> dict[str, Any]:
     """``store.entries`` arguments for ``--queue`` and ``--since``, checked before a store opens."""
     from zhpc.quarantine.entry import work_queue
 
-    return {"queue": work_queue(args.queue) if args.queue else None,
-            "since": parse_time(args.since, "--since") if args.since else None}
+    return {
+        "queue": work_queue(args.queue) if args.queue else None,
+        "since": parse_time(args.since, "--since") if args.since else None,
+    }
 
 
 def parse_time(text: str, option: str, now: float | None = None) -> float:
@@ -116,8 +140,9 @@ def parse_time(text: str, option: str, now: float | None = None) -> float:
     try:
         moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ZhpcError(f"{option}: {text!r} is not a time (use e.g. 30m, 2h, 7d or "
-                        "2026-12-01T10:00)") from None
+        raise ZhpcError(
+            f"{option}: {text!r} is not a time (use e.g. 30m, 2h, 7d or 2026-12-01T10:00)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.UTC)
     return moment.timestamp()
@@ -187,13 +212,25 @@ def _list(args: argparse.Namespace) -> int:
     rows = [("ID", "QUEUE", "RECIPE", "STEP", "REASON", "DELIV", "QUARANTINED", "ERROR")]
     for e in entries:
         step = "-" if e.step is None else str(e.step)
-        rows.append((e.id, e.queue, (e.recipe_id or "-")[:36], step,
-                     e.reason, str(e.deliveries), (e.summary_record()["quarantined_at"] or "")[:19],
-                     _one_line(f"{e.exception}: {e.error}" if e.exception else e.error or "", 60)))
+        rows.append(
+            (
+                e.id,
+                e.queue,
+                (e.recipe_id or "-")[:36],
+                step,
+                e.reason,
+                str(e.deliveries),
+                (e.summary_record()["quarantined_at"] or "")[:19],
+                _one_line(f"{e.exception}: {e.error}" if e.exception else e.error or "", 60),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-              + "  " + row[-1])
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[-1]
+        )
     return 0
 
 
@@ -222,8 +259,10 @@ def _show(args: argparse.Namespace) -> int:
         print(f"{name + ':':<14} {value}")
     print("timeline:")
     for event in entry.timeline():
-        print(f"  {event['time'] or '(time unknown)':<24}  {event['event']:<13}  "
-              f"{event['where']}  {_one_line(event['detail'], 200)}".rstrip())
+        print(
+            f"  {event['time'] or '(time unknown)':<24}  {event['event']:<13}  "
+            f"{event['where']}  {_one_line(event['detail'], 200)}".rstrip()
+        )
     print("headers:")
     for key, value in sorted(entry.headers.items()):
         print(f"  {key}: {json.dumps(value, default=str)}")
@@ -240,7 +279,7 @@ def _body_text(entry: QuarantineEntry, limit: int = 4096) -> str:
         return entry.body.decode("utf-8")
     except UnicodeDecodeError:
         shown = entry.body[:limit]
-        lines = [f"  {shown[i:i + 32].hex(' ')}" for i in range(0, len(shown), 32)]
+        lines = [f"  {shown[i : i + 32].hex(' ')}" for i in range(0, len(shown), 32)]
         if len(entry.body) > limit:
             lines.append(f"  ... {len(entry.body) - limit} more bytes (show --json has them all)")
         return "\n".join(lines)
@@ -273,15 +312,27 @@ def _reinject_entries(args: argparse.Namespace) -> int:
     if args.to is not None:
         _check_queue_name(args.to)
         if args.from_start:
-            raise ZhpcError("--to and --from-start cannot be combined: the recipe says where "
-                            "its start messages go")
+            raise ZhpcError(
+                "--to and --from-start cannot be combined: the recipe says where "
+                "its start messages go"
+            )
     config, store = open_quarantine(args)
     with store:
         entries = resolve(store, args.ids)
-        planned = [(entry, reinject.from_start(entry) if args.from_start
-                    else reinject.at_failed_step(entry, args.to)) for entry in entries]
-        broker = config.broker.model_copy(update={"connection_attempts": min(
-            config.broker.connection_attempts, CONNECTION_ATTEMPTS)})
+        planned = [
+            (
+                entry,
+                reinject.from_start(entry)
+                if args.from_start
+                else reinject.at_failed_step(entry, args.to),
+            )
+            for entry in entries
+        ]
+        broker = config.broker.model_copy(
+            update={
+                "connection_attempts": min(config.broker.connection_attempts, CONNECTION_ATTEMPTS)
+            }
+        )
         progress = Progress("reinjected", len(planned))
         done = 0
         try:
@@ -293,15 +344,20 @@ def _reinject_entries(args: argparse.Namespace) -> int:
                     if store.delete(entry.id, entry.version):
                         print(f"reinjected {entry.id} to {where}")
                     else:
-                        print(f"reinjected {entry.id} to {where}; its entry was updated meanwhile "
-                              "(another copy was filed) and is kept")
+                        print(
+                            f"reinjected {entry.id} to {where}; its entry was updated meanwhile "
+                            "(another copy was filed) and is kept"
+                        )
                     progress.step()
             progress.finish()
         except TransportError as exc:
             left = len(planned) - done
-            print(f"zhpc dlq: broker {broker.display_url()} did not take the message(s): "
-                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; {left} "
-                  f"entr{'y' if left == 1 else 'ies'} kept in {store.where}", file=sys.stderr)
+            print(
+                f"zhpc dlq: broker {broker.display_url()} did not take the message(s): "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; {left} "
+                f"entr{'y' if left == 1 else 'ies'} kept in {store.where}",
+                file=sys.stderr,
+            )
             return EXIT_BROKER
     return 0
 
@@ -309,8 +365,12 @@ def _reinject_entries(args: argparse.Namespace) -> int:
 def _check_queue_name(name: str) -> None:
     from zhpc.errors import ZhpcError
 
-    if not name or len(name.encode("utf-8", "replace")) > 255 or not name.isprintable() \
-            or name != name.strip():
+    if (
+        not name
+        or len(name.encode("utf-8", "replace")) > 255
+        or not name.isprintable()
+        or name != name.strip()
+    ):
         raise ZhpcError(f"--to: {name!r:.60} is not a queue name (1-255 printable bytes)")
 
 
@@ -362,6 +422,8 @@ def _pull(args: argparse.Namespace) -> int:
             pass
         transport.flush(10)
         progress.finish()
-    print(f"filed {quarantiner.filed} message(s) from {len(queues)} dead-letter queue(s) "
-          f"in {store.where}")
+    print(
+        f"filed {quarantiner.filed} message(s) from {len(queues)} dead-letter queue(s) "
+        f"in {store.where}"
+    )
     return 0

@@ -78,8 +78,9 @@ def _write_export_file(directory: Path, entry: QuarantineEntry) -> Path:
         finally:
             os.close(dir_fd)
     except OSError as exc:
-        raise ZhpcError(f"cannot export {entry.id} to {folder}: {exc.strerror or exc}; "
-                        "nothing more purged") from None
+        raise ZhpcError(
+            f"cannot export {entry.id} to {folder}: {exc.strerror or exc}; nothing more purged"
+        ) from None
     return final
 
 
@@ -125,8 +126,9 @@ def restore(args: argparse.Namespace) -> int:
                 try:
                     entries.append(QuarantineEntry.from_record(json.loads(line)))
                 except (ValueError, TypeError) as exc:
-                    raise ZhpcError(f"{name}:{number}: not an exported entry: {exc}; "
-                                    "nothing imported") from None
+                    raise ZhpcError(
+                        f"{name}:{number}: not an exported entry: {exc}; nothing imported"
+                    ) from None
     _config, store = open_quarantine(args)
     added = 0
     with store:
@@ -135,6 +137,8 @@ def restore(args: argparse.Namespace) -> int:
             added += store.restore(entry)
             progress.step()
         progress.finish()
-    print(f"imported {added} entr{'y' if added == 1 else 'ies'}; "
-          f"{len(entries) - added} already in {store.where}")
+    print(
+        f"imported {added} entr{'y' if added == 1 else 'ies'}; "
+        f"{len(entries) - added} already in {store.where}"
+    )
     return 0

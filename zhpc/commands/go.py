@@ -41,19 +41,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "print the recipe id. If the broker cannot be reached the request is saved in "
         "$ZHPC_HOME/spool and the exit code is 3; 'zhpc go --pickup' sends saved requests.",
     )
-    parser.add_argument("recipes", nargs="*", metavar="RECIPE",
-                        help="recipe names (files in recipes.directory, without suffix)")
-    parser.add_argument("-s", "--set", dest="parameters", action="append", default=[],
-                        metavar="KEY=VALUE", help="a recipe parameter (a string; repeatable)")
-    parser.add_argument("-f", "--file", metavar="FILE",
-                        help="also run the recipe in this JSON or YAML file")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the request and print it instead of sending it")
-    parser.add_argument("--allow-unfilled", action="store_true",
-                        help="send even if templates such as {name} are left unfilled "
-                        "(a site lookup in the Dispatcher may fill them)")
-    parser.add_argument("--pickup", action="store_true",
-                        help="send the requests saved in the spool, oldest first")
+    parser.add_argument(
+        "recipes",
+        nargs="*",
+        metavar="RECIPE",
+        help="recipe names (files in recipes.directory, without suffix)",
+    )
+    parser.add_argument(
+        "-s",
+        "--set",
+        dest="parameters",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe parameter (a string; repeatable)",
+    )
+    parser.add_argument(
+        "-f", "--file", metavar="FILE", help="also run the recipe in this JSON or YAML file"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the request and print it instead of sending it",
+    )
+    parser.add_argument(
+        "--allow-unfilled",
+        action="store_true",
+        help="send even if templates such as {name} are left unfilled "
+        "(a site lookup in the Dispatcher may fill them)",
+    )
+    parser.add_argument(
+        "--pickup", action="store_true", help="send the requests saved in the spool, oldest first"
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -84,15 +103,26 @@ def _go(args: argparse.Namespace) -> int:
     request = build_request(args.recipes, args.parameters, args.file)
     unfilled = validate(request, config)
     if unfilled and not args.allow_unfilled:
-        raise ZhpcError(f"templates left unfilled: {', '.join(unfilled)}; set them with "
-                        "-s NAME=VALUE, or pass --allow-unfilled")
+        raise ZhpcError(
+            f"templates left unfilled: {', '.join(unfilled)}; set them with "
+            "-s NAME=VALUE, or pass --allow-unfilled"
+        )
     if args.dry_run:
         import json
 
         from zhpc.dispatch import request_headers
 
-        print(json.dumps({"queue": dispatcher_queue(config), "headers": request_headers(),
-                          "message": request.to_body(), "unfilled": unfilled}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "queue": dispatcher_queue(config),
+                    "headers": request_headers(),
+                    "message": request.to_body(),
+                    "unfilled": unfilled,
+                },
+                indent=2,
+            )
+        )
         return 0
     sent, where = send_request(request, config)
     print(request.guid)
@@ -100,8 +130,11 @@ def _go(args: argparse.Namespace) -> int:
         return 0
     from zhpc.spool import default_spool
 
-    print(f"zhpc go: {where}; request saved in the spool ({default_spool()}), "
-          "'zhpc go --pickup' sends it", file=sys.stderr)
+    print(
+        f"zhpc go: {where}; request saved in the spool ({default_spool()}), "
+        "'zhpc go --pickup' sends it",
+        file=sys.stderr,
+    )
     return EXIT_SPOOLED
 
 
@@ -140,7 +173,8 @@ def build_request(
     if not str(parameters.get("guid", "")).strip():
         parameters["guid"] = str(uuid.uuid4())
     return DispatchRequest.from_body(
-        {"recipes": list(recipes), "parameters": parameters, "custom_recipe": custom})
+        {"recipes": list(recipes), "parameters": parameters, "custom_recipe": custom}
+    )
 
 
 #: Names filled after go: by the Dispatcher's built-in lookup, and ``payload`` by zhpc wrap.
@@ -161,13 +195,19 @@ def validate(request: DispatchRequest, config: Config) -> list[str]:
     limits = config.limits
     size = len(request_message(request, dispatcher_queue(config)).body)
     if size > limits.max_message_bytes:
-        raise ZhpcError(f"the request is {size} bytes; at most {limits.max_message_bytes} "
-                        "are allowed (limits.max_message_bytes)")
-    rw = prepare(request, RecipeCache(config.recipes.directory).get, emit=lambda _out: None,
-                 limits=limits)
+        raise ZhpcError(
+            f"the request is {size} bytes; at most {limits.max_message_bytes} "
+            "are allowed (limits.max_message_bytes)"
+        )
+    rw = prepare(
+        request, RecipeCache(config.recipes.directory).get, emit=lambda _out: None, limits=limits
+    )
     rw.start()
-    return [text for text in rw.recipe.unfilled
-            if re.split(r"[\[!:.]", text[1:], maxsplit=1)[0] not in _FILLED_LATER]
+    return [
+        text
+        for text in rw.recipe.unfilled
+        if re.split(r"[\[!:.]", text[1:], maxsplit=1)[0] not in _FILLED_LATER
+    ]
 
 
 def dispatcher_queue(config: Config) -> str:
@@ -181,8 +221,11 @@ def _quick_transport(config: Config) -> Any:
 
     attempts = min(config.broker.connection_attempts, GO_CONNECTION_ATTEMPTS)
     confirm = min(config.broker.confirm_timeout, GO_CONFIRM_TIMEOUT)
-    return get_transport(config.broker.model_copy(
-        update={"connection_attempts": attempts, "confirm_timeout": confirm}))
+    return get_transport(
+        config.broker.model_copy(
+            update={"connection_attempts": attempts, "confirm_timeout": confirm}
+        )
+    )
 
 
 def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
@@ -201,8 +244,13 @@ def send_request(request: DispatchRequest, config: Config) -> tuple[bool, str]:
         transport.publish(message)
         return True, ""
     except TransportError as exc:
-        Spool().save(message.destination, request.to_body(), dict(message.headers),
-                     label=request.guid or "", message_id=message.message_id)
+        Spool().save(
+            message.destination,
+            request.to_body(),
+            dict(message.headers),
+            label=request.guid or "",
+            message_id=message.message_id,
+        )
         return False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     finally:
         # Once the publish is confirmed the request is the broker's: a failing close
@@ -235,17 +283,23 @@ def pickup(config: Config) -> int:
             def send(item: SpooledMessage) -> None:
                 nonlocal sent
                 same_id = {"message_id": item.message_id} if item.message_id else {}
-                transport.publish(Outgoing.json(item.queue, item.message, headers=item.headers,
-                                                **same_id))
+                transport.publish(
+                    Outgoing.json(item.queue, item.message, headers=item.headers, **same_id)
+                )
                 sent += 1
-                guid = item.message.get("parameters", {}).get("guid") if isinstance(
-                    item.message, dict) else None
+                guid = (
+                    item.message.get("parameters", {}).get("guid")
+                    if isinstance(item.message, dict)
+                    else None
+                )
                 print(f"sent {item.path.name}" + (f" (recipe id {guid})" if guid else ""))
 
             spool.send_all(send, on_bad=report_bad)
     except TransportError as exc:
         left = len(spool.files())
-        raise ZhpcError(f"broker {config.broker.display_url()} unreachable after sending "
-                        f"{sent}: {exc}; {left} request(s) stay in {spool.directory}") from None
+        raise ZhpcError(
+            f"broker {config.broker.display_url()} unreachable after sending "
+            f"{sent}: {exc}; {left} request(s) stay in {spool.directory}"
+        ) from None
     print(f"sent {sent} spooled request(s); {len(spool.files())} left in {spool.directory}")
     return 2 if bad else 0

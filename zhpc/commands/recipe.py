@@ -24,8 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="print a recipe graph after parameter substitution")
     show.add_argument("file", metavar="FILE")
     show.add_argument("--format", choices=("text", "mermaid", "dot"), default="text")
-    show.add_argument("-s", "--set", dest="parameters", action="append", default=[],
-                      metavar="KEY=VALUE", help="parameter to substitute (repeatable)")
+    show.add_argument(
+        "-s",
+        "--set",
+        dest="parameters",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="parameter to substitute (repeatable)",
+    )
     show.set_defaults(handler=_show)
 
 
@@ -113,10 +120,12 @@ def _describe(node: Any) -> list[str]:
     if isinstance(cluster, dict):
         command = cluster.get("command")
         if isinstance(command, list):
-            lines.append("runs: " + " ".join(json.dumps(a) if " " in str(a) else str(a)
-                                             for a in command))
-        extras = [f"{k}={cluster[k]}" for k in ("partition", "time", "cpus", "memory")
-                  if k in cluster]
+            lines.append(
+                "runs: " + " ".join(json.dumps(a) if " " in str(a) else str(a) for a in command)
+            )
+        extras = [
+            f"{k}={cluster[k]}" for k in ("partition", "time", "cpus", "memory") if k in cluster
+        ]
         if extras:
             lines.append("cluster: " + " ".join(extras))
     return lines
@@ -168,8 +177,7 @@ def render_mermaid(recipe: Recipe) -> str:
     if "error" in recipe.data:
         lines.append('    error(["error"])')
     for number, node in recipe.nodes.items():
-        label = "<br/>".join(_mermaid_text(line) for line in
-                             [f"{number}", *_describe(node)])
+        label = "<br/>".join(_mermaid_text(line) for line in [f"{number}", *_describe(node)])
         shape = ('{{"', '"}}') if isinstance(node, dict) and "topic" in node else ('["', '"]')
         lines.append(f"    n{number}{shape[0]}{label}{shape[1]}")
     for source, target, label, is_error in _edges(recipe):

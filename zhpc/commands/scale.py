@@ -24,10 +24,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (("SERVICE", "service", 18), ("QUEUE", "queue", 20), ("READY", "ready", 6),
-            ("UNACKED", "unacked", 7), ("CONS", "consumers", 4), ("RUN", "running", 4),
-            ("PEND", "pending", 4), ("DESIRED", "desired", 7), ("SUBMIT", "submitted", 6),
-            ("CANCEL", "cancelled", 6))
+_COLUMNS = (
+    ("SERVICE", "service", 18),
+    ("QUEUE", "queue", 20),
+    ("READY", "ready", 6),
+    ("UNACKED", "unacked", 7),
+    ("CONS", "consumers", 4),
+    ("RUN", "running", 4),
+    ("PEND", "pending", 4),
+    ("DESIRED", "desired", 7),
+    ("SUBMIT", "submitted", 6),
+    ("CANCEL", "cancelled", 6),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,22 +49,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="run one cycle (the default)")
     mode.add_argument("--daemon", action="store_true", help="run cycles until SIGTERM")
-    mode.add_argument("--reset", action="store_true",
-                      help="forget the crash-loop verdict of the services, then exit")
-    parser.add_argument("--interval", type=float, metavar="S",
-                        help="seconds between daemon cycles (default: the smallest "
-                        "scaler.<service>.interval)")
-    parser.add_argument("--poll", type=float, default=0.5, metavar="S",
-                        help="daemon: look at the queue depths this often between cycles "
-                        "(default: 0.5)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the decisions, submit and cancel nothing")
-    parser.add_argument("--json", action="store_true",
-                        help="one JSON object per service per cycle")
-    parser.add_argument("-s", "--service", action="append", default=[], metavar="NAME",
-                        help="scale only this service (repeatable)")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="daemon: serve Prometheus /metrics (queue depths, jobs) on PORT")
+    mode.add_argument(
+        "--reset",
+        action="store_true",
+        help="forget the crash-loop verdict of the services, then exit",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        metavar="S",
+        help="seconds between daemon cycles (default: the smallest scaler.<service>.interval)",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="daemon: look at the queue depths this often between cycles (default: 0.5)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the decisions, submit and cancel nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per service per cycle")
+    parser.add_argument(
+        "-s",
+        "--service",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="scale only this service (repeatable)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="daemon: serve Prometheus /metrics (queue depths, jobs) on PORT",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -100,8 +128,15 @@ def _scaler(config: Config, targets: list[Target], store: StateStore, dry_run: b
     except BaseException:
         transport.close()
         raise
-    return Scaler(config, targets, transport=transport, cluster=cluster, store=store,
-                  management=ManagementClient.from_config(config.broker), dry_run=dry_run)
+    return Scaler(
+        config,
+        targets,
+        transport=transport,
+        cluster=cluster,
+        store=store,
+        management=ManagementClient.from_config(config.broker),
+        dry_run=dry_run,
+    )
 
 
 def _close(scaler: Scaler) -> None:
@@ -122,8 +157,11 @@ def _once(
             finally:
                 _close(scaler)
     except LockBusy:
-        print(f"zhpc scale: another zhpc scale is running a cycle (lock {store.lock_path}); "
-              "nothing to do", file=sys.stderr)
+        print(
+            f"zhpc scale: another zhpc scale is running a cycle (lock {store.lock_path}); "
+            "nothing to do",
+            file=sys.stderr,
+        )
         return 0
     return _show(reports, args.json, header=True)
 
@@ -139,16 +177,27 @@ def _show(reports: list[ServiceReport], as_json: bool, header: bool) -> int:
         for report in reports:
             data = report.to_json()
             cells = ["?" if data[key] is None else str(data[key]) for _, key, _ in _COLUMNS]
-            print(" ".join(f"{cell:<{width}}" for cell, (_, _, width) in zip(
-                cells, _COLUMNS, strict=True)) + " " + report.reason, flush=True)
+            print(
+                " ".join(
+                    f"{cell:<{width}}" for cell, (_, _, width) in zip(cells, _COLUMNS, strict=True)
+                )
+                + " "
+                + report.reason,
+                flush=True,
+            )
     failed = [r for r in reports if r.error]
     for report in failed:
         print(f"zhpc: error: {report.service}: {report.error}", file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 
-def _daemon(config: Config, targets: list[Target], store: StateStore, args: argparse.Namespace,
-            interval: float) -> int:
+def _daemon(
+    config: Config,
+    targets: list[Target],
+    store: StateStore,
+    args: argparse.Namespace,
+    interval: float,
+) -> int:
     from zhpc.errors import TransportError, ZhpcError
     from zhpc.jobenv import Drain
     from zhpc.scaler import BrokerUnreachable

@@ -19,16 +19,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-s", "--service", metavar="NAME", help="the service to run")
     parser.add_argument("--list", action="store_true", help="list installed services and exit")
     parser.add_argument("--queue", help="consume this queue instead of the service's own")
-    parser.add_argument("--prefetch", type=bounded_count(65535), metavar="N",
-                        help="messages held at once, 1-65535 (default: config)")
-    parser.add_argument("--max-runtime", type=positive_seconds, metavar="SECONDS",
-                        help="drain after this many seconds")
-    parser.add_argument("--idle-timeout", type=positive_seconds, metavar="SECONDS",
-                        help="drain after this long without a message")
-    parser.add_argument("--metrics-port", type=int, metavar="PORT",
-                        help="serve Prometheus /metrics on PORT (0: any free port, logged)")
-    parser.add_argument("--metrics-textfile", type=Path, metavar="DIR",
-                        help="write the metrics to DIR (node_exporter's textfile collector)")
+    parser.add_argument(
+        "--prefetch",
+        type=bounded_count(65535),
+        metavar="N",
+        help="messages held at once, 1-65535 (default: config)",
+    )
+    parser.add_argument(
+        "--max-runtime",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="drain after this many seconds",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="drain after this long without a message",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics on PORT (0: any free port, logged)",
+    )
+    parser.add_argument(
+        "--metrics-textfile",
+        type=Path,
+        metavar="DIR",
+        help="write the metrics to DIR (node_exporter's textfile collector)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -69,8 +89,9 @@ def _run(args: argparse.Namespace) -> int:
     service_config = config.service(args.service).model_copy(update=overrides)
     service = cls(args.service, service_config, config)
     runner = getattr(cls, "runner_class", None) or ServiceRunner
-    if runner is not ServiceRunner and (args.metrics_port is not None
-                                        or args.metrics_textfile is not None):
+    if runner is not ServiceRunner and (
+        args.metrics_port is not None or args.metrics_textfile is not None
+    ):
         from zhpc.errors import ZhpcError
 
         raise ZhpcError(f"{args.service!r} runs with its own runner, which has no metrics")

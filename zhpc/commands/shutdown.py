@@ -7,10 +7,12 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "shutdown", help="make running services drain and exit 0",
+        "shutdown",
+        help="make running services drain and exit 0",
         description="Broadcast a shutdown: the services it names (all with --all; --service "
         "and --host combine) finish or hand back the message in hand and exit 0. Services "
-        "started afterwards are not affected.")
+        "started afterwards are not affected.",
+    )
     parser.add_argument("--service", metavar="NAME", help="only instances of this service")
     parser.add_argument("--host", metavar="H", help="only services on host H")
     parser.add_argument("--all", action="store_true", help="every service everywhere")
@@ -30,8 +32,17 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.environment)
     with get_transport(config.broker) as transport:
         transport.publish(shutdown_message(service=args.service, host=args.host))
-    what = "every service" if args.all else " ".join(
-        part for part in (f"service {args.service}" if args.service else "",
-                          f"on host {args.host}" if args.host else "") if part)
+    what = (
+        "every service"
+        if args.all
+        else " ".join(
+            part
+            for part in (
+                f"service {args.service}" if args.service else "",
+                f"on host {args.host}" if args.host else "",
+            )
+            if part
+        )
+    )
     print(f"shutdown sent to {what}")
     return 0

@@ -24,14 +24,24 @@ JOBS_INTERVAL = 15.0
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "status", help="live services, queue depths, batch jobs and quarantined messages",
+        "status",
+        help="live services, queue depths, batch jobs and quarantined messages",
         description="What runs now: services (from their status heartbeats), the depths of "
-        "zhpc's queues, zhpc's batch jobs by service and state, quarantined messages.")
-    parser.add_argument("--json", action="store_true",
-                        help='one JSON object {"services", "queues", "jobs", "quarantined"}')
+        "zhpc's queues, zhpc's batch jobs by service and state, quarantined messages.",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object {"services", "queues", "jobs", "quarantined"}',
+    )
     parser.add_argument("--watch", action="store_true", help="a live view, until Ctrl-C")
-    parser.add_argument("--listen", type=float, default=5.0, metavar="SECONDS",
-                        help="how long to collect heartbeats first (default 5)")
+    parser.add_argument(
+        "--listen",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to collect heartbeats first (default 5)",
+    )
     parser.add_argument("--no-jobs", action="store_true", help="do not ask the scheduler")
     parser.set_defaults(handler=_run)
 
@@ -86,8 +96,9 @@ def _watch(config: Any, transport: Any, board: Any, *, jobs: bool) -> int:
                     if last_jobs[2]:
                         view["jobs_error"] = last_jobs[2]
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-                live.update(render(view, title=f"zhpc status  {stamp}  (Ctrl-C quits)"),
-                            refresh=True)
+                live.update(
+                    render(view, title=f"zhpc status  {stamp}  (Ctrl-C quits)"), refresh=True
+                )
                 _listen(transport, WATCH_INTERVAL)
     except KeyboardInterrupt:
         return 0
@@ -100,27 +111,43 @@ def render(view: dict[str, Any], title: str | None = None) -> RenderableType:
     from rich.text import Text
 
     services = Table(title="services", title_justify="left", expand=False)
-    for column in ("service", "host", "pid", "job", "state", "busy", "processed", "failed",
-                   "seen"):
-        services.add_column(column, justify="right" if column in (
-            "pid", "busy", "processed", "failed", "seen") else "left")
+    for column in ("service", "host", "pid", "job", "state", "busy", "processed", "failed", "seen"):
+        services.add_column(
+            column,
+            justify="right" if column in ("pid", "busy", "processed", "failed", "seen") else "left",
+        )
     for s in view["services"]:
-        style = {"processing": "green", "idle": "cyan", "stopped": "dim",
-                 "shutting down": "yellow"}.get(s["state"], "")
-        services.add_row(str(s["service"]), str(s["host"]), str(s["pid"] or ""),
-                         str(s["slurm_job_id"] or ""), Text(str(s["state"]), style=style),
-                         f"{s['utilization']:.0%}", str(s["processed"] or 0),
-                         Text(str(s["failed"] or 0), style="red" if s["failed"] else ""),
-                         f"{s['last_seen']:.0f}s ago")
+        style = {
+            "processing": "green",
+            "idle": "cyan",
+            "stopped": "dim",
+            "shutting down": "yellow",
+        }.get(s["state"], "")
+        services.add_row(
+            str(s["service"]),
+            str(s["host"]),
+            str(s["pid"] or ""),
+            str(s["slurm_job_id"] or ""),
+            Text(str(s["state"]), style=style),
+            f"{s['utilization']:.0%}",
+            str(s["processed"] or 0),
+            Text(str(s["failed"] or 0), style="red" if s["failed"] else ""),
+            f"{s['last_seen']:.0f}s ago",
+        )
     if not view["services"]:
         services.caption = "no heartbeat heard"
     queues = Table(title="queues", title_justify="left")
     for column in ("queue", "ready", "unacked", "consumers", "retrying", "dead"):
         queues.add_column(column, justify="left" if column == "queue" else "right")
     for q in view["queues"]:
-        queues.add_row(q["queue"], str(q["ready"]),
-                       "?" if q["unacked"] is None else str(q["unacked"]), str(q["consumers"]),
-                       str(q["retrying"]), Text(str(q["dead"]), style="red" if q["dead"] else ""))
+        queues.add_row(
+            q["queue"],
+            str(q["ready"]),
+            "?" if q["unacked"] is None else str(q["unacked"]),
+            str(q["consumers"]),
+            str(q["retrying"]),
+            Text(str(q["dead"]), style="red" if q["dead"] else ""),
+        )
     jobs = Table(title="batch jobs", title_justify="left")
     for column in ("service", "state", "jobs"):
         jobs.add_column(column, justify="right" if column == "jobs" else "left")
@@ -129,10 +156,17 @@ def render(view: dict[str, Any], title: str | None = None) -> RenderableType:
     if view.get("jobs_error"):
         jobs.caption = f"not listed: {view['jobs_error']}"
     count = view.get("quarantined")
-    quarantine = Text(f"quarantined: {'?' if count is None else count}"
-                      + (f" ({view['quarantine_error']})" if view.get("quarantine_error")
-                         else "  (zhpc dlq list)" if count else ""),
-                      style="red" if count else "")
+    quarantine = Text(
+        f"quarantined: {'?' if count is None else count}"
+        + (
+            f" ({view['quarantine_error']})"
+            if view.get("quarantine_error")
+            else "  (zhpc dlq list)"
+            if count
+            else ""
+        ),
+        style="red" if count else "",
+    )
     parts: list[RenderableType] = [services, queues, jobs, quarantine]
     if title:
         parts.insert(0, Text(title, style="bold"))

@@ -25,15 +25,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "drain before the time limit. Prints the job id (--dry-run: the batch script).",
     )
     parser.add_argument("-s", "--service", metavar="NAME", help="the service to run")
-    parser.add_argument("--count", "-n", type=bounded_count(MAX_COUNT), default=1, metavar="N",
-                        help=f"number of array tasks, 1 to {MAX_COUNT} (default: 1)")
-    parser.add_argument("--time", metavar="HH:MM:SS",
-                        help="wall-clock limit per task (default: scaler/cluster config)")
+    parser.add_argument(
+        "--count",
+        "-n",
+        type=bounded_count(MAX_COUNT),
+        default=1,
+        metavar="N",
+        help=f"number of array tasks, 1 to {MAX_COUNT} (default: 1)",
+    )
+    parser.add_argument(
+        "--time",
+        metavar="HH:MM:SS",
+        help="wall-clock limit per task (default: scaler/cluster config)",
+    )
     parser.add_argument("--partition", metavar="P", help="Slurm partition")
-    parser.add_argument("--hold", action="store_true",
-                        help="submit held (release with scontrol release)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the sbatch command and script instead of submitting")
+    parser.add_argument(
+        "--hold", action="store_true", help="submit held (release with scontrol release)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the sbatch command and script instead of submitting",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -49,11 +62,13 @@ def _run(args: argparse.Namespace) -> int:
         raise ZhpcError(f"--count must be at least 1, not {args.count}")
     known = plugins.available(plugins.SERVICES)
     if args.service not in known:
-        raise ZhpcError(f"no service named {args.service!r} "
-                        f"(available: {', '.join(known) or 'none installed'})")
+        raise ZhpcError(
+            f"no service named {args.service!r} (available: {', '.join(known) or 'none installed'})"
+        )
     config = load_config(args.config, args.environment)
-    spec = service_array_spec(config, args.service, args.count, time=args.time,
-                              partition=args.partition, hold=args.hold)
+    spec = service_array_spec(
+        config, args.service, args.count, time=args.time, partition=args.partition, hold=args.hold
+    )
     from zhpc.cluster import get_cluster
 
     if args.dry_run:
@@ -62,8 +77,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             from zhpc.cluster.slurm import sbatch_argv
 
-            print(f"# {config.cluster.backend} backend: "
-                  + shlex.join(sbatch_argv(spec, site_args=config.cluster.extra_sbatch_args)))
+            print(
+                f"# {config.cluster.backend} backend: "
+                + shlex.join(sbatch_argv(spec, site_args=config.cluster.extra_sbatch_args))
+            )
         print(spec.script, end="")
         return 0
     config.cluster.job_workdir().mkdir(parents=True, exist_ok=True)

@@ -22,16 +22,24 @@ FOLLOW_INTERVAL = 1.0
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "trace", help="show every step of a recipe: outcome, host, job, duration, error",
+        "trace",
+        help="show every step of a recipe: outcome, host, job, duration, error",
         description="The steps of one recipe (its environment.ID) in recipe order, from the "
-        "events kept by the recorder service; steps not reached yet show as waiting.")
+        "events kept by the recorder service; steps not reached yet show as waiting.",
+    )
     parser.add_argument("recipe_id", metavar="RECIPE_ID")
-    parser.add_argument("--json", action="store_true",
-                        help='one JSON object {"recipe_id": ..., "steps": [...]}')
-    parser.add_argument("--follow", action="store_true",
-                        help="keep updating until the recipe is finished")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="with --follow: give up after this long (exit 1)")
+    parser.add_argument(
+        "--json", action="store_true", help='one JSON object {"recipe_id": ..., "steps": [...]}'
+    )
+    parser.add_argument(
+        "--follow", action="store_true", help="keep updating until the recipe is finished"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --follow: give up after this long (exit 1)",
+    )
     parser.set_defaults(handler=_run)
 
 
@@ -101,8 +109,10 @@ def _follow(store: Any, config: Config, args: argparse.Namespace) -> int:
             if trace["finished"]:
                 return 0
             if deadline is not None and time.monotonic() >= deadline:
-                print(f"zhpc trace: recipe {args.recipe_id} not finished after "
-                      f"{args.timeout:g} s", file=sys.stderr)
+                print(
+                    f"zhpc trace: recipe {args.recipe_id} not finished after {args.timeout:g} s",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(FOLLOW_INTERVAL)
     except KeyboardInterrupt:

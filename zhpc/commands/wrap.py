@@ -20,13 +20,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--wrap", metavar="NAME", help="wrapper plug-in to run (see --list)")
     parser.add_argument("--recipewrapper", metavar="FILE", help="recipe step to report to")
     parser.add_argument("--workdir", metavar="DIR", help="run here (default: current directory)")
-    parser.add_argument("--heartbeat", type=positive_seconds, default=30.0, metavar="SECONDS",
-                        help="seconds between status broadcasts (default: 30)")
+    parser.add_argument(
+        "--heartbeat",
+        type=positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between status broadcasts (default: 30)",
+    )
     parser.add_argument("--list", action="store_true", help="list installed wrappers and exit")
-    parser.add_argument("--resend", metavar="RESULTS",
-                        help="publish results a previous run saved because the broker was away")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARG...",
-                        help="the program and its arguments")
+    parser.add_argument(
+        "--resend",
+        metavar="RESULTS",
+        help="publish results a previous run saved because the broker was away",
+    )
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD ARG...",
+        help="the program and its arguments",
+    )
     parser.set_defaults(handler=_run)
 
 

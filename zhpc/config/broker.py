@@ -24,7 +24,6 @@ class TLSConfig(Section):
     verify: bool = True
 
 
-
 class BrokerConfig(Section):
     """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``: a scheme that an
     installed transport serves (the ``zhpc.transports`` entry points)."""
@@ -60,8 +59,9 @@ class BrokerConfig(Section):
         """``url: [amqp://a:5672/, amqp://b:5672/]`` means ``url`` a, ``hosts`` [a, b]."""
         if isinstance(data, dict) and isinstance(data.get("url"), list):
             if data.get("hosts"):
-                raise ValueError("give the nodes either as a list in broker.url or in "
-                                 "broker.hosts, not both")
+                raise ValueError(
+                    "give the nodes either as a list in broker.url or in broker.hosts, not both"
+                )
             data = dict(data)
             data["url"], data["hosts"] = split_broker_urls(data["url"])
         return data
@@ -142,4 +142,3 @@ class BrokerConfig(Section):
         if not path:
             raise ConfigError("broker.url sqlite:/// needs a file path")
         return Path(path).expanduser()
-

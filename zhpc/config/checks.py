@@ -47,8 +47,9 @@ def check_broker_url(url: str, schemes: list[str] | None = None) -> str:
     known = schemes or ["amqp", "amqps", "sqlite"]
     if parts.scheme not in known:
         words = [f"{scheme}://" for scheme in known]
-        raise ValueError("must start with " + " or ".join(filter(None, [", ".join(words[:-1]),
-                                                                       words[-1]])))
+        raise ValueError(
+            "must start with " + " or ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+        )
     if parts.scheme not in ("amqp", "amqps", "sqlite"):
         return url  # a site's own transport checks its own URLs
     if parts.scheme == "sqlite":
@@ -82,8 +83,10 @@ def split_broker_urls(urls: list[Any]) -> tuple[str, list[str]]:
     for url in urls:
         check_broker_url(url)
         if _without_host(url) != common:
-            raise ValueError("the URLs in broker.url must differ only in host and port "
-                             "(same scheme, user, password and vhost)")
+            raise ValueError(
+                "the URLs in broker.url must differ only in host and port "
+                "(same scheme, user, password and vhost)"
+            )
         parts = urlsplit(url)
         port = f":{parts.port}" if parts.port else ""
         host = parts.hostname or ""
@@ -103,8 +106,9 @@ def check_host_port(host: str) -> str:
     try:
         port = urlsplit(f"//{host}").port
     except ValueError:
-        raise ValueError("each entry must be host or host:port with a port from 1 to 65535") \
-            from None
+        raise ValueError(
+            "each entry must be host or host:port with a port from 1 to 65535"
+        ) from None
     if port is not None and not 1 <= port <= 65535:
         raise ValueError("the port must be a number from 1 to 65535")
     return host

@@ -65,8 +65,9 @@ class ClusterConfig(Section):
         names = plugins.names(plugins.CLUSTERS)
         if backend not in names:
             expected = one_of([repr(name) for name in names])
-            raise PydanticCustomError("literal_error", "Input should be {expected}",
-                                      {"expected": expected})
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
         return backend
 
     @field_validator("default_time")
@@ -76,4 +77,3 @@ class ClusterConfig(Section):
 
     def job_workdir(self) -> Path:
         return (self.workdir or zhpc_home() / "jobs").expanduser()
-

@@ -64,8 +64,11 @@ class _ConfigLoader(yaml.SafeLoader):
             return super().construct_yaml_int(node)
         except ValueError:
             raise yaml.constructor.ConstructorError(
-                None, None, f"integer with {len(str(node.value))} digits is too large",
-                node.start_mark) from None
+                None,
+                None,
+                f"integer with {len(str(node.value))} digits is too large",
+                node.start_mark,
+            ) from None
 
 
 _ConfigLoader.add_constructor("tag:yaml.org,2002:int", _ConfigLoader.construct_yaml_int)

@@ -73,4 +73,3 @@ class Config(Section):
 
     def scaler_for(self, name: str) -> ScalerConfig:
         return self.scaler.get(name) or ScalerConfig()
-

@@ -98,4 +98,3 @@ class LimitsConfig(Section):
     max_message_bytes: int = Field(16 * 2**20, ge=1024, le=2**31)
     #: Largest total of all start messages of one request, in bytes.
     max_dispatch_bytes: int = Field(64 * 2**20, ge=1024, le=2**34)
-

@@ -55,5 +55,3 @@ class EventsConfig(_StoreSection):
     password_file: Path | None = None
     #: Days the recorder keeps events; older ones are deleted.
     retention_days: float = Field(30.0, gt=0)
-
-

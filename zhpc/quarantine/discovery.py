@@ -77,8 +77,12 @@ class QueueFinder:
             return set(management_queues(base, self.config.broker, DLQ_PREFIX))
         except (OSError, ValueError) as exc:
             self._management_off_until = time.monotonic() + MANAGEMENT_RETRY
-            log.warning("RabbitMQ management API at %s did not list the queues (%s); watching "
-                        "the dead-letter queues of known queues instead", base, _reason(exc))
+            log.warning(
+                "RabbitMQ management API at %s did not list the queues (%s); watching "
+                "the dead-letter queues of known queues instead",
+                base,
+                _reason(exc),
+            )
             return None
 
     def _known_queues(self) -> set[str]:
@@ -118,8 +122,10 @@ def management_queues(base: str, broker: BrokerConfig, prefix: str) -> list[str]
     vhost = unquote(parts.path[1:]) if parts.path not in ("", "/") else "/"
     request = urllib.request.Request(
         f"{base}/api/queues/{quote(vhost, safe='')}?columns=name",
-        headers={"Authorization": "Basic "
-                 + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")},
+        headers={
+            "Authorization": "Basic "
+            + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        },
     )
     with urllib.request.urlopen(request, timeout=MANAGEMENT_TIMEOUT) as answer:
         queues = json.load(answer)

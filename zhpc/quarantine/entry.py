@@ -187,8 +187,9 @@ class QuarantineEntry:
         if not error and record is not None and record.reason != "delivery_limit":
             error = record.detail.removeprefix(f"{record.reason}:").strip()
         exception = text(raw.get(LAST_EXCEPTION_HEADER)) or text(last.get("exception"))
-        deliveries = max(_int(raw.get(DEAD_LETTER_COUNT_HEADER)), len(failures),
-                         record.count if record else 0)
+        deliveries = max(
+            _int(raw.get(DEAD_LETTER_COUNT_HEADER)), len(failures), record.count if record else 0
+        )
         message_id = message.message_id or text(raw.get(MESSAGE_ID_HEADER))
         return cls(
             id=message_id or f"sha-{fingerprint[:32]}",
@@ -257,14 +258,18 @@ class QuarantineEntry:
             if stamp is None:
                 raise ValueError(f"{key!r} is not a time: {data.get(key)!r:.40}")
             values[key] = stamp
-        checks = {"headers": (dict, "object"), "history": (list, "array"),
-                  "failures": (list, "array")}
+        checks = {
+            "headers": (dict, "object"),
+            "history": (list, "array"),
+            "failures": (list, "array"),
+        }
         for key, (kind, name) in checks.items():
             if key in data and not isinstance(data[key], kind):
                 raise ValueError(f"{key!r} must be a JSON {name}")
         for key in ("step", "deliveries", "copies"):
-            if data.get(key) is not None and (isinstance(data[key], bool)
-                                              or not isinstance(data[key], int)):
+            if data.get(key) is not None and (
+                isinstance(data[key], bool) or not isinstance(data[key], int)
+            ):
                 raise ValueError(f"{key!r} must be an integer")
         for key in ("recipe_id", "error", "exception", "summary", "fingerprint"):
             if data.get(key) is not None and not isinstance(data[key], str):
@@ -291,25 +296,60 @@ class QuarantineEntry:
         events: list[tuple[float, int, dict[str, Any]]] = []
         for order, failure in enumerate(self.failures):
             at = epoch_of(failure.get("time"))
-            where = ", ".join(f"{k} {failure[k]}" for k in ("host", "pid", "job_id")
-                              if failure.get(k) not in (None, ""))
+            where = ", ".join(
+                f"{k} {failure[k]}"
+                for k in ("host", "pid", "job_id")
+                if failure.get(k) not in (None, "")
+            )
             what = text(failure.get("exception")) or "failure"
             detail = f"{what}: {text(failure.get('error'))}" if failure.get("error") else what
-            events.append((at or 0.0, order, {"time": iso(at), "event": "failed",
-                                              "where": where, "detail": detail}))
+            events.append(
+                (
+                    at or 0.0,
+                    order,
+                    {"time": iso(at), "event": "failed", "where": where, "detail": detail},
+                )
+            )
         for order, death in enumerate(reversed(self.history)):  # x-death is newest first
             at = epoch_of(death.get("time"))
             detail = f"{text(death.get('reason'))} (count {text(death.get('count'))})"
-            events.append((at or 0.0, 100 + order, {"time": iso(at), "event": "dead-lettered",
-                                                    "where": text(death.get("queue")),
-                                                    "detail": detail}))
+            events.append(
+                (
+                    at or 0.0,
+                    100 + order,
+                    {
+                        "time": iso(at),
+                        "event": "dead-lettered",
+                        "where": text(death.get("queue")),
+                        "detail": detail,
+                    },
+                )
+            )
         if not self.history:
-            events.append((self.quarantined_at - 1e-6, 200, {
-                "time": None, "event": "dead-lettered", "where": self.queue,
-                "detail": self.error or self.reason}))
-        events.append((self.quarantined_at, 300, {"time": iso(self.quarantined_at),
-                                                  "event": "quarantined", "where": self.dlq,
-                                                  "detail": f"{self.copies} copy(ies)"}))
+            events.append(
+                (
+                    self.quarantined_at - 1e-6,
+                    200,
+                    {
+                        "time": None,
+                        "event": "dead-lettered",
+                        "where": self.queue,
+                        "detail": self.error or self.reason,
+                    },
+                )
+            )
+        events.append(
+            (
+                self.quarantined_at,
+                300,
+                {
+                    "time": iso(self.quarantined_at),
+                    "event": "quarantined",
+                    "where": self.dlq,
+                    "detail": f"{self.copies} copy(ies)",
+                },
+            )
+        )
         return [event for _at, _order, event in sorted(events, key=lambda e: (e[0], e[1]))]
 
 
@@ -339,8 +379,11 @@ def _parse(body: bytes) -> Any:
 
 
 def _original_queue(headers: dict[str, Any], dlq: str, death_queue: str) -> str:
-    for candidate in (headers.get(DEAD_LETTER_QUEUE_HEADER), headers.get("x-first-death-queue"),
-                      death_queue):
+    for candidate in (
+        headers.get(DEAD_LETTER_QUEUE_HEADER),
+        headers.get("x-first-death-queue"),
+        death_queue,
+    ):
         name = text(candidate)
         if name:
             return work_queue(name)
@@ -370,7 +413,8 @@ def _summary(body: bytes, parsed: Any) -> str:
             return _clip(body.decode("utf-8"), f" (not JSON, {len(body)} bytes)")
         except UnicodeDecodeError:
             return f"{len(body)} bytes of binary data: {body[:16].hex()}" + (
-                "..." if len(body) > 16 else "")
+                "..." if len(body) > 16 else ""
+            )
     shown = parsed.get("payload") if isinstance(parsed, dict) and "recipe" in parsed else parsed
     return _clip(json.dumps(shown, separators=(",", ":"), default=str), "")
 

@@ -37,8 +37,9 @@ COMMIT_TIMEOUT = 60.0
 class Quarantiner:
     """Files dead-lettered messages from one transport into one store."""
 
-    def __init__(self, store: QuarantineStore, transport: Transport, *,
-                 notify_queue: str = "zhpc.quarantine") -> None:
+    def __init__(
+        self, store: QuarantineStore, transport: Transport, *, notify_queue: str = "zhpc.quarantine"
+    ) -> None:
         self.store = store
         self.transport = transport
         self.notify_queue = notify_queue
@@ -54,25 +55,35 @@ class Quarantiner:
             os._exit(CRASH_EXIT_CODE)
         self.filed += 1
         if filed.notified:
-            log.info("message %s from %s was filed before (copy delivered again); acking it",
-                     entry.id, message.queue)
+            log.info(
+                "message %s from %s was filed before (copy delivered again); acking it",
+                entry.id,
+                message.queue,
+            )
             self.transport.ack(message)
             return entry
-        log.error("quarantined message %s from %s: %s%s%s (recipe %s, step %s, %d deliveries)",
-                  entry.id, entry.queue, entry.reason,
-                  f": {entry.exception}" if entry.exception else "",
-                  f": {_one_line(entry.error)}" if entry.error else "",
-                  entry.recipe_id or "-", entry.step if entry.step is not None else "-",
-                  entry.deliveries)
-        notes = [Outgoing.json(self.notify_queue, entry.summary_record())] if self.notify_queue \
-            else []
+        log.error(
+            "quarantined message %s from %s: %s%s%s (recipe %s, step %s, %d deliveries)",
+            entry.id,
+            entry.queue,
+            entry.reason,
+            f": {entry.exception}" if entry.exception else "",
+            f": {_one_line(entry.error)}" if entry.error else "",
+            entry.recipe_id or "-",
+            entry.step if entry.step is not None else "-",
+            entry.deliveries,
+        )
+        notes = (
+            [Outgoing.json(self.notify_queue, entry.summary_record())] if self.notify_queue else []
+        )
         future = self.transport.commit(notes, ack=message)
         try:
             future.result(COMMIT_TIMEOUT)
         except (TransportError, FutureTimeout) as exc:
             # Stored all the same; the copy comes back (or the ack is still on its way).
-            log.warning("message %s is stored, but its note/ack was not confirmed: %s",
-                        entry.id, exc)
+            log.warning(
+                "message %s is stored, but its note/ack was not confirmed: %s", entry.id, exc
+            )
             return entry
         self.reported += 1
         try:

@@ -40,16 +40,18 @@ class PostgresStore(QuarantineStore):
         try:
             import psycopg
         except ImportError:
-            raise StoreError("a PostgreSQL quarantine store needs psycopg: "
-                             "pip install 'zhpc[postgres]'") from None
+            raise StoreError(
+                "a PostgreSQL quarantine store needs psycopg: pip install 'zhpc[postgres]'"
+            ) from None
         extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
         if self._password is not None:
             extra["password"] = self._password
         try:
             self._conn = psycopg.connect(self._url, **extra)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open quarantine store {self.where}: "
-                             f"{_first_line(exc)}") from None
+            raise StoreError(
+                f"cannot open quarantine store {self.where}: {_first_line(exc)}"
+            ) from None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -96,8 +98,9 @@ class PostgresStore(QuarantineStore):
             conn.commit()
         except psycopg.Error as exc:  # maybe committed, maybe not: not repeated blindly
             self._lost()
-            raise StoreError(f"quarantine store {self.where}: commit failed: "
-                             f"{_first_line(exc)}") from None
+            raise StoreError(
+                f"quarantine store {self.where}: commit failed: {_first_line(exc)}"
+            ) from None
         return result
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -127,4 +130,3 @@ def _pg(sql: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-

@@ -41,8 +41,11 @@ FAILURE_HEADERS = (
 def fresh_headers(entry: QuarantineEntry) -> dict[str, Any]:
     """The original headers without failure history, plus ``zhpc-reinjected``."""
     original = entry.original_headers()
-    headers = {key: _carryable(value) for key, value in original.items()
-               if not key.startswith(FAILURE_HEADERS) and key != REINJECTED_HEADER}
+    headers = {
+        key: _carryable(value)
+        for key, value in original.items()
+        if not key.startswith(FAILURE_HEADERS) and key != REINJECTED_HEADER
+    }
     before = original.get(REINJECTED_HEADER)
     count = before if isinstance(before, int) and not isinstance(before, bool) else 0
     headers[REINJECTED_HEADER] = count + 1
@@ -66,14 +69,17 @@ def from_start(entry: QuarantineEntry) -> list[Outgoing]:
 
     body = entry.body_json()
     if not isinstance(body, dict) or not isinstance(body.get("recipe"), dict):
-        raise ZhpcError(f"entry {entry.id} is not a recipe message; it can only be "
-                        "reinjected as it is (without --from-start)")
+        raise ZhpcError(
+            f"entry {entry.id} is not a recipe message; it can only be "
+            "reinjected as it is (without --from-start)"
+        )
     environment = body.get("environment")
     try:
         recipe = Recipe(body["recipe"], source=f"entry {entry.id}")
         recipe.validate()
-        wrapper = RecipeWrapper(recipe, environment=dict(environment or {}),
-                                message_id=uuid.uuid4().hex)
+        wrapper = RecipeWrapper(
+            recipe, environment=dict(environment or {}), message_id=uuid.uuid4().hex
+        )
         count = fresh_headers(entry)[REINJECTED_HEADER]
         return wrapper.start(headers={REINJECTED_HEADER: count})
     except (RecipeError, TypeError, ValueError) as exc:

@@ -38,13 +38,45 @@ from zhpc.quarantine.entry import QuarantineEntry
 TABLE = "zhpc_quarantine"
 BUSY_TIMEOUT = 30.0
 
-_COLUMNS = ("id", "queue", "dlq", "reason", "recipe_id", "step", "error", "exception",
-            "deliveries", "summary", "history", "failures", "headers", "body",
-            "quarantined_at", "updated_at", "copies", "fingerprint", "version")
+_COLUMNS = (
+    "id",
+    "queue",
+    "dlq",
+    "reason",
+    "recipe_id",
+    "step",
+    "error",
+    "exception",
+    "deliveries",
+    "summary",
+    "history",
+    "failures",
+    "headers",
+    "body",
+    "quarantined_at",
+    "updated_at",
+    "copies",
+    "fingerprint",
+    "version",
+)
 _JSON_COLUMNS = ("history", "failures", "headers")
 #: Columns refreshed when another copy of a message is filed (quarantined_at stays the first).
-_REFRESHED = ("queue", "dlq", "reason", "recipe_id", "step", "error", "exception", "deliveries",
-              "summary", "history", "failures", "headers", "body", "updated_at")
+_REFRESHED = (
+    "queue",
+    "dlq",
+    "reason",
+    "recipe_id",
+    "step",
+    "error",
+    "exception",
+    "deliveries",
+    "summary",
+    "history",
+    "failures",
+    "headers",
+    "body",
+    "updated_at",
+)
 
 _SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -170,8 +202,11 @@ class QuarantineStore(abc.ABC):
         return bool(self.write(lambda run: run(_RESTORE, row)))
 
     def mark_notified(self, entry_id: str, version: int) -> None:
-        self.write(lambda run: run(f"UPDATE {TABLE} SET notified = 1 WHERE id = ? AND "
-                                    "version = ?", (entry_id, version)))
+        self.write(
+            lambda run: run(
+                f"UPDATE {TABLE} SET notified = 1 WHERE id = ? AND version = ?", (entry_id, version)
+            )
+        )
 
     def delete(self, entry_id: str, version: int | None = None) -> bool:
         """Delete an entry (only at ``version``, if given); True if a row was deleted."""
@@ -190,25 +225,41 @@ class QuarantineStore(abc.ABC):
         if self.query(f"SELECT id FROM {TABLE} WHERE id = ?", (entry_id,)):
             return entry_id
         prefix = f"SELECT id FROM {TABLE} WHERE substr(id, 1, CAST(? AS INTEGER)) = ? "
-        found = [row[0] for row in self.query(prefix + "ORDER BY id LIMIT 3", (
-            len(entry_id), entry_id))] if len(entry_id) >= 4 else []
+        found = (
+            [
+                row[0]
+                for row in self.query(prefix + "ORDER BY id LIMIT 3", (len(entry_id), entry_id))
+            ]
+            if len(entry_id) >= 4
+            else []
+        )
         if len(found) == 1:
             return str(found[0])
         if found:
-            raise ZhpcError(f"id {entry_id!r} is ambiguous ({', '.join(found)}, ...); "
-                            "give more of it")
+            raise ZhpcError(
+                f"id {entry_id!r} is ambiguous ({', '.join(found)}, ...); give more of it"
+            )
         raise ZhpcError(f"no quarantined message with id {entry_id!r} in {self.where}")
 
-    def entries(self, *, queue: str | None = None, since: float | None = None,
-                before: float | None = None, full: bool = False) -> list[QuarantineEntry]:
+    def entries(
+        self,
+        *,
+        queue: str | None = None,
+        since: float | None = None,
+        before: float | None = None,
+        full: bool = False,
+    ) -> list[QuarantineEntry]:
         """Entries oldest first, optionally of one queue and in a time window.
 
         Without ``full`` the body and headers are left out (cheap listings).
         """
         columns = _COLUMNS if full else _SUMMARY_COLUMNS
         where, params = [], []
-        for clause, value in (("queue = ?", queue), ("quarantined_at >= ?", since),
-                              ("quarantined_at < ?", before)):
+        for clause, value in (
+            ("queue = ?", queue),
+            ("quarantined_at >= ?", since),
+            ("quarantined_at < ?", before),
+        ):
             if value is not None:
                 where.append(clause)
                 params.append(value)

@@ -90,11 +90,11 @@ def find_recipe(name: str, directory: str | Path | None = None) -> Path:
     so a message can never make zhpc read a file outside the recipe directory.
     """
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise RecipeError(f"invalid recipe name {short(name)}: use letters, digits, "
-                          "'_', '-', '.' and no path")
+        raise RecipeError(
+            f"invalid recipe name {short(name)}: use letters, digits, '_', '-', '.' and no path"
+        )
     if len(name) > MAX_NAME:
-        raise RecipeError(f"invalid recipe name {short(name)}: longer than {MAX_NAME} "
-                          "characters")
+        raise RecipeError(f"invalid recipe name {short(name)}: longer than {MAX_NAME} characters")
     if directory is None:
         base = Path(str(resources.files("zhpc.recipes")))
     else:
@@ -105,8 +105,9 @@ def find_recipe(name: str, directory: str | Path | None = None) -> Path:
     if not found:
         raise RecipeError(f"no recipe {name!r} in {base} (looked for .json, .yaml, .yml)")
     if len(found) > 1:
-        raise RecipeError(f"recipe {name!r} is ambiguous in {base}: "
-                          + ", ".join(p.name for p in found))
+        raise RecipeError(
+            f"recipe {name!r} is ambiguous in {base}: " + ", ".join(p.name for p in found)
+        )
     return found[0]
 
 

@@ -57,8 +57,7 @@ def _targets(value: Any) -> list[Any] | None:
 def parse_links(value: Any) -> Links:
     """The channels of an ``output`` or ``error`` value, whatever it holds."""
     if isinstance(value, dict):
-        return Links([Channel(name, raw, _targets(raw)) for name, raw in value.items()],
-                     named=True)
+        return Links([Channel(name, raw, _targets(raw)) for name, raw in value.items()], named=True)
     targets = _targets(value)
     if targets is None:
         return Links([], shaped=False)

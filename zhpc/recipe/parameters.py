@@ -27,8 +27,14 @@ MAX_SUBSTITUTED_CHARS = 1_000_000
 _DIGIT_RUN = re.compile(r"[0-9]+")
 
 
-def substitute(value: Any, parameters: Mapping[str, Any], *, where: str = "value",
-               strict: bool = True, max_chars: int | None = None) -> Any:
+def substitute(
+    value: Any,
+    parameters: Mapping[str, Any],
+    *,
+    where: str = "value",
+    strict: bool = True,
+    max_chars: int | None = None,
+) -> Any:
     """A copy of ``value`` with the templates in its strings filled in from ``parameters``.
 
     Each string is formatted on its own, so a value can never spill into its
@@ -41,19 +47,30 @@ def substitute(value: Any, parameters: Mapping[str, Any], *, where: str = "value
     a later stage: text that is not a valid template there (braces an earlier stage
     inserted from a value, such as ``out{1}.jsonl``) is kept exactly as it is.
     """
-    return _substituted(plain(value, where), parameters, where, f"{where} after substitution",
-                        strict=strict, max_chars=max_chars)
+    return _substituted(
+        plain(value, where),
+        parameters,
+        where,
+        f"{where} after substitution",
+        strict=strict,
+        max_chars=max_chars,
+    )
 
 
-def substitute_recipe(data: dict[Any, Any], parameters: Mapping[str, Any], *,
-                      unfilled: list[str] | None = None,
-                      max_chars: int | None = None) -> dict[Any, Any]:
+def substitute_recipe(
+    data: dict[Any, Any],
+    parameters: Mapping[str, Any],
+    *,
+    unfilled: list[str] | None = None,
+    max_chars: int | None = None,
+) -> dict[Any, Any]:
     """:func:`substitute` for a whole recipe: errors name the node (``node 2: ...``).
 
     The templates no parameter filled are appended to ``unfilled`` (``{name}`` each).
     """
-    return _substituted(data, parameters, None, "recipe after substitution",
-                        unfilled=unfilled, max_chars=max_chars)
+    return _substituted(
+        data, parameters, None, "recipe after substitution", unfilled=unfilled, max_chars=max_chars
+    )
 
 
 def template_problems(data: Any) -> list[str]:
@@ -63,13 +80,21 @@ def template_problems(data: Any) -> list[str]:
     return problems
 
 
-def _substituted(value: Any, parameters: Mapping[str, Any], root: str | None,
-                 result_where: str, *, strict: bool = True, unfilled: list[str] | None = None,
-                 max_chars: int | None = None) -> Any:
+def _substituted(
+    value: Any,
+    parameters: Mapping[str, Any],
+    root: str | None,
+    result_where: str,
+    *,
+    strict: bool = True,
+    unfilled: list[str] | None = None,
+    max_chars: int | None = None,
+) -> Any:
     if not isinstance(parameters, Mapping):
         raise RecipeError(f"parameters must be a mapping, not {type(parameters).__name__}")
-    substitution = _Substitution(parameters, root=root, strict=strict,
-                                 max_chars=max_chars or MAX_SUBSTITUTED_CHARS)
+    substitution = _Substitution(
+        parameters, root=root, strict=strict, max_chars=max_chars or MAX_SUBSTITUTED_CHARS
+    )
     try:
         result = substitution.apply(value, ())
     except RecursionError:
@@ -166,9 +191,15 @@ class _Substitution:
     left exactly as written, so parameters can be applied in stages.
     """
 
-    def __init__(self, parameters: Mapping[str, Any], problems: list[str] | None = None,
-                 root: str | None = None, *, strict: bool = True,
-                 max_chars: int = MAX_SUBSTITUTED_CHARS):
+    def __init__(
+        self,
+        parameters: Mapping[str, Any],
+        problems: list[str] | None = None,
+        root: str | None = None,
+        *,
+        strict: bool = True,
+        max_chars: int = MAX_SUBSTITUTED_CHARS,
+    ):
         self.parameters = parameters
         self.problems = problems
         self.root = root  # None: paths start at a recipe node ("node 2: ...")
@@ -193,8 +224,11 @@ class _Substitution:
                 new_key = self.apply(key, (*path, "<key>")) if isinstance(key, str) else key
                 if isinstance(key, str) and not isinstance(new_key, str):
                     # JSON keys are strings; workflows would build an unsendable recipe
-                    self._fail((*path, key), key, "a key must stay a string, but "
-                               f"$REPLACE made it {short(new_key, 30)}")
+                    self._fail(
+                        (*path, key),
+                        key,
+                        f"a key must stay a string, but $REPLACE made it {short(new_key, 30)}",
+                    )
                     new_key = key
                 out[new_key] = self.apply(value, (*path, key))
             return out
@@ -300,13 +334,14 @@ class _Substitution:
         """Refuse a width or precision that alone makes a string beyond the limit."""
         for run in _DIGIT_RUN.findall(spec):
             if len(run) > 9 or int(run) > self.max_chars:
-                raise _TooLarge(f"format width or precision {run[:12]} is larger than "
-                                f"{self.max_chars} characters")
+                raise _TooLarge(
+                    f"format width or precision {run[:12]} is larger than "
+                    f"{self.max_chars} characters"
+                )
 
     def _check_size(self, length: int) -> None:
         if length > self.max_chars:
-            raise _TooLarge(f"substitution makes a string of more than {self.max_chars} "
-                            "characters")
+            raise _TooLarge(f"substitution makes a string of more than {self.max_chars} characters")
 
 
 def _verbatim(field: str, spec: str | None, conversion: str | None) -> str:
@@ -340,4 +375,3 @@ def _path_text(tail: str, path: tuple[Any, ...]) -> str:
         else:
             tail += f".{part}" if tail else str(part)
     return tail
-

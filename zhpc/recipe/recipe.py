@@ -33,8 +33,13 @@ class Recipe:
     what is wrong, :meth:`validate` raises.
     """
 
-    def __init__(self, data: Mapping[Any, Any] | None = None, *, source: str | None = None,
-                 _decoded: bool = False):
+    def __init__(
+        self,
+        data: Mapping[Any, Any] | None = None,
+        *,
+        source: str | None = None,
+        _decoded: bool = False,
+    ):
         self.source = source
         self._duplicates: list[int] = []
         #: ``{name}`` templates left after :meth:`apply_parameters` (no such parameter).
@@ -45,8 +50,9 @@ class Recipe:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise RecipeError(f"{source or 'recipe'}: a recipe must be a mapping, not "
-                              f"{type(data).__name__}")
+            raise RecipeError(
+                f"{source or 'recipe'}: a recipe must be a mapping, not {type(data).__name__}"
+            )
         if not _decoded:  # fresh json.loads output is plain already: no copy (3x faster)
             data = plain(data, source or "recipe")
         self.data: dict[Any, Any] = self._normalise(data)
@@ -67,8 +73,12 @@ class Recipe:
         # Same key order as workflows: converted keys move to the end.
         result = {**kept, **converted}
         for key, node in result.items():
-            if (is_node_number(key) and isinstance(node, dict) and "output" in node
-                    and not isinstance(node["output"], list | dict)):
+            if (
+                is_node_number(key)
+                and isinstance(node, dict)
+                and "output" in node
+                and not isinstance(node["output"], list | dict)
+            ):
                 result[key] = {**node, "output": [node["output"]]}  # never edit the input
         if is_node_number(result.get("error")):
             result["error"] = [result["error"]]
@@ -154,8 +164,9 @@ class Recipe:
         try:
             return strictjson.dumps(self.data, indent=indent, default=json_default)
         except ValueError as exc:
-            raise RecipeError(f"{self.source or 'recipe'}: cannot be written as JSON: "
-                              f"{exc}") from None
+            raise RecipeError(
+                f"{self.source or 'recipe'}: cannot be written as JSON: {exc}"
+            ) from None
 
     # links ------------------------------------------------------------------
 
@@ -182,8 +193,9 @@ class Recipe:
 
     # transformation ---------------------------------------------------------
 
-    def apply_parameters(self, parameters: Mapping[str, Any], *,
-                         max_chars: int | None = None) -> None:
+    def apply_parameters(
+        self, parameters: Mapping[str, Any], *, max_chars: int | None = None
+    ) -> None:
         """Substitute ``{name}`` and ``{$REPLACE:name}`` in place, like python-workflows.
 
         Values are inserted literally (braces in a value are not templates); the
@@ -194,8 +206,7 @@ class Recipe:
         :class:`~zhpc.errors.RecipeError` names the node and key.
         """
         unfilled: list[str] = []
-        self.data = substitute_recipe(self.data, parameters, unfilled=unfilled,
-                                      max_chars=max_chars)
+        self.data = substitute_recipe(self.data, parameters, unfilled=unfilled, max_chars=max_chars)
         self.unfilled = sorted(set(self.unfilled) | set(unfilled))
         self.substituted = True
 
@@ -257,16 +268,23 @@ def _yaml_loader() -> type:
             value = super().construct_yaml_float(node)
             if not math.isfinite(value):
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"{str(node.value)[:40]} is not a number JSON allows",
-                    node.start_mark)
+                    None,
+                    None,
+                    f"{str(node.value)[:40]} is not a number JSON allows",
+                    node.start_mark,
+                )
             return value
 
         def construct_yaml_int(self, node: Any) -> int:
             digits = len(str(node.value).lstrip("+-"))
             if digits > strictjson.MAX_INT_DIGITS:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"an integer with {digits} digits is too large "
-                    f"(at most {strictjson.MAX_INT_DIGITS})", node.start_mark)
+                    None,
+                    None,
+                    f"an integer with {digits} digits is too large "
+                    f"(at most {strictjson.MAX_INT_DIGITS})",
+                    node.start_mark,
+                )
             return super().construct_yaml_int(node)
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
@@ -279,8 +297,11 @@ def _yaml_loader() -> type:
                     continue  # SafeLoader reports unhashable keys itself
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"key {str(key)[:60]!r} appears twice in one mapping",
-                        key_node.start_mark)
+                        None,
+                        None,
+                        f"key {str(key)[:60]!r} appears twice in one mapping",
+                        key_node.start_mark,
+                    )
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 

@@ -30,8 +30,9 @@ class RecipeInvalid(RecipeError):
         super().__init__(f"{prefix}invalid recipe: {shown}")
 
 
-def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
-                    templates: bool = True) -> list[str]:
+def recipe_problems(
+    data: dict[Any, Any], duplicates: list[int], *, templates: bool = True
+) -> list[str]:
     """Everything wrong with normalised recipe ``data``; ``duplicates`` are node numbers
     the source defined more than once (normalising merged them). ``templates=False``
     after substitution: braces then come from parameter values, inserted literally."""
@@ -43,8 +44,10 @@ def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
         if key in ("start", "error"):
             continue
         if not is_node_number(key):
-            problems.append(f"top-level key {short(key)}: not a node number "
-                            "(python-workflows cannot parse other keys here)")
+            problems.append(
+                f"top-level key {short(key)}: not a node number "
+                "(python-workflows cannot parse other keys here)"
+            )
         elif key < 1:
             problems.append(f"node {key}: node numbers start at 1")
         elif not isinstance(value, dict):
@@ -60,8 +63,7 @@ def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
     else:
         for i, entry in enumerate(data["start"]):
             if not (isinstance(entry, list) and len(entry) == 2):
-                problems.append(f"start[{i}]: must be a [node, payload] pair, "
-                                f"not {short(entry)}")
+                problems.append(f"start[{i}]: must be a [node, payload] pair, not {short(entry)}")
             else:
                 graph.link(f"start[{i}]", [entry[0]], None)
     # top-level error
@@ -70,8 +72,7 @@ def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
         if isinstance(value, list):
             graph.link("error", value, None)
         else:
-            problems.append(f"error: must be a node number or a list of them, "
-                            f"not {short(value)}")
+            problems.append(f"error: must be a node number or a list of them, not {short(value)}")
     # nodes
     for number, node in nodes.items():
         problems.extend(_node_problems(number, node))
@@ -81,8 +82,9 @@ def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
     # cycles and reachability (only over links that made sense)
     cycle = _find_cycle(graph.edges)
     if cycle:
-        problems.append("cycle: " + " -> ".join(str(n) for n in cycle)
-                        + " (use checkpoint() to revisit a step)")
+        problems.append(
+            "cycle: " + " -> ".join(str(n) for n in cycle) + " (use checkpoint() to revisit a step)"
+        )
     reached = graph.reached()
     for number in nodes:
         if number not in reached:
@@ -96,8 +98,9 @@ def recipe_problems(data: dict[Any, Any], duplicates: list[int], *,
 class _Graph:
     """The links that make sense, gathered while the others become problems."""
 
-    def __init__(self, data: dict[Any, Any], nodes: dict[int, dict[str, Any]],
-                 problems: list[str]) -> None:
+    def __init__(
+        self, data: dict[Any, Any], nodes: dict[int, dict[str, Any]], problems: list[str]
+    ) -> None:
         self.data = data
         self.nodes = nodes
         self.problems = problems
@@ -133,22 +136,27 @@ def _link_problems(graph: _Graph, number: int, kind: str, value: Any) -> None:
     where = f"node {number}: {kind}"
     links = parse_links(value)
     if links.named and kind == "error":
-        graph.problems.append(f"{where}: must be a node number or a list of them "
-                              "(named outputs are only for 'output')")
+        graph.problems.append(
+            f"{where}: must be a node number or a list of them "
+            "(named outputs are only for 'output')"
+        )
         return
     if not links.shaped:
-        graph.problems.append(f"{where}: must be a node number, a list of them, or "
-                              f"named outputs, not {short(value)}")
+        graph.problems.append(
+            f"{where}: must be a node number, a list of them, or named outputs, not {short(value)}"
+        )
     for channel in links.channels:
         at = where
         if links.named:
             at = f"{where}.{channel.name}"
             if not isinstance(channel.name, str) or not channel.name:
-                graph.problems.append(f"{where}: output name {short(channel.name)} "
-                                      "must be a non-empty string")
+                graph.problems.append(
+                    f"{where}: output name {short(channel.name)} must be a non-empty string"
+                )
             if channel.targets is None:
-                graph.problems.append(f"{at}: must be a node number or a list of them, "
-                                      f"not {short(channel.raw)}")
+                graph.problems.append(
+                    f"{at}: must be a node number or a list of them, not {short(channel.raw)}"
+                )
                 continue
         graph.link(at, channel.targets or [], number)
 
@@ -186,7 +194,7 @@ def _find_cycle(edges: dict[int, list[int]]) -> list[int] | None:
             for child in children:
                 if state.get(child) == 1:
                     path = [n for n, _ in stack]
-                    return [*path[path.index(child):], child]
+                    return [*path[path.index(child) :], child]
                 if not state.get(child):
                     state[child] = 1
                     stack.append((child, iter(edges.get(child, []))))

@@ -101,13 +101,19 @@ class RecipeWrapper:
     ) -> RecipeWrapper:
         """The step a received message points at; RecipeError says why it cannot be one."""
         if not message.is_recipe:
-            raise RecipeError(f"message on {message.queue!r} is not a recipe message "
-                              f"(no '{RECIPE_HEADER}' header)")
+            raise RecipeError(
+                f"message on {message.queue!r} is not a recipe message "
+                f"(no '{RECIPE_HEADER}' header)"
+            )
         if message.malformed:
             raise RecipeError(f"message on {message.queue!r}: {message.malformed}")
         message_id = message.headers.get(MESSAGE_ID_HEADER) or message.message_id
-        return cls.from_body(message.json(), emit=emit, decoded=True,
-                             message_id=str(message_id) if message_id else None)
+        return cls.from_body(
+            message.json(),
+            emit=emit,
+            decoded=True,
+            message_id=str(message_id) if message_id else None,
+        )
 
     @classmethod
     def from_body(
@@ -129,38 +135,52 @@ class RecipeWrapper:
                 raise RecipeError(f"not a recipe message (no '{RECIPE_HEADER}' header)")
             message_id = message_id or headers.get(MESSAGE_ID_HEADER)
         if not isinstance(body, dict):
-            raise RecipeError(f"recipe message body must be a JSON object, "
-                              f"not {type(body).__name__}")
+            raise RecipeError(
+                f"recipe message body must be a JSON object, not {type(body).__name__}"
+            )
         if not isinstance(body.get("recipe"), dict) or not body["recipe"]:
             raise RecipeError("recipe message has no 'recipe' object")
         pointer = body.get("recipe-pointer")
         if isinstance(pointer, str) and DIGITS.match(pointer):
             pointer = int(pointer)
         if not is_node_number(pointer) or pointer < 1:
-            raise RecipeError(f"recipe message: recipe-pointer {short(pointer)} "
-                              "is not a node number")
+            raise RecipeError(
+                f"recipe message: recipe-pointer {short(pointer)} is not a node number"
+            )
         path = body.get("recipe-path", [])
         if not isinstance(path, list) or not all(is_node_number(p) for p in path):
-            raise RecipeError(f"recipe message: recipe-path {short(path)} "
-                              "is not a list of node numbers")
+            raise RecipeError(
+                f"recipe message: recipe-path {short(path)} is not a list of node numbers"
+            )
         environment = body.get("environment", {})
         if not isinstance(environment, dict):
-            raise RecipeError(f"recipe message: environment must be an object, "
-                              f"not {type(environment).__name__}")
+            raise RecipeError(
+                f"recipe message: environment must be an object, not {type(environment).__name__}"
+            )
         recipe = Recipe(body["recipe"], source="recipe message", _decoded=decoded)
         step = recipe.node(pointer)
         if not isinstance(step, dict):
-            raise RecipeError(f"recipe message: recipe-pointer {pointer} names no step "
-                              f"(steps: {sorted(recipe.nodes)})")
+            raise RecipeError(
+                f"recipe message: recipe-pointer {pointer} names no step "
+                f"(steps: {sorted(recipe.nodes)})"
+            )
         links = {}
         for kind in ("output", "error"):
             links[kind] = _checked_links(pointer, step, kind)
             for name, targets in links[kind].items():
                 for target in targets:
-                    _destination_problem(recipe, target, f"step {pointer} {kind}"
-                                         + (f" {name!r}" if name else ""))
-        wrapper = cls(recipe, pointer=pointer, path=path, environment=environment,
-                      payload=body.get("payload"), emit=emit, message_id=message_id)
+                    _destination_problem(
+                        recipe, target, f"step {pointer} {kind}" + (f" {name!r}" if name else "")
+                    )
+        wrapper = cls(
+            recipe,
+            pointer=pointer,
+            path=path,
+            environment=environment,
+            payload=body.get("payload"),
+            emit=emit,
+            message_id=message_id,
+        )
         wrapper._links = links
         return wrapper
 
@@ -190,8 +210,13 @@ class RecipeWrapper:
 
     # producing messages -----------------------------------------------------
 
-    def start(self, *, headers: Mapping[str, Any] | None = None,
-              delay: float | None = None, expiration: float | None = None) -> list[Outgoing]:
+    def start(
+        self,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | None = None,
+        expiration: float | None = None,
+    ) -> list[Outgoing]:
         """The messages that start a new recipe instance, one per ``start`` entry."""
         if self.recipe_pointer is not None:
             raise RecipeError("this recipe has already been started")
@@ -204,8 +229,14 @@ class RecipeWrapper:
             planned.append((entry[0], entry[1]))
         return self._emit_all(planned, headers, delay, expiration, add_path_step=True)
 
-    def send(self, payload: Any, *, headers: Mapping[str, Any] | None = None,
-             delay: float | None = None, expiration: float | None = None) -> list[Outgoing]:
+    def send(
+        self,
+        payload: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | None = None,
+        expiration: float | None = None,
+    ) -> list[Outgoing]:
         """Send ``payload`` to the step's unnamed outputs (or the default channel).
 
         A step without outputs is an end point: nothing is sent. A step with
@@ -220,14 +251,23 @@ class RecipeWrapper:
                 names = ", ".join(map(str, output)) or "none"
                 raise RecipeError(
                     f"step {self.recipe_pointer} has named outputs ({names}) and no default "
-                    "channel: use send_to(name, ...) or set_default_channel(name)")
-            return self.send_to(self.default_channel, payload, headers=headers,
-                                delay=delay, expiration=expiration)
+                    "channel: use send_to(name, ...) or set_default_channel(name)"
+                )
+            return self.send_to(
+                self.default_channel, payload, headers=headers, delay=delay, expiration=expiration
+            )
         targets = self._step_links(step, "output").get(None, [])
         return self._emit_all([(t, payload) for t in targets], headers, delay, expiration)
 
-    def send_to(self, channel: str, payload: Any, *, headers: Mapping[str, Any] | None = None,
-                delay: float | None = None, expiration: float | None = None) -> list[Outgoing]:
+    def send_to(
+        self,
+        channel: str,
+        payload: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | None = None,
+        expiration: float | None = None,
+    ) -> list[Outgoing]:
         """Send ``payload`` to the named output ``channel``.
 
         As in workflows, a channel the recipe does not connect is dropped on
@@ -246,17 +286,23 @@ class RecipeWrapper:
         targets = self._step_links(step, "output").get(channel, [])
         return self._emit_all([(t, payload) for t in targets], headers, delay, expiration)
 
-    def checkpoint(self, payload: Any, *, delay: float = 0,
-                   headers: Mapping[str, Any] | None = None,
-                   expiration: float | None = None) -> list[Outgoing]:
+    def checkpoint(
+        self,
+        payload: Any,
+        *,
+        delay: float = 0,
+        headers: Mapping[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> list[Outgoing]:
         """Send ``payload`` back to this same step, optionally after ``delay`` seconds.
 
         The recipe path is not extended and the step's own ``transport-delay``
         does not apply (as in workflows).
         """
         self._step()
-        return self._emit_all([(self.recipe_pointer, payload)], headers, delay, expiration,
-                              add_path_step=False)
+        return self._emit_all(
+            [(self.recipe_pointer, payload)], headers, delay, expiration, add_path_step=False
+        )
 
     def error_targets(self) -> list[int]:
         """Where :meth:`send_error` goes: the step's ``error`` nodes, else the recipe's."""
@@ -266,8 +312,13 @@ class RecipeWrapper:
         targets = self.recipe.data.get("error", [])
         return list(targets) if isinstance(targets, list) else []
 
-    def send_error(self, details: Any, *, headers: Mapping[str, Any] | None = None,
-                   expiration: float | None = None) -> list[Outgoing]:
+    def send_error(
+        self,
+        details: Any,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> list[Outgoing]:
         """Route ``details`` to the error steps; an empty list means no error route
         exists, and the caller must keep the input (dead-letter it), not drop it."""
         targets = self.error_targets()
@@ -302,21 +353,33 @@ class RecipeWrapper:
             "recipe-pointer": destination,
         }
 
-    def _emit_all(self, planned: list[tuple[Any, Any]], headers: Mapping[str, Any] | None,
-                  delay: float | None, expiration: float | None,
-                  add_path_step: bool = True) -> list[Outgoing]:
+    def _emit_all(
+        self,
+        planned: list[tuple[Any, Any]],
+        headers: Mapping[str, Any] | None,
+        delay: float | None,
+        expiration: float | None,
+        add_path_step: bool = True,
+    ) -> list[Outgoing]:
         """Build every message first, then emit: one bad destination sends nothing."""
         built: list[Outgoing] = []
         for destination, payload in planned:
-            built.extend(self._build(destination, payload, headers, delay, expiration,
-                                     add_path_step))
+            built.extend(
+                self._build(destination, payload, headers, delay, expiration, add_path_step)
+            )
         for outgoing in built:
             self.emit(outgoing)
         return built
 
-    def _build(self, destination: Any, payload: Any, headers: Mapping[str, Any] | None,
-               delay: float | None, expiration: float | None,
-               add_path_step: bool) -> list[Outgoing]:
+    def _build(
+        self,
+        destination: Any,
+        payload: Any,
+        headers: Mapping[str, Any] | None,
+        delay: float | None,
+        expiration: float | None,
+        add_path_step: bool,
+    ) -> list[Outgoing]:
         node = _destination_problem(self.recipe, destination, f"step {self.recipe_pointer}")
         if delay is None:
             delay = node.get("transport-delay")
@@ -331,29 +394,47 @@ class RecipeWrapper:
         out: list[Outgoing] = []
         queue, topic, exchange = node.get("queue"), node.get("topic"), node.get("exchange")
         if topic and delay:
-            raise RecipeError(f"node {destination}: a broadcast to topic {topic!r} "
-                              "cannot be delayed")
+            raise RecipeError(
+                f"node {destination}: a broadcast to topic {topic!r} cannot be delayed"
+            )
         if queue:
             if exchange and not delay:
                 # workflows publishes to the node's exchange with the queue as routing key;
                 # a delayed message goes through the delay mechanism, exchange ignored.
-                out.append(self._outgoing(exchange, "exchange", body, extra, delay,
-                                          expiration, routing_key=queue))
+                out.append(
+                    self._outgoing(
+                        exchange, "exchange", body, extra, delay, expiration, routing_key=queue
+                    )
+                )
             else:
                 out.append(self._outgoing(queue, "queue", body, extra, delay, expiration))
         if topic:
             out.append(self._outgoing(topic, "topic", body, extra, None, expiration))
         return out
 
-    def _outgoing(self, destination: str, kind: Any, body: bytes, extra: dict[str, Any],
-                  delay: float | None, expiration: float | None,
-                  routing_key: str = "") -> Outgoing:
+    def _outgoing(
+        self,
+        destination: str,
+        kind: Any,
+        body: bytes,
+        extra: dict[str, Any],
+        delay: float | None,
+        expiration: float | None,
+        routing_key: str = "",
+    ) -> Outgoing:
         message_id = derived_id(f"{self._id_base}/{self._sequence}")
         self._sequence += 1
         headers = {**extra, RECIPE_HEADER: True, MESSAGE_ID_HEADER: message_id}
-        return Outgoing(destination=destination, body=body, kind=kind, headers=headers,
-                        routing_key=routing_key, delay=delay, expiration=expiration,
-                        message_id=message_id)
+        return Outgoing(
+            destination=destination,
+            body=body,
+            kind=kind,
+            headers=headers,
+            routing_key=routing_key,
+            delay=delay,
+            expiration=expiration,
+            message_id=message_id,
+        )
 
 
 def _checked_links(pointer: Any, step: dict[str, Any], kind: str) -> dict[Any, list[int]]:
@@ -368,8 +449,7 @@ def _checked_links(pointer: Any, step: dict[str, Any], kind: str) -> dict[Any, l
     for channel in links.channels:
         if not channel.node_numbers:
             named = f" {channel.name!r}" if links.named else ""
-            raise RecipeError(f"{where}{named}: {short(channel.raw)} "
-                              "is not a list of node numbers")
+            raise RecipeError(f"{where}{named}: {short(channel.raw)} is not a list of node numbers")
     return links.by_channel()
 
 
@@ -379,12 +459,14 @@ def _destination_problem(recipe: Recipe, target: Any, where: str) -> dict[str, A
     if not isinstance(node, dict):
         raise RecipeError(f"{where}: link to node {short(target)}, which does not exist")
     if not (isinstance(node.get("queue"), str) and node["queue"]) and not (
-            isinstance(node.get("topic"), str) and node["topic"]):
+        isinstance(node.get("topic"), str) and node["topic"]
+    ):
         raise RecipeError(f"{where}: node {target} has no queue or topic to send to")
     if node.get("exchange") is not None and not isinstance(node["exchange"], str):
         raise RecipeError(f"{where}: node {target} exchange must be a string")
     delay = node.get("transport-delay")
-    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
-                              or delay < 0):
+    if delay is not None and (
+        isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0
+    ):
         raise RecipeError(f"{where}: node {target} transport-delay must be seconds >= 0")
     return node

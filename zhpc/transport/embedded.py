@@ -996,8 +996,10 @@ class EmbeddedTransport(Transport):
         db = self._read()
         host = socket.gethostname()
         now, clock = time.time(), time.monotonic()
-        holding = {r[0] for r in db.execute(
-            "SELECT DISTINCT consumer FROM messages WHERE consumer IS NOT NULL")}
+        holding = {
+            r[0]
+            for r in db.execute("SELECT DISTINCT consumer FROM messages WHERE consumer IS NOT NULL")
+        }
         gone: list[int] = []
         stale: list[int] = []
         seen = set()
@@ -1007,8 +1009,11 @@ class EmbeddedTransport(Transport):
             seen.add(cid)
             if cid == self._consumer:
                 continue
-            if chost == host and pid_start != "?" and self._pid_check_due(cid, cid in holding,
-                                                                         clock):
+            if (
+                chost == host
+                and pid_start != "?"
+                and self._pid_check_due(cid, cid in holding, clock)
+            ):
                 start = procinfo.identity(pid)
                 if start is None or (start != "?" and start != pid_start):
                     gone.append(cid)
@@ -1082,11 +1087,15 @@ class EmbeddedTransport(Transport):
     def list_queues(self, prefix: str = "") -> list[str]:
         """Work and dead-letter queues whose names start with ``prefix`` (Schlockmeister)."""
         with self._lock:
-            rows = self._read().execute(
-                "SELECT name FROM queues WHERE owner IS NULL AND substr(name, 1, ?)=? "
-                "ORDER BY name",
-                (len(prefix), prefix),
-            ).fetchall()
+            rows = (
+                self._read()
+                .execute(
+                    "SELECT name FROM queues WHERE owner IS NULL AND substr(name, 1, ?)=? "
+                    "ORDER BY name",
+                    (len(prefix), prefix),
+                )
+                .fetchall()
+            )
         return [row[0] for row in rows]
 
 

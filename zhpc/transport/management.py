@@ -116,8 +116,9 @@ class ManagementClient:
             raise TransportError(f"management API at {self.base_url}: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise TransportError(f"management API at {self.base_url} unreachable: {reason}"
-                                 ) from None
+            raise TransportError(
+                f"management API at {self.base_url} unreachable: {reason}"
+            ) from None
 
     def queue(self, name: str) -> QueueStats | None:
         """The statistics of one queue; None if it does not exist. TransportError if the

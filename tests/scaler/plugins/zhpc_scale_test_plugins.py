@@ -19,8 +19,7 @@ class Sleepy(Service):
 
     def process(self, rw: RecipeWrapper, payload: Any) -> None:
         time.sleep(float(payload.get("sleep", 0.0)))
-        rw.send({**payload, "job": os.environ.get("SLURM_JOB_ID") or os.environ.get(
-            "ZHPC_JOB_ID")})
+        rw.send({**payload, "job": os.environ.get("SLURM_JOB_ID") or os.environ.get("ZHPC_JOB_ID")})
 
 
 class DiesAtStart(Service):

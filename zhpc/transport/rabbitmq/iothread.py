@@ -211,9 +211,7 @@ class IOThread:
     ) -> None:
         # The nodes of a cluster, tried in order (see _node_order); one URL for one broker.
         self._urls = [url] if isinstance(url, str) else list(url)
-        self._display_urls = (
-            [display_url] if isinstance(display_url, str) else list(display_url)
-        )
+        self._display_urls = [display_url] if isinstance(display_url, str) else list(display_url)
         #: The node in use (or last tried), as its display URL: read by any thread.
         self.node = self._display_urls[0]
         self._display_url = self.node if len(self._urls) == 1 else ", ".join(self._display_urls)
@@ -400,9 +398,7 @@ class IOThread:
                 )
                 return
             except pika.exceptions.ProbableAuthenticationError:
-                self._give_up(
-                    f"RabbitMQ at {self.node} refused the user name or password"
-                )
+                self._give_up(f"RabbitMQ at {self.node} refused the user name or password")
                 return
             except pika.exceptions.ProbableAccessDeniedError:
                 self._give_up(f"RabbitMQ at {self.node} denied access to the virtual host")
@@ -458,11 +454,11 @@ class IOThread:
             try:
                 self._run_node(index)
             except _ConnectFailed as exc:
-                errors.append(f"{self._display_urls[index]}: {exc}" if len(self._urls) > 1
-                              else str(exc))
+                errors.append(
+                    f"{self._display_urls[index]}: {exc}" if len(self._urls) > 1 else str(exc)
+                )
                 if len(self._urls) > 1:
-                    log.info("cannot connect to RabbitMQ at %s: %s",
-                             self._display_urls[index], exc)
+                    log.info("cannot connect to RabbitMQ at %s: %s", self._display_urls[index], exc)
                 continue
             self._lost_node = index if len(self._urls) > 1 else None
             return
@@ -474,8 +470,9 @@ class IOThread:
         self.node = self._display_urls[index]
         self._open_error = None
         self._conn = _Connection(
-            connection_parameters(self._urls[index], self._heartbeat, self._tls,
-                                  self._blocked_timeout),
+            connection_parameters(
+                self._urls[index], self._heartbeat, self._tls, self._blocked_timeout
+            ),
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,
@@ -590,8 +587,12 @@ class IOThread:
         self._unsettled.clear()
         due, self._acks_due = self._acks_due, []
         for batch in due:  # confirmed, but the ack can no longer be sent
-            fail(batch.future, ConnectionLostError(
-                "the input's channel was lost before its ack; the broker redelivers it"))
+            fail(
+                batch.future,
+                ConnectionLostError(
+                    "the input's channel was lost before its ack; the broker redelivers it"
+                ),
+            )
         for inflight in unconfirmed.values():
             self._fail_batch(inflight.batch, error, settle_input=False)
         current, self._get_current = self._get_current, None
@@ -693,8 +694,9 @@ class IOThread:
         in an unknown state, so it is closed: everything it held is redelivered.
         """
         encoding = isinstance(exc, ENCODE_ERRORS)
-        log.error("a publish could not be %s: %s", "encoded" if encoding else "written",
-                  describe(exc))
+        log.error(
+            "a publish could not be %s: %s", "encoded" if encoding else "written", describe(exc)
+        )
         self._fail_batch(
             batch,
             TransportError(f"a message could not be published: {describe(exc)}"),
@@ -797,7 +799,7 @@ class IOThread:
         below = [tag for tag in tags if oldest is None or tag < oldest]
         if below:
             self._work.basic_ack(below[-1], multiple=len(below) > 1)
-        for tag in tags[len(below):]:
+        for tag in tags[len(below) :]:
             self._work.basic_ack(tag)
         for batch in due:
             if batch.future.set_running_or_notify_cancel():

@@ -95,8 +95,10 @@ class NackRetry:
         self.nacks_seen += 1
         if self.budget <= 0 or self._conn is None:
             return False
-        log.info("the broker nacked a publish to %r; publishing it again on a fresh channel",
-                 pub.routing_key or pub.exchange)
+        log.info(
+            "the broker nacked a publish to %r; publishing it again on a fresh channel",
+            pub.routing_key or pub.exchange,
+        )
         self._waiting.append(_Retry(batch, pub, time.monotonic() + self.budget))
         self._pump()
         return True
@@ -170,17 +172,24 @@ class NackRetry:
             if retry.batch.failed:
                 continue
             if now >= retry.deadline:
-                self._on_failed(retry.batch, TransportError(
-                    f"the broker refused a published message (nack), {retry.nacks} time(s) "
-                    f"within {self.budget:g} s ({why})"))
+                self._on_failed(
+                    retry.batch,
+                    TransportError(
+                        f"the broker refused a published message (nack), {retry.nacks} time(s) "
+                        f"within {self.budget:g} s ({why})"
+                    ),
+                )
             else:
                 self._waiting.appendleft(retry)
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
         positive = isinstance(method, pika.spec.Basic.Ack)
-        tags = [t for t in self._unconfirmed if t <= method.delivery_tag] if method.multiple \
+        tags = (
+            [t for t in self._unconfirmed if t <= method.delivery_tag]
+            if method.multiple
             else [method.delivery_tag]
+        )
         settled = [r for r in (self._unconfirmed.pop(t, None) for t in sorted(tags)) if r]
         if positive:
             self._delay = _FIRST_DELAY_S
@@ -201,10 +210,16 @@ class NackRetry:
             pub = retry.pub
             pub_id = (pub.properties.headers or {}).get(MESSAGE_ID_HEADER)
             if (pub.exchange, pub.routing_key, pub_id) == (
-                method.exchange, method.routing_key, message_id
+                method.exchange,
+                method.routing_key,
+                message_id,
             ):
                 del self._unconfirmed[tag]
-                self._on_failed(retry.batch, UnroutableError(
-                    f"no queue for {method.exchange or 'the default exchange'!r} "
-                    f"routing key {method.routing_key!r}: {method.reply_text}"))
+                self._on_failed(
+                    retry.batch,
+                    UnroutableError(
+                        f"no queue for {method.exchange or 'the default exchange'!r} "
+                        f"routing key {method.routing_key!r}: {method.reply_text}"
+                    ),
+                )
                 return

@@ -105,8 +105,9 @@ class Topology:
 
     def _declare_or_adopt(self, name: str, arguments: dict[str, Any]) -> None:
         try:
-            self.call("queue_declare", queue=name, durable=True,
-                      arguments=self._replicated(arguments))
+            self.call(
+                "queue_declare", queue=name, durable=True, arguments=self._replicated(arguments)
+            )
         except BrokerRefused as exc:
             if exc.reply_code != PRECONDITION_FAILED:
                 raise TransportError(f"cannot declare queue {name!r}: {exc.reply_text}") from None

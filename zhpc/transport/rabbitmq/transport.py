@@ -267,9 +267,7 @@ class RabbitMQTransport(Transport):
         """Declare what ``sub`` needs and start its consumer (caller or recovery thread)."""
         if sub.broadcast:
             self._topology.ensure_exchange(sub.source, fanout=True)
-            frame = self._topology.call(
-                "queue_declare", queue="", exclusive=True, auto_delete=True
-            )
+            frame = self._topology.call("queue_declare", queue="", exclusive=True, auto_delete=True)
             consumer_queue = frame.method.queue
             self._topology.call("queue_bind", queue=consumer_queue, exchange=sub.source)
         else:

@@ -91,9 +91,7 @@ def delivery_count(headers: dict[str, Any], redelivered: bool) -> int:
     return 2 if redelivered else 1
 
 
-def received_message_id(
-    headers: dict[str, Any], props: pika.spec.BasicProperties
-) -> str | None:
+def received_message_id(headers: dict[str, Any], props: pika.spec.BasicProperties) -> str | None:
     """zhpc's message id of a delivery, else the AMQP message id (other senders)."""
     message_id = headers.get(MESSAGE_ID_HEADER) or props.message_id
     if isinstance(message_id, bytes):
@@ -182,9 +180,7 @@ def connection_parameters(
 
 def ssl_context(tls: TLSConfig | None) -> ssl.SSLContext:
     """The TLS context for ``amqps://``: the system's CAs unless ``tls`` names others."""
-    context = ssl.create_default_context(
-        cafile=str(tls.ca_file) if tls and tls.ca_file else None
-    )
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
     if tls is not None:
         if tls.cert_file is not None:
             key = str(tls.key_file) if tls.key_file else None

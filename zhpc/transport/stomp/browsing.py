@@ -51,10 +51,16 @@ class Browsing:
     def first_message_id(self, queue_name: str) -> str | None:
         """The broker id of the first message of a queue (a browse), None if it is empty."""
         sub = self.new_sub(queue_name, None, 1, False)
-        self._conn.send_frame("SUBSCRIBE", {
-            "id": sub.sub_id, "destination": queue_destination(queue_name), "ack": "auto",
-            "browser": "true", "activemq.prefetchSize": "1",
-        })
+        self._conn.send_frame(
+            "SUBSCRIBE",
+            {
+                "id": sub.sub_id,
+                "destination": queue_destination(queue_name),
+                "ack": "auto",
+                "browser": "true",
+                "activemq.prefetchSize": "1",
+            },
+        )
         try:
             _generation, frame = sub.inbox.get(timeout=ANSWER)
         except Empty:
@@ -69,11 +75,16 @@ class Browsing:
         """Exactly that message, unacked, on a subscription of its own (ended once it is
         settled); None if someone else took it first."""
         sub = self.new_sub(queue_name, None, 1, False)
-        self._conn.request("SUBSCRIBE", {
-            "id": sub.sub_id, "destination": queue_destination(queue_name),
-            "ack": "client-individual", "activemq.prefetchSize": "1",
-            "selector": f"JMSMessageID = '{message_id}'",
-        }).result(ANSWER)
+        self._conn.request(
+            "SUBSCRIBE",
+            {
+                "id": sub.sub_id,
+                "destination": queue_destination(queue_name),
+                "ack": "client-individual",
+                "activemq.prefetchSize": "1",
+                "selector": f"JMSMessageID = '{message_id}'",
+            },
+        ).result(ANSWER)
         try:
             generation, frame = sub.inbox.get(timeout=2.0)
         except Empty:
@@ -86,10 +97,15 @@ class Browsing:
         if ready(name) == 0:
             return
         sub = self.new_sub(name, None, 1000, False)
-        self._conn.request("SUBSCRIBE", {
-            "id": sub.sub_id, "destination": queue_destination(name), "ack": "auto",
-            "activemq.prefetchSize": "1000",
-        }).result(ANSWER)
+        self._conn.request(
+            "SUBSCRIBE",
+            {
+                "id": sub.sub_id,
+                "destination": queue_destination(name),
+                "ack": "auto",
+                "activemq.prefetchSize": "1000",
+            },
+        ).result(ANSWER)
         deadline = time.monotonic() + ANSWER
         while ready(name) and time.monotonic() < deadline:
             drain(sub.inbox, 0.05)

@@ -67,8 +67,11 @@ class Connection(stomp.ConnectionListener):
         self._on_reconnect = on_reconnect
         beat = heartbeat * 1000
         self._conn = stomp.Connection12(
-            [(host, port)], heartbeats=(beat, beat), auto_decode=False,
-            reconnect_attempts_max=1, keepalive=True,
+            [(host, port)],
+            heartbeats=(beat, beat),
+            auto_decode=False,
+            reconnect_attempts_max=1,
+            keepalive=True,
         )
         if use_tls:
             self._conn.set_ssl(
@@ -142,7 +145,8 @@ class Connection(stomp.ConnectionListener):
             return
         host, port, tls = self._tls
         context = ssl.create_default_context(
-            cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+            cafile=str(tls.ca_file) if tls and tls.ca_file else None
+        )
         try:
             with socket.create_connection((host, port), timeout=10) as raw:
                 context.wrap_socket(raw, server_hostname=host).close()
@@ -150,7 +154,8 @@ class Connection(stomp.ConnectionListener):
             where = f"the CA in {tls.ca_file}" if tls and tls.ca_file else "the system's CAs"
             raise TransportError(
                 f"TLS: the certificate of ActiveMQ at {self.display_url} is not verified by "
-                f"{where}: {exc.verify_message}") from None
+                f"{where}: {exc.verify_message}"
+            ) from None
         except (OSError, ssl.SSLError):
             return
 
@@ -201,9 +206,11 @@ class Connection(stomp.ConnectionListener):
         inbox = self.inboxes.get(frame.headers.get("subscription", ""))
         if inbox is not None and not _whole(frame):
             # Settling a stump would lose the message: it stays unacked on the broker.
-            log.error("a MESSAGE frame from %s arrived cut short (another client sent a NUL "
-                      "byte in a header); not delivered, left unacked on the broker",
-                      frame.headers.get("destination", "?"))
+            log.error(
+                "a MESSAGE frame from %s arrived cut short (another client sent a NUL "
+                "byte in a header); not delivered, left unacked on the broker",
+                frame.headers.get("destination", "?"),
+            )
             return
         if inbox is not None:
             inbox.put((self.generation, frame))

@@ -35,8 +35,9 @@ def publish_chunks(frames: list[Frame]) -> list[list[Frame]]:
     chunks: list[list[Frame]] = [[]]
     size = 0
     for frame in frames:
-        if chunks[-1] and (len(chunks[-1]) >= PUBLISH_CHUNK
-                           or size + len(frame[1]) > PUBLISH_CHUNK_BYTES):
+        if chunks[-1] and (
+            len(chunks[-1]) >= PUBLISH_CHUNK or size + len(frame[1]) > PUBLISH_CHUNK_BYTES
+        ):
             chunks.append([])
             size = 0
         chunks[-1].append(frame)
@@ -74,9 +75,7 @@ class Sender:
         self._conn = conn
         self.mode = mode
 
-    def transaction(
-        self, frames: Sequence[Frame], ack: Delivery | None
-    ) -> Future[None]:
+    def transaction(self, frames: Sequence[Frame], ack: Delivery | None) -> Future[None]:
         """SENDs and the ACK in one transaction; the future completes on the COMMIT's receipt."""
         if ack is not None and ack.generation != self._conn.generation:
             lost: Future[None] = Future()
@@ -97,9 +96,7 @@ class Sender:
             return failed
         return self._conn.request("COMMIT", {"transaction": tx})
 
-    def _receipted(
-        self, frames: Sequence[Frame], ack: Delivery | None
-    ) -> Future[None]:
+    def _receipted(self, frames: Sequence[Frame], ack: Delivery | None) -> Future[None]:
         """A receipt per SEND; the ACK once all are in (the other way to commit)."""
         done: Future[None] = Future()
         futures = [self._send(headers, body, None) for headers, body in frames]

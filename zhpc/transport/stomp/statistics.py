@@ -36,10 +36,15 @@ class Statistics:
     def subscribe(self) -> None:
         """Subscribe the reply queue (again after a reconnection)."""
         self._conn.inboxes["zhpc-stats"] = self._inbox
-        self._conn.request("SUBSCRIBE", {
-            "id": "zhpc-stats", "destination": queue_destination(self._queue),
-            "ack": "auto", "transformation": "jms-map-json",
-        }).result(_ANSWER)
+        self._conn.request(
+            "SUBSCRIBE",
+            {
+                "id": "zhpc-stats",
+                "destination": queue_destination(self._queue),
+                "ack": "auto",
+                "transformation": "jms-map-json",
+            },
+        ).result(_ANSWER)
 
     def depth(self, name: str) -> QueueDepth:
         """Ready (size minus in flight), in-flight messages and consumers of a zhpc queue."""
@@ -47,10 +52,13 @@ class Statistics:
         with self._lock:
             _drain(self._inbox)
             for wanted in (target, sentinel):
-                self._conn.send_frame("SEND", {
-                    "destination": "/queue/ActiveMQ.Statistics.Destination." + wanted,
-                    "reply-to": queue_destination(self._queue),
-                })
+                self._conn.send_frame(
+                    "SEND",
+                    {
+                        "destination": "/queue/ActiveMQ.Statistics.Destination." + wanted,
+                        "reply-to": queue_destination(self._queue),
+                    },
+                )
             found: dict[str, Any] | None = None
             deadline = time.monotonic() + _ANSWER
             while time.monotonic() < deadline:

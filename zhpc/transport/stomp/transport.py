@@ -81,8 +81,12 @@ class StompTransport(Transport):
         super().__init__(delivery_limit=delivery_limit)
         self.display_url = display_url or mask_url(url)
         self._conn = Connection(
-            url, display_url=self.display_url, heartbeat=heartbeat,
-            connection_attempts=connection_attempts, retry_delay=retry_delay, tls=tls,
+            url,
+            display_url=self.display_url,
+            heartbeat=heartbeat,
+            connection_attempts=connection_attempts,
+            retry_delay=retry_delay,
+            tls=tls,
             on_reconnect=self._resubscribe,
         )
         self._sender = Sender(self._conn, commit_mode)
@@ -97,9 +101,12 @@ class StompTransport(Transport):
     @classmethod
     def from_config(cls, config: BrokerConfig) -> StompTransport:
         return cls(
-            config.connection_url(), display_url=config.display_url(),
-            delivery_limit=config.delivery_limit, heartbeat=config.heartbeat,
-            connection_attempts=config.connection_attempts, retry_delay=config.retry_delay,
+            config.connection_url(),
+            display_url=config.display_url(),
+            delivery_limit=config.delivery_limit,
+            heartbeat=config.heartbeat,
+            connection_attempts=config.connection_attempts,
+            retry_delay=config.retry_delay,
             tls=config.tls,
         )
 
@@ -192,7 +199,8 @@ class StompTransport(Transport):
             headers = {"destination": topic_destination(sub.source), "ack": "auto"}
         else:
             headers = {
-                "destination": queue_destination(sub.source), "ack": "client-individual",
+                "destination": queue_destination(sub.source),
+                "ack": "client-individual",
                 "activemq.prefetchSize": str(sub.prefetch),
             }
         self._conn.request("SUBSCRIBE", {"id": sub.sub_id, **headers}).result(_ANSWER)
@@ -429,4 +437,3 @@ class StompTransport(Transport):
     # == inspection ===========================================================
     def queue_depth(self, name: str) -> QueueDepth:
         return self._stats.depth(name)
-

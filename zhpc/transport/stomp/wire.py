@@ -42,12 +42,33 @@ SCHEDULED_DELAY_HEADER = "AMQ_SCHEDULED_DELAY"
 #: Headers the broker or STOMP sets on a delivery; never part of Message.headers.
 FRAME_HEADERS = frozenset(
     {
-        "message-id", "destination", "subscription", "ack", "redelivered", "priority",
-        "timestamp", "expires", "persistent", "content-length", "content-type", "receipt",
-        "transformation", "scheduledJobId", "original-destination", "reply-to", "type",
-        "correlation-id", "JMSXUserID", "originalExpiration",
-        SCHEDULED_DELAY_HEADER, "AMQ_SCHEDULED_PERIOD", "AMQ_SCHEDULED_REPEAT",
-        JSON_KEYS_HEADER, BYTES_KEYS_HEADER, DELIVERIES_HEADER, LIMIT_HEADER,
+        "message-id",
+        "destination",
+        "subscription",
+        "ack",
+        "redelivered",
+        "priority",
+        "timestamp",
+        "expires",
+        "persistent",
+        "content-length",
+        "content-type",
+        "receipt",
+        "transformation",
+        "scheduledJobId",
+        "original-destination",
+        "reply-to",
+        "type",
+        "correlation-id",
+        "JMSXUserID",
+        "originalExpiration",
+        SCHEDULED_DELAY_HEADER,
+        "AMQ_SCHEDULED_PERIOD",
+        "AMQ_SCHEDULED_REPEAT",
+        JSON_KEYS_HEADER,
+        BYTES_KEYS_HEADER,
+        DELIVERIES_HEADER,
+        LIMIT_HEADER,
     }
 )
 
@@ -172,8 +193,14 @@ def frame_message(
         delivery_count=1 + int(redelivered) if not is_retry_lane(queue_name) else before + 1,
         redelivered=redelivered or before > 0,
         message_id=str(headers.get(MESSAGE_ID_HEADER) or wire.get("message-id", "")),
-        handle=Delivery(generation, wire.get("ack", ""), broadcast, dict(wire), fetch_sub,
-                        wire.get("subscription", "")),
+        handle=Delivery(
+            generation,
+            wire.get("ack", ""),
+            broadcast,
+            dict(wire),
+            fetch_sub,
+            wire.get("subscription", ""),
+        ),
     )
 
 

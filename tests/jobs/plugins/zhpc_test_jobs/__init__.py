@@ -17,8 +17,13 @@ class Slow(Service):
 
     def process(self, rw: RecipeWrapper, payload: Any) -> None:
         time.sleep(float(payload.get("sleep", 1.0)))
-        rw.send({**payload, "job": os.environ.get("SLURM_JOB_ID"),
-                 "node": os.environ.get("SLURMD_NODENAME")})
+        rw.send(
+            {
+                **payload,
+                "job": os.environ.get("SLURM_JOB_ID"),
+                "node": os.environ.get("SLURMD_NODENAME"),
+            }
+        )
 
 
 class Broken(Wrapper):
