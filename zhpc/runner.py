@@ -56,11 +56,11 @@ from zhpc.status import (
     STATUS_IDLE,
     STATUS_PROCESSING,
     STATUS_SHUTDOWN,
-    Utilization,
-    host_id,
+    Heartbeat,
     status_message,
     status_payload,
 )
+from zhpc.stepevents import StepEvents
 from zhpc.transport import accounting
 from zhpc.transport.base import Transport
 
@@ -100,10 +100,7 @@ class ServiceRunner:
     ) -> None:
         self.service = service
         #: Step events (zhpc.events): emitting only appends to a buffer, never blocks.
-        self.events = events if events is not None else step_events.NoEvents()
-        #: Whether a ``received`` event carries the recipe's plan (no one reads it otherwise).
-        self._plans = not isinstance(self.events, step_events.NoEvents)
-        self._received: tuple[Message, float] | None = None  # the message in hand, since when
+        self.events = StepEvents(events, clock)
         self.transport = transport
         self.queue = queue or service.settings.queue or service.queue or service.name
         self.job = job if job is not None else JobEnvironment.from_environ()
@@ -113,15 +110,13 @@ class ServiceRunner:
         self.failed = 0
         self.handed_back = 0
         self.dead_lettered = 0
-        self._utilization = Utilization()  # also the current status
         self._busy = False
         self._deadline_passed = False
         self._subscription: str | None = None
         self._started = clock()
         self.deadlines = Deadlines(service.settings, self.job, clock, self._started)
         self._last_activity = self._started
-        self._next_heartbeat = self._started
-        self._host_id = host_id()
+        self._beat = Heartbeat(service.settings.heartbeat_interval, self._started)
         # Counts, and commits not yet settled: their futures complete on the I/O thread.
         self._lock = threading.Condition()
         self._unsettled = 0
@@ -171,7 +166,7 @@ class ServiceRunner:
             self._set_up = True
             self._subscription = self._subscribe()
             self.transport.subscribe_broadcast(shutdown.SHUTDOWN_TOPIC, self._on_shutdown)
-            self._set_status(STATUS_IDLE)
+            self._beat.enter(STATUS_IDLE)
             log.info("%s: consuming %s", self.service.name, self.queue)
             while not self._should_stop():
                 delivered = self.transport.poll(self._lane_timeout())
@@ -198,12 +193,9 @@ class ServiceRunner:
 
     def _on_shutdown(self, message: Message) -> None:
         """A ``zhpc shutdown`` broadcast: drain as after SIGTERM if it names this service."""
-        try:
-            body = message.json()
-        except ValueError:
-            return
-        if shutdown.applies(body, self.service.name):
-            log.warning("%s: shutdown requested by %s", self.service.name, body.get("sender"))
+        sender = shutdown.sender_if_for(message, self.service.name)
+        if sender is not None:
+            log.warning("%s: shutdown requested by %s", self.service.name, sender)
             self.drain.request("zhpc shutdown")
             self._on_drain_signal(signal.SIGTERM)  # the same drain grace as a signal
 
@@ -222,7 +214,7 @@ class ServiceRunner:
         return False
 
     def _poll_timeout(self) -> float:
-        return poll_timeout(self.clock(), self._next_heartbeat, self.deadlines.end)
+        return poll_timeout(self.clock(), self._beat.next, self.deadlines.end)
 
     def _on_message(self, message: Message) -> None:
         self._last_activity = self.clock()
@@ -241,11 +233,10 @@ class ServiceRunner:
             self._hand_back(message)
             return
         outputs: list[Outgoing] = []
-        received_at = self.clock()
-        self._received = (message, received_at)
-        ref = self._event(step_events.RECEIVED, message)
+        ref = self.events.received(message)
+        received_at = self.events.since(message)
         logfields.set_message(ref.recipe_id, ref.step)  # log records of this message carry them
-        self._set_status(STATUS_PROCESSING)
+        self._beat.enter(STATUS_PROCESSING)
         try:
             self._deadline_passed = False
             self._busy = True  # from here on SIGALRM may raise DrainDeadline
@@ -291,9 +282,9 @@ class ServiceRunner:
                         self._committed, message=message, received=received_at, ref=ref
                     )
                 )
-        self._received = None
+        self.events.put_down()
         logfields.clear_message()
-        self._set_status(STATUS_IDLE)
+        self._beat.enter(STATUS_IDLE)
         self._last_activity = self.clock()
 
     def _committed(
@@ -306,19 +297,7 @@ class ServiceRunner:
         """Count a settled commit (runs on whichever thread completed the future)."""
         exc = future.exception()
         if message is not None:
-            took = None if received is None else round(self.clock() - received, 6)
-            if exc is None:
-                self._event(step_events.DONE, message, ref, duration=took)
-            else:
-                self._event(
-                    step_events.FAILED,
-                    message,
-                    ref,
-                    duration=took,
-                    returned=True,
-                    exception=type(exc).__name__,
-                    error=step_events.excerpt(exc),
-                )
+            self.events.settled(message, ref, received, exc)
         with self._lock:
             self._unsettled -= 1
             if not self._unsettled:
@@ -353,7 +332,7 @@ class ServiceRunner:
             self._dead_letter(message, f"handed back {limit} times: it never fits the time left")
             return
         self.handed_back += 1
-        self._event(step_events.HANDED_BACK, message, duration=self._in_hand(message))
+        self.events.emit(step_events.HANDED_BACK, message, duration=self.events.held(message))
         self.transport.hand_back(message)
 
     # -- failures and the retry lane ------------------------------------------------
@@ -362,13 +341,7 @@ class ServiceRunner:
         to the dead-letter queue with its history and last error."""
         with self._lock:
             self.failed += 1
-        self._event(
-            step_events.FAILED,
-            message,
-            duration=self._in_hand(message),
-            exception=type(error).__name__,
-            error=step_events.excerpt(error),
-        )
+        self.events.failed(message, error)
         headers = accounting.with_failure(message, error, self._where)
         limit = self.transport.delivery_limit
         try:
@@ -393,10 +366,10 @@ class ServiceRunner:
         self, message: Message, reason: str, headers: dict[str, Any] | None = None
     ) -> None:
         self.dead_lettered += 1
-        self._event(
+        self.events.emit(
             step_events.DEAD_LETTERED,
             message,
-            duration=self._in_hand(message),
+            duration=self.events.held(message),
             error=step_events.excerpt(reason),
             dlq=accounting.dlq_name(message.queue),
         )
@@ -419,7 +392,7 @@ class ServiceRunner:
 
     def _shutdown(self) -> int:
         log.info("%s: draining (%s)", self.service.name, self.drain.reason or "stopped")
-        self._set_status(STATUS_SHUTDOWN)
+        self._beat.enter(STATUS_SHUTDOWN)
         code = 0
         try:
             # Once unsubscribed no more arrive; messages already prefetched are
@@ -445,7 +418,7 @@ class ServiceRunner:
         finally:
             self._set_up = False
             self.service.teardown()
-            self._set_status(STATUS_END)
+            self._beat.enter(STATUS_END)
             self._heartbeat(force=True)
             self.events.close()
         log.info(
@@ -458,35 +431,15 @@ class ServiceRunner:
         )
         return code
 
-    # -- step events ----------------------------------------------------------------
-    def _event(
-        self, kind: str, message: Message, ref: step_events.StepRef | None = None, **fields: Any
-    ) -> step_events.StepRef:
-        if ref is None:
-            ref = step_events.StepRef.of(message, plan=self._plans and kind == step_events.RECEIVED)
-        if kind != step_events.DONE:
-            fields["delivery"] = message.delivery_count
-        self.events.emit(kind, ref, message_id=message.message_id, **fields)
-        return ref
-
-    def _in_hand(self, message: Message) -> float | None:
-        """Seconds since ``message`` was received, if it is the one being processed."""
-        if self._received is None or self._received[0] is not message:
-            return None
-        return round(self.clock() - self._received[1], 6)
-
     # -- status -------------------------------------------------------------------
-    def _set_status(self, status: int) -> None:
-        self._utilization.enter(status)
-
     def status(self) -> dict[str, Any]:
         """The status broadcast: workflows' fields plus zhpc's own."""
         return status_payload(
-            self._utilization.status,
-            host=self._host_id,
+            self._beat.status,
+            host=self._beat.host,
             service=self.service.name,
             serviceclass=type(self.service).__name__,
-            utilization=self._utilization.report(),
+            utilization=self._beat.utilization.report(),
             queue=self.queue,
             slurm_job_id=self.job.slurm_job_id,
             job_id=self.job.job_id,
@@ -504,10 +457,8 @@ class ServiceRunner:
             log.error("%s: periodic work failed: %s", self.service.name, exc, exc_info=True)
 
     def _heartbeat(self, force: bool = False) -> None:
-        now = self.clock()
-        if not force and now < self._next_heartbeat:
+        if not self._beat.due(self.clock(), force):
             return
-        self._next_heartbeat = now + self.service.settings.heartbeat_interval
         try:
             self.transport.publish(status_message(self.status()))
         except ZhpcError as exc:  # a lost heartbeat is not worth stopping the work for

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zhpc.message import Outgoing
+    from zhpc.message import Message, Outgoing
 
 SHUTDOWN_TOPIC = "zhpc.shutdown"
 #: A shutdown nobody heard within this many seconds is dropped by the broker.
@@ -53,3 +53,15 @@ def applies(body: Any, service: str, hostname: str | None = None) -> bool:
         here = hostname or socket.gethostname()
         return wanted_host in (here, here.split(".", 1)[0])
     return True
+
+
+def sender_if_for(message: Message, service: str) -> str | None:
+    """Who sent a shutdown broadcast meant for ``service`` here; None if the message is not
+    one, or is meant for someone else."""
+    try:
+        body = message.json()
+    except ValueError:
+        return None
+    if not applies(body, service):
+        return None
+    return str(body.get("sender"))

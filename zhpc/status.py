@@ -62,6 +62,30 @@ class Utilization:
         return {status: round(seconds / total, 4) for status, seconds in spent.items()}
 
 
+class Heartbeat:
+    """A service's status (with the time spent in each) and when its next broadcast is due."""
+
+    def __init__(self, interval: float, now: float) -> None:
+        self.interval = interval
+        self.next = now
+        self.utilization = Utilization()
+        self.host = host_id()
+
+    @property
+    def status(self) -> int:
+        return self.utilization.status
+
+    def enter(self, status: int) -> None:
+        self.utilization.enter(status)
+
+    def due(self, now: float, force: bool = False) -> bool:
+        """True (and the next one scheduled) if a broadcast is due at ``now``, or forced."""
+        if not force and now < self.next:
+            return False
+        self.next = now + self.interval
+        return True
+
+
 def host_id() -> str:
     """workflows' host field: the host name reversed, then the process id."""
     return f"{'.'.join(reversed(os.uname().nodename.split('.')))}.{os.getpid()}"
