@@ -126,7 +126,8 @@ def test_cancel_running_and_pending_only(
     cluster.cancel([running])
     cluster.cancel([running])  # twice: not an error
     wait_until(lambda: {j.job_id: j.state for j in cluster.jobs(unique_name)}.get(running)
-               is JobState.CANCELLED, timeout=120, what=f"{backend.name} cancel")  # fmt: skip
+               is JobState.CANCELLED, timeout=120,
+               what=lambda: f"cancel; jobs: {cluster.jobs(unique_name)}")  # fmt: skip
 
 
 def test_exit_codes_and_signals(backend: Backend, unique_name: str, tmp_path: Path) -> None:

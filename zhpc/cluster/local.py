@@ -285,6 +285,7 @@ class _Supervisor:
             raise SystemExit(f"no readable {_SPEC} in {task_dir}")
         self.spec = spec
         self.cancelled = threading.Event()
+        self._cancel_file = task_dir / _CANCEL
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.cancelled.set()
@@ -356,7 +357,8 @@ class _Supervisor:
         reason = ""
         while True:
             now = time.time()
-            if outcome is None and self.cancelled.is_set():
+            # The cancel file too: a cancel is recorded there before the signal is sent.
+            if outcome is None and (self.cancelled.is_set() or self._cancel_file.exists()):
                 outcome, reason = "CANCELLED", "cancelled"
             elif outcome is None and deadline is not None and now >= deadline:
                 outcome, reason = "TIMEOUT", "TimeLimit"
