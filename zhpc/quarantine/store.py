@@ -61,21 +61,8 @@ _COLUMNS = (
 )
 _JSON_COLUMNS = ("history", "failures", "headers")
 #: Columns refreshed when another copy of a message is filed (quarantined_at stays the first).
-_REFRESHED = (
-    "queue",
-    "dlq",
-    "reason",
-    "recipe_id",
-    "step",
-    "error",
-    "exception",
-    "deliveries",
-    "summary",
-    "history",
-    "failures",
-    "headers",
-    "body",
-    "updated_at",
+_REFRESHED = tuple(
+    c for c in _COLUMNS if c not in ("id", "quarantined_at", "copies", "fingerprint", "version")
 )
 
 _SCHEMA = (
