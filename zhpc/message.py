@@ -52,13 +52,24 @@ def check_headers(headers: Any) -> None:
 
 def _check_table(table: dict[Any, Any], path: str, depth: int) -> None:
     for key, value in table.items():
-        if not isinstance(key, str):
-            raise InvalidHeaders(f"header key {key!r}{_at(path)} is not a string")
-        if len(_utf8(key, path or key)) > MAX_SHORT_STRING:
-            raise InvalidHeaders(
-                f"header key {key[:40]!r}...{_at(path)} is longer than {MAX_SHORT_STRING} bytes"
-            )
+        # The usual case first, without a call: ASCII is UTF-8 with one byte a character.
+        if not (type(key) is str and key.isascii() and len(key) <= MAX_SHORT_STRING):
+            _check_key(key, path)
+        kind = type(value)
+        if depth <= _MAX_HEADER_DEPTH and (
+            value is None or kind is bool or (kind is str and value.isascii())
+        ):
+            continue
         _check_value(value, f"{path}.{key}" if path else key, depth)
+
+
+def _check_key(key: Any, path: str) -> None:
+    if not isinstance(key, str):
+        raise InvalidHeaders(f"header key {key!r}{_at(path)} is not a string")
+    if len(_utf8(key, path or key)) > MAX_SHORT_STRING:
+        raise InvalidHeaders(
+            f"header key {key[:40]!r}...{_at(path)} is longer than {MAX_SHORT_STRING} bytes"
+        )
 
 
 def _check_value(value: Any, path: str, depth: int) -> None:

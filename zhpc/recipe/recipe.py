@@ -15,7 +15,7 @@ from typing import Any
 
 from zhpc import strictjson
 from zhpc.errors import RecipeError
-from zhpc.recipe.data import DIGITS, is_node_number, json_default, plain
+from zhpc.recipe.data import is_node_number, json_default, plain
 from zhpc.recipe.links import parse_links
 from zhpc.recipe.parameters import substitute_recipe
 from zhpc.recipe.validate import RecipeInvalid, recipe_problems
@@ -58,26 +58,29 @@ class Recipe:
         self.data: dict[Any, Any] = self._normalise(data)
 
     def _normalise(self, data: dict[Any, Any]) -> dict[Any, Any]:
+        # Runs for every received message: the cheap tests first (``key.isascii() and
+        # key.isdigit()`` is DIGITS.match without the regex; a str is never a node number).
         kept: dict[Any, Any] = {}
         converted: dict[int, Any] = {}
         for key, value in data.items():
-            if isinstance(key, str) and DIGITS.match(key):
-                number = int(key)
-                if number in converted or number in kept:
-                    self._duplicates.append(number)
-                converted[number] = value
-            else:
-                if is_node_number(key) and key in converted:
-                    self._duplicates.append(key)
-                kept[key] = value
+            if isinstance(key, str):
+                if key.isascii() and key.isdigit():
+                    number = int(key)
+                    if number in converted or number in kept:
+                        self._duplicates.append(number)
+                    converted[number] = value
+                    continue
+            elif is_node_number(key) and key in converted:
+                self._duplicates.append(key)
+            kept[key] = value
         # Same key order as workflows: converted keys move to the end.
         result = {**kept, **converted}
         for key, node in result.items():
             if (
-                is_node_number(key)
-                and isinstance(node, dict)
+                isinstance(node, dict)
                 and "output" in node
                 and not isinstance(node["output"], list | dict)
+                and is_node_number(key)
             ):
                 result[key] = {**node, "output": [node["output"]]}  # never edit the input
         if is_node_number(result.get("error")):

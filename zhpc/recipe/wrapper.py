@@ -73,6 +73,8 @@ class RecipeWrapper:
         self._sequence = 0
         #: The current step's checked links by kind, read once (``from_body`` checks them).
         self._links: dict[str, dict[Any, list[int]]] = {}
+        #: Nodes the current step links to, checked by ``from_body`` (not again per send).
+        self._destinations: dict[int, dict[str, Any]] = {}
 
     # construction -----------------------------------------------------------
 
@@ -165,13 +167,17 @@ class RecipeWrapper:
                 f"(steps: {sorted(recipe.nodes)})"
             )
         links = {}
+        destinations: dict[int, dict[str, Any]] = {}
         for kind in ("output", "error"):
             links[kind] = _checked_links(pointer, step, kind)
             for name, targets in links[kind].items():
                 for target in targets:
-                    _destination_problem(
-                        recipe, target, f"step {pointer} {kind}" + (f" {name!r}" if name else "")
-                    )
+                    if target not in destinations:
+                        destinations[target] = _destination_problem(
+                            recipe,
+                            target,
+                            f"step {pointer} {kind}" + (f" {name!r}" if name else ""),
+                        )
         wrapper = cls(
             recipe,
             pointer=pointer,
@@ -182,6 +188,7 @@ class RecipeWrapper:
             message_id=message_id,
         )
         wrapper._links = links
+        wrapper._destinations = destinations
         return wrapper
 
     # state ------------------------------------------------------------------
@@ -380,7 +387,9 @@ class RecipeWrapper:
         expiration: float | None,
         add_path_step: bool,
     ) -> list[Outgoing]:
-        node = _destination_problem(self.recipe, destination, f"step {self.recipe_pointer}")
+        node = self._destinations.get(destination) if type(destination) is int else None
+        if node is None:
+            node = _destination_problem(self.recipe, destination, f"step {self.recipe_pointer}")
         if delay is None:
             delay = node.get("transport-delay")
         try:
