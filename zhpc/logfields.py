@@ -7,6 +7,10 @@ them as keys and GELF (``logging.gelf: udp://host:port``, graypy) as the
 additional fields ``_recipe_id``, ``_step``, ``_service``, ``_slurm_job_id``.
 :class:`MaskingFilter` removes URL passwords from the text first: a log line
 never carries one, whoever logged it.
+
+Every command installs these filters, ``zhpc wrap`` too: typing, urllib.parse
+and :mod:`zhpc.masking` are imported only once a line has a URL to mask or a
+GELF handler is made (several ms of each wrap's start-up otherwise).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import contextvars
 import logging
 import re
-from typing import Any
-from urllib.parse import urlsplit
 
 from zhpc.errors import ConfigError
-from zhpc.masking import mask_url
+
+TYPE_CHECKING = False  # not typing's: typing costs ms at zhpc wrap's start-up
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any
 
 FIELDS = ("recipe_id", "step", "service", "slurm_job_id")
 _process: dict[str, Any] = {}
@@ -65,7 +70,11 @@ class FieldsFilter(logging.Filter):
 
 
 def mask_text(text: str) -> str:
-    return _URL.sub(lambda found: mask_url(found.group()), text) if "://" in text else text
+    if "://" not in text:
+        return text
+    from zhpc.masking import mask_url
+
+    return _URL.sub(lambda found: mask_url(found.group()), text)
 
 
 class MaskingFilter(logging.Filter):
@@ -85,6 +94,10 @@ class MaskingFilter(logging.Filter):
 
 def gelf_handler(url: str) -> logging.Handler:
     """A graypy GELF handler for ``udp://host:port`` (or ``tcp://``), with both filters."""
+    from urllib.parse import urlsplit
+
+    from zhpc.masking import mask_url
+
     parts = urlsplit(url)
     try:
         port = parts.port or 12201

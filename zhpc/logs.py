@@ -1,8 +1,11 @@
-"""Logging set-up shared by every command: text for people, JSON lines for log shippers."""
+"""Logging set-up shared by every command: text for people, JSON lines for log shippers.
+
+json is imported by the JSON formatter when it first formats: ``zhpc wrap`` and
+``zhpc --help`` log in text, and start-up is what they are judged on.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -18,6 +21,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line with the record's extra fields kept as keys."""
 
     def format(self, record: logging.LogRecord) -> str:
+        import json
+
         entry: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",

@@ -274,8 +274,12 @@ class WrapRun:
         )
 
     def _work(self, drain: Drain) -> tuple[bool, list[Path]]:
-        """Stage in, run the wrapper, stage out; returns (success, result files)."""
-        from zhpc import jobfiles, staging
+        """Stage in, run the wrapper, stage out; returns (success, result files).
+
+        :mod:`zhpc.staging` (and shutil with it) is imported only when there is
+        something to stage: a plain ``zhpc wrap -- CMD`` has nothing.
+        """
+        from zhpc import jobfiles
 
         rw = self.rw
         cluster: dict[str, Any] = {}
@@ -298,9 +302,15 @@ class WrapRun:
             raise ZhpcError(f"stopped before the command started ({drain.reason})")
         inputs = jobfiles.cluster_paths(cluster, "stage_in")
         if inputs:
+            from zhpc import staging
+
             staging.stage_in(inputs, self.workdir, roots)
         ok = bool(wrapper.run(rw))
         patterns = jobfiles.cluster_paths(cluster, "stage_out")
+        if not patterns and not wrapper.results and cluster.get("results_directory") is None:
+            return ok, []  # what stage_out returns for no files and nowhere to copy them
+        from zhpc import staging
+
         found = staging.find_outputs(patterns, self.workdir) if patterns else []
         produced = [*found, *(self.workdir / path for path in wrapper.results)]
         destination = jobfiles.results_directory(cluster)
