@@ -5,12 +5,21 @@ failed messages wait (``zhpc.transport.accounting``), one message at a time
 with ``Transport.fetch``: whenever the subscription has nothing to do, and at
 least every ``retry_interval`` seconds while it is busy, at most
 :data:`LANE_BATCH` messages per look so that the subscription gets its turn.
+
+A lane message's commit is settled before the next one is fetched. Otherwise a
+good message whose ack is still on its way when the next one (a poison) kills
+the process goes back to the lane counted as a crash, comes back just before
+the poison each time, and is dead-lettered with it. The fetch that follows also
+tells that the ack arrived: on RabbitMQ both travel on the same channel, in
+order, and the broker answers a basic.get only after what came before it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 
 from zhpc.errors import TransportError
 from zhpc.message import Message
@@ -23,6 +32,8 @@ log = logging.getLogger("zhpc.service")
 
 #: Lane messages processed per look before the subscription gets its turn again.
 LANE_BATCH = 100
+#: How long a lane message's commit may take to settle before the look ends.
+SETTLE_TIMEOUT_S = 30.0
 
 
 class RetryLane:
@@ -53,10 +64,13 @@ class RetryLane:
         *,
         idle: bool,
         should_stop: Callable[[], bool],
-        process: Callable[[Message], None],
+        process: Callable[[Message], Future[None] | None],
         dead_letter: Callable[[Message, str], None],
     ) -> None:
-        """Process lane messages if a look is due (always when ``idle``)."""
+        """Process lane messages if a look is due (always when ``idle``).
+
+        ``process`` returns the future of the message's commit, if it committed one.
+        """
         now = self.clock()
         if not idle and now < self.next_look:
             return
@@ -78,4 +92,12 @@ class RetryLane:
                     message, f"delivery_limit: {accounting.spent(message)} failures or crashes"
                 )
                 continue
-            process(message)
+            commit = process(message)
+            if commit is not None and wait_futures([commit], SETTLE_TIMEOUT_S).not_done:
+                log.warning(
+                    "%s: a commit from %s is unconfirmed after %g s; reading it later",
+                    self.owner,
+                    self.name,
+                    SETTLE_TIMEOUT_S,
+                )
+                return

@@ -217,11 +217,15 @@ class ServiceRunner:
         return poll_timeout(self.clock(), self._beat.next, self.deadlines.end)
 
     def _on_message(self, message: Message) -> None:
+        self._process(message)
+
+    def _process(self, message: Message) -> Future[None] | None:
+        """Settle ``message`` in one of the ways above; the commit's future if it was committed."""
         self._last_activity = self.clock()
         if self._should_stop():
             self._stop_consuming()
             self._hand_back(message)
-            return
+            return None
         if self.deadlines.too_long(message):
             if message.message_id in self._left_alone:
                 # It came back to us: only work we cannot finish is left. Leave it to
@@ -231,7 +235,8 @@ class ServiceRunner:
             elif message.message_id is not None:
                 self._left_alone.add(message.message_id)
             self._hand_back(message)
-            return
+            return None
+        future: Future[None] | None = None
         outputs: list[Outgoing] = []
         ref = self.events.received(message)
         received_at = self.events.since(message)
@@ -267,6 +272,7 @@ class ServiceRunner:
             try:
                 future = self.transport.commit(outputs, ack=message)
             except TransportError as exc:  # outputs that can never be sent: a failure too
+                future = None
                 log.error(
                     "%s: outputs of message %s cannot be sent: %s",
                     self.service.name,
@@ -286,6 +292,7 @@ class ServiceRunner:
         logfields.clear_message()
         self._beat.enter(STATUS_IDLE)
         self._last_activity = self.clock()
+        return future
 
     def _committed(
         self,
@@ -386,7 +393,7 @@ class ServiceRunner:
         self.lane.read(
             idle=idle,
             should_stop=self._should_stop,
-            process=self._on_message,
+            process=self._process,
             dead_letter=self._dead_letter,
         )
 
