@@ -272,7 +272,6 @@ class ServiceRunner:
             try:
                 future = self.transport.commit(outputs, ack=message)
             except TransportError as exc:  # outputs that can never be sent: a failure too
-                future = None
                 log.error(
                     "%s: outputs of message %s cannot be sent: %s",
                     self.service.name,
