@@ -18,7 +18,7 @@ resolves to the wheel's copy: checked, and reported as ``zhpc_file``). The
 top-level keys are the editable install's, as before; ``modes`` has both, and
 ``targets`` the limits with whether each mode meets them.
 
-Also lists which heavy modules each command imports (pydantic, pika, ssl,
+Also lists which heavy modules each command imports (msgspec, pika, ssl,
 asyncio, yaml, tenacity): those paths should need none of them.
 
 Usage: ``python bench/startup.py [-n 21] [--no-service] [--no-installed]``
@@ -44,7 +44,7 @@ import uuid
 from pathlib import Path
 
 AMQP_URL = os.environ.get("ZHPC_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-HEAVY = ("pydantic", "pika", "ssl", "asyncio", "yaml", "tenacity")
+HEAVY = ("msgspec", "pika", "ssl", "asyncio", "yaml", "tenacity")
 ROOT = Path(__file__).resolve().parent.parent
 #: Issue 18's limits, judged on each mode's figures.
 TARGETS = {

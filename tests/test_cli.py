@@ -37,7 +37,7 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
     assert "usage: zhpc" in capsys.readouterr().err
 
 
-_HEAVY = ("pydantic", "pika", "ssl", "asyncio", "yaml")
+_HEAVY = ("msgspec", "pika", "ssl", "asyncio", "yaml")
 
 
 def _imported_by(*argv: str) -> set[str]:
@@ -87,3 +87,18 @@ def test_commands_needed_reads_the_command_word(argv: list[str], needed: tuple[s
     from zhpc.cli import _commands_needed
 
     assert _commands_needed(argv) == needed
+
+
+def test_a_service_process_does_not_load_pydantic() -> None:
+    """Issue 18: a service's config, runner and RabbitMQ transport leave pydantic out (it
+    cost ~20 MB of an idle service's ~40 MB); a guard against it creeping back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, zhpc.config, zhpc.runner, zhpc.commands.service, zhpc.transport.rabbitmq\n"
+        "zhpc.config.parse_config({'broker': {'url': 'amqp://h/'}})\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

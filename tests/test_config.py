@@ -105,12 +105,12 @@ def test_config_show_never_prints_a_password(
     [
         ("broker: [unclosed\n", "invalid YAML (line 2"),
         ("broker: {urll: x}\n", "broker.urll: unknown key"),
-        ("broker: {delivery_limit: many}\n", "broker.delivery_limit: Input should be"),
+        ("broker: {delivery_limit: many}\n", "broker.delivery_limit: must be"),
         (
             "cluster: {backend: pbs}\n",
-            "cluster.backend: Input should be 'drmaa', 'local', 'slurm', 'slurmrestd' or 'ssh'",
+            "cluster.backend: must be 'drmaa', 'local', 'slurm', 'slurmrestd' or 'ssh'",
         ),
-        ("broker: {url: 'http://x'}\n", "broker.url: Value error, must start with amqp://"),
+        ("broker: {url: 'http://x'}\n", "broker.url: must start with amqp://"),
         ("services: {dispatcher: {prefetch: 0}}\n", "services.dispatcher.prefetch:"),
         ("- just\n- a list\n", "the top level must be a mapping"),
     ],
@@ -162,7 +162,7 @@ def test_console_script_reports_without_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"zhpc: error: {path}: logging.level: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
+        f"zhpc: error: {path}: logging.level: must be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"
     ]
 
 
@@ -189,21 +189,20 @@ BIG = "1" * 5000
         # issue 12.11: a raw '#', '/' or '?' in the password ends the host part; never connects.
         (
             "broker: {url: 'amqp://zhpc:hun#ter2@rabbit:5672/'}",
-            "broker.url: Value error, does not "
-            "parse as user:password@host:port/vhost; percent-encode",
+            "broker.url: does not parse as user:password@host:port/vhost; percent-encode",
         ),
-        ("broker: {url: 'amqp://zhpc:hun/ter2@rabbit:5672/'}", "broker.url: Value error, does not"),
-        ("broker: {url: 'amqp://zhpc:hun?ter2@rabbit:5672/'}", "broker.url: Value error, does not"),
-        ("broker: {url: 'amqp://zhpc:12/hunter2@rabbit:5672/'}", "broker.url: Value error, does"),
-        ("broker: {url: 'amqp://[::1/'}", "broker.url: Value error, does not parse as a URL"),
-        ("broker: {url: 'sqlite:///tmp/b.sqlite#x'}", "broker.url: Value error, a sqlite:/// path"),
+        ("broker: {url: 'amqp://zhpc:hun/ter2@rabbit:5672/'}", "broker.url: does not"),
+        ("broker: {url: 'amqp://zhpc:hun?ter2@rabbit:5672/'}", "broker.url: does not"),
+        ("broker: {url: 'amqp://zhpc:12/hunter2@rabbit:5672/'}", "broker.url: does"),
+        ("broker: {url: 'amqp://[::1/'}", "broker.url: does not parse as a URL"),
+        ("broker: {url: 'sqlite:///tmp/b.sqlite#x'}", "broker.url: a sqlite:/// path"),
         # issue 12.14: port out of range, non-finite numbers, 5000-digit integers.
         (
             "broker: {url: 'amqp://zhpc:hunter2@rabbit:99999/'}",
-            "broker.url: Value error, the port must be a number from 1 to 65535",
+            "broker.url: the port must be a number from 1 to 65535",
         ),
-        ("services: {x: {max_runtime: .inf}}", "services.x.max_runtime: Input should be a finite"),
-        ("broker: {retry_delay: 1e400}", "broker.retry_delay: Input should be a finite number"),
+        ("services: {x: {max_runtime: .inf}}", "services.x.max_runtime: must be a finite"),
+        ("broker: {retry_delay: 1e400}", "broker.retry_delay: must be a finite number"),
         (
             f"broker: {{delivery_limit: {BIG}}}",
             "invalid YAML (line 1, column 26): integer with 5000 digits is too large",
@@ -211,38 +210,38 @@ BIG = "1" * 5000
         (f"services: {{x: {{parameters: {{n: {BIG}}}}}}}", "integer with 5000 digits"),
         (
             "broker: {delivery_limit: 99999999999999999999}",
-            "broker.delivery_limit: Value error, integer out of range",
+            "broker.delivery_limit: integer out of range",
         ),
         (
             "services: {x: {parameters: {a: [1, {b: .nan}]}}}",
-            "services.x.parameters: Value error, a[1].b: must be a finite number",
+            "services.x.parameters: a[1].b: must be a finite number",
         ),
         # issue 12.15: what used to pass `config check` and fail in a job later.
         (
             "cluster: {default_time: soon}",
-            "cluster.default_time: Value error, bad time limit 'soon'",
+            "cluster.default_time: bad time limit 'soon'",
         ),
-        ("cluster: {default_time: '\u0661:00:00'}", "cluster.default_time: Value error, bad time"),
-        ("scaler: {x: {time: '-5'}}", "scaler.x.time: Value error, bad time limit '-5'"),
+        ("cluster: {default_time: '\u0661:00:00'}", "cluster.default_time: bad time"),
+        ("scaler: {x: {time: '-5'}}", "scaler.x.time: bad time limit '-5'"),
         (
             "scaler: {x: {min_jobs: 5, max_jobs: 2}}",
-            "scaler.x.max_jobs: Value error, must be at least min_jobs (5), not 2",
+            "scaler.x.max_jobs: must be at least min_jobs (5), not 2",
         ),
         (
             "recipes: {directory: /no/such/recipes}",
-            "recipes.directory: Value error, /no/such/recipes does not exist",
+            "recipes.directory: /no/such/recipes does not exist",
         ),
         (
             "recipes: {directory: /etc/hostname}",
-            "recipes.directory: Value error, /etc/hostname is not a directory",
+            "recipes.directory: /etc/hostname is not a directory",
         ),
         (
             "staging: {allowed_roots: [data]}",
-            "staging.allowed_roots: Value error, entry 1 ('data') must be an absolute path",
+            "staging.allowed_roots: entry 1 ('data') must be an absolute path",
         ),
         (
             "staging: {allowed_roots: [/dls, '']}",
-            "staging.allowed_roots: Value error, entry 2 is empty",
+            "staging.allowed_roots: entry 2 is empty",
         ),
         ("staging: {allowed_roots: ['/']}", "would allow every file on the machine"),
     ],
@@ -334,3 +333,35 @@ def test_mask_url_hides_passwords_the_parser_cannot_see(url: str, masked: str) -
     from zhpc.config import mask_url  # also what the RabbitMQ transport logs with
 
     assert mask_url(url) == masked
+
+
+def test_a_sections_repr_hides_every_url_password() -> None:
+    """Logs and tracebacks may show a section: its URLs never carry the password."""
+    from zhpc.config import parse_config
+
+    config = parse_config(
+        {
+            "broker": {"url": "amqp://zhpc:hunter2@rabbit/"},
+            "quarantine": {"url": "postgresql://zhpc:hunter3@db/q"},
+            "events": {"url": "postgresql://zhpc:hunter4@db/e"},
+        }
+    )
+    shown = repr(config)
+    assert "amqp://zhpc:***@rabbit/" in shown
+    assert "hunter" not in shown
+
+
+def test_a_changed_copy_is_checked_like_the_file() -> None:
+    from zhpc.config import ServiceConfig
+
+    service = ServiceConfig().replace(prefetch=7)
+    assert service.prefetch == 7
+    with pytest.raises(ConfigError, match=r"^prefetch: must be an integer >= 1$"):
+        ServiceConfig().replace(prefetch=0)
+
+
+@pytest.mark.parametrize("key", ["source", "environment"])
+def test_what_the_loader_sets_is_not_a_key_of_the_file(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path / "c.yaml", f"{key}: /etc\n")
+    with pytest.raises(ConfigError, match=rf"{key}: unknown key"):
+        load_config(path)

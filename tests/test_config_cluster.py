@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from zhpc.config import BrokerConfig, load_config
 from zhpc.errors import ConfigError
@@ -70,10 +69,10 @@ def test_a_list_that_is_not_one_cluster_is_refused(urls: list, tmp_path: Path) -
 
 @pytest.mark.parametrize("host", ["", "r1/x", "u@r1", "r1:0", "r1:99999", "r1 :5672"])
 def test_bad_hosts_are_refused(host: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValueError):
         BrokerConfig(url=NODES[0], hosts=[host])
 
 
 def test_a_list_and_hosts_together_are_refused() -> None:
-    with pytest.raises(ValidationError, match="not both"):
+    with pytest.raises(ValueError, match="not both"):
         BrokerConfig(url=NODES, hosts=["r1"])

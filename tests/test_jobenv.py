@@ -107,7 +107,7 @@ def test_a_subprocess_drains_on_sigusr1_from_outside(tmp_path: Path) -> None:
 
 
 def test_importing_jobenv_stays_cheap() -> None:
-    heavy = "{'subprocess', 'pydantic', 'yaml'}"
+    heavy = "{'subprocess', 'msgspec', 'yaml'}"
     code = f"import sys, zhpc.jobenv; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

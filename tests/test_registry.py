@@ -118,7 +118,7 @@ def test_unknown_names_are_refused_with_what_is_installed() -> None:
         backend_class("pbs")
     with pytest.raises(ZhpcError, match=r"no transport named 'http' \(available: amqp, amqps"):
         transport_class("http")
-    with pytest.raises(ConfigError, match=r"cluster\.backend: Input should be 'drmaa', 'local'"):
+    with pytest.raises(ConfigError, match=r"cluster\.backend: must be a string, not a list"):
         parse_config({"cluster": {"backend": ["local"]}})
 
 

@@ -50,7 +50,7 @@ def test_ssh_backend_submits_lists_and_cancels(
 def test_unknown_host_key_is_refused(ssh_config: SSHConfig, tmp_path: Path) -> None:
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    cluster = SSHCluster(ssh_config.model_copy(update={"known_hosts": empty}), attempts=1)
+    cluster = SSHCluster(ssh_config.replace(known_hosts=empty), attempts=1)
     with pytest.raises(
         ClusterError, match=r"ssh root@127\.0\.0\.1:2222: .*not found in known_hosts"
     ):
@@ -63,7 +63,7 @@ def test_wrong_host_key_is_refused(ssh_config: SSHConfig, tmp_path: Path) -> Non
     wrong = tmp_path / "known_hosts"
     client_pub = Path(str(ssh_config.key_file) + ".pub").read_text().split()[:2]
     wrong.write_text(f"[127.0.0.1]:2222 {' '.join(client_pub)}\n")
-    cluster = SSHCluster(ssh_config.model_copy(update={"known_hosts": wrong}), attempts=1)
+    cluster = SSHCluster(ssh_config.replace(known_hosts=wrong), attempts=1)
     with pytest.raises(ClusterError, match="host key does not match"):
         cluster.jobs()
 
@@ -76,6 +76,6 @@ def test_unauthorised_key_is_refused(ssh_config: SSHConfig, tmp_path: Path) -> N
         check=True,
         timeout=30,
     )
-    cluster = SSHCluster(ssh_config.model_copy(update={"key_file": key_file}), attempts=1)
+    cluster = SSHCluster(ssh_config.replace(key_file=key_file), attempts=1)
     with pytest.raises(ClusterError, match=r"ssh root@127\.0\.0\.1:2222: .*[Aa]uthentication"):
         cluster.jobs()

@@ -234,7 +234,7 @@ CASES = [
 def test_decide(
     changes: dict, obs: Observation, desired: int, submit: int, cancel: tuple[str, ...], reason: str
 ) -> None:
-    policy = POLICY.model_copy(update=changes)
+    policy = POLICY.replace(**changes)
     decision = decide(policy, obs)
     assert (decision.desired, decision.submit, decision.cancel) == (desired, submit, cancel)
     assert reason in decision.reason
@@ -251,7 +251,7 @@ def test_overdue_jobs_are_reported_even_when_still_needed() -> None:
 
 def test_repeated_cycles_never_exceed_the_limits() -> None:
     """Feeding each decision back as the next observation (jobs stay pending)."""
-    policy = POLICY.model_copy(update={"max_jobs": 5, "max_pending": 2, "cooldown": 0})
+    policy = POLICY.replace(max_jobs=5, max_pending=2, cooldown=0)
     pending: list[PendingJob] = []
     for cycle in range(10):
         decision = decide(policy, replace(EMPTY, ready=5000, running=1, pending=tuple(pending)))

@@ -94,7 +94,7 @@ def test_trace_shows_a_failure_then_the_success_with_hosts_and_pids(
         transport.publish_many(rw.start())
         service = FailsOnce(
             "fails-once",
-            config.service("fails-once").model_copy(update={"queue": step1, "idle_timeout": 1.0}),
+            config.service("fails-once").replace(queue=step1, idle_timeout=1.0),
             config,
         )
         runner = ServiceRunner(
@@ -190,7 +190,7 @@ def test_a_dead_lettered_step_links_to_its_quarantine_entry(
         broker.transport().publish_many(rw.start())
         service = AlwaysFails(
             "fails",
-            config.service("fails").model_copy(update={"queue": queue, "idle_timeout": 1.0}),
+            config.service("fails").replace(queue=queue, idle_timeout=1.0),
             config,
         )
         runner = ServiceRunner(service, broker.transport(), events=emitter_for(config, "fails"))

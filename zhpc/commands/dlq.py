@@ -328,10 +328,8 @@ def _reinject_entries(args: argparse.Namespace) -> int:
             )
             for entry in entries
         ]
-        broker = config.broker.model_copy(
-            update={
-                "connection_attempts": min(config.broker.connection_attempts, CONNECTION_ATTEMPTS)
-            }
+        broker = config.broker.replace(
+            connection_attempts=min(config.broker.connection_attempts, CONNECTION_ATTEMPTS)
         )
         progress = Progress("reinjected", len(planned))
         done = 0

@@ -222,9 +222,7 @@ def _quick_transport(config: Config) -> Any:
     attempts = min(config.broker.connection_attempts, GO_CONNECTION_ATTEMPTS)
     confirm = min(config.broker.confirm_timeout, GO_CONFIRM_TIMEOUT)
     return get_transport(
-        config.broker.model_copy(
-            update={"connection_attempts": attempts, "confirm_timeout": confirm}
-        )
+        config.broker.replace(connection_attempts=attempts, confirm_timeout=confirm)
     )
 
 

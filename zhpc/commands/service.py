@@ -86,7 +86,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    service_config = config.service(args.service).model_copy(update=overrides)
+    service_config = config.service(args.service).replace(**overrides)
     service = cls(args.service, service_config, config)
     runner = getattr(cls, "runner_class", None) or ServiceRunner
     if runner is not ServiceRunner and (

@@ -1,4 +1,4 @@
-"""Configuration: YAML files validated by pydantic, with named environments.
+"""Configuration: YAML files checked by msgspec (zhpc.config.base), with named environments.
 
 Search order: ``--config FILE``, ``$ZHPC_CONFIG``, ``./zhpc.yaml``,
 ``~/.config/zhpc/config.yaml``; with none, the embedded default (SQLite broker

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+import msgspec
+from msgspec import Meta
 
 from zhpc import plugins
-from zhpc.config.base import Section, read_secret_file, zhpc_home
+from zhpc.config.base import Invalid, Section, read_secret_file, zhpc_home
 from zhpc.config.checks import check_broker_url, check_host_port, split_broker_urls, with_host
 from zhpc.errors import ConfigError
 from zhpc.masking import mask_url
@@ -17,64 +18,68 @@ from zhpc.masking import mask_url
 DEFAULT_DELIVERY_LIMIT = 5
 
 
-class TLSConfig(Section):
+def _check_http(url: str | None) -> str | None:
+    if url and urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https:// (or be empty to disable)")
+    return url
+
+
+class TLSConfig(Section, kw_only=True):
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     verify: bool = True
 
 
-class BrokerConfig(Section):
+class BrokerConfig(Section, kw_only=True):
     """``url`` is ``amqp://``, ``amqps://`` or ``sqlite:///abs/path``: a scheme that an
     installed transport serves (the ``zhpc.transports`` entry points)."""
 
-    url: str = Field("", repr=False)
+    #: A list of node URLs is split into the first URL and ``hosts`` as the file is read.
+    url: str | list[str] = ""
     #: The nodes of a RabbitMQ cluster (``host:port``), tried in order on every (re)connect,
     #: with ``url``'s scheme, user, password and vhost. Empty: ``url``'s host alone. A list
     #: of URLs as ``url`` fills this in (see :func:`split_broker_urls`).
     hosts: list[str] = []
     #: ``x-quorum-initial-group-size`` of new quorum queues. None: the number of nodes
     #: listed, at most 3 (and the broker's own default with one node listed).
-    quorum_group_size: int | None = Field(None, ge=1)
+    quorum_group_size: Annotated[int, Meta(ge=1)] | None = None
     #: Seconds a publish the broker nacked is retried on a fresh channel before its commit
     #: fails (a cluster that lost a node nacks for a while); 0: fail at the first nack.
-    nack_retry_budget: float = Field(30.0, ge=0)
+    nack_retry_budget: Annotated[float, Meta(ge=0)] = 30.0
     password_file: Path | None = None
-    delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=0)
-    heartbeat: int = Field(60, ge=0)
-    connection_attempts: int = Field(10, ge=1)
-    retry_delay: float = Field(1.0, ge=0)
+    delivery_limit: Annotated[int, Meta(ge=0)] = DEFAULT_DELIVERY_LIMIT
+    heartbeat: Annotated[int, Meta(ge=0)] = 60
+    connection_attempts: Annotated[int, Meta(ge=1)] = 10
+    retry_delay: Annotated[float, Meta(ge=0)] = 1.0
     #: Seconds a publish waits for the broker's confirm, and RabbitMQ may block the
     #: connection (memory or disk alarm) before it is dropped: then the caller fails
     #: (``zhpc go`` spools) instead of hanging.
-    confirm_timeout: float = Field(60.0, gt=0, le=86400)
-    tls: TLSConfig = TLSConfig()
+    confirm_timeout: Annotated[float, Meta(gt=0, le=86400)] = 60.0
+    tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
     #: RabbitMQ's management HTTP API (``zhpc scale`` reads unacked counts there). None:
     #: derived from ``url`` (same host and credentials, port 15672); "": do not use it.
     management_url: str | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _url_list(cls, data: Any) -> Any:
+    def __post_init__(self) -> None:
         """``url: [amqp://a:5672/, amqp://b:5672/]`` means ``url`` a, ``hosts`` [a, b]."""
-        if isinstance(data, dict) and isinstance(data.get("url"), list):
-            if data.get("hosts"):
-                raise ValueError(
-                    "give the nodes either as a list in broker.url or in broker.hosts, not both"
+        if isinstance(self.url, list):
+            if self.hosts:
+                raise Invalid(
+                    "url",
+                    "give the nodes either as a list in broker.url or in broker.hosts, not both",
                 )
-            data = dict(data)
-            data["url"], data["hosts"] = split_broker_urls(data["url"])
-        return data
+            try:
+                self.url, self.hosts = split_broker_urls(self.url)
+            except ValueError as exc:
+                raise Invalid("url", str(exc)) from None
+        super().__post_init__()
 
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, url: str) -> str:
-        return check_broker_url(url, plugins.names(plugins.TRANSPORTS))
-
-    @field_validator("hosts")
-    @classmethod
-    def _host_ports(cls, hosts: list[str]) -> list[str]:
-        return [check_host_port(host) for host in hosts]
+    checks = {
+        "url": lambda url: check_broker_url(url, plugins.names(plugins.TRANSPORTS)),
+        "hosts": lambda hosts: [check_host_port(host) for host in hosts],
+        "management_url": lambda url: _check_http(url),
+    }
 
     def connection_urls(self) -> list[str]:
         """One URL per node (password included; never log these), in the order to try."""
@@ -91,13 +96,6 @@ class BrokerConfig(Section):
         if self.quorum_group_size is not None:
             return self.quorum_group_size
         return min(len(self.hosts), 3) if len(self.hosts) > 1 else None
-
-    @field_validator("management_url")
-    @classmethod
-    def _http(cls, url: str | None) -> str | None:
-        if url and urlsplit(url).scheme not in ("http", "https"):
-            raise ValueError("must start with http:// or https:// (or be empty to disable)")
-        return url
 
     @property
     def scheme(self) -> str:

@@ -1,7 +1,7 @@
 """Checks behind the configuration's validators: what would otherwise fail only later.
 
 Each function raises ``ValueError`` with a message that never repeats the
-value it refuses (a URL may hold a password); pydantic turns it into one line
+value it refuses (a URL may hold a password); the loader turns it into one line
 naming the file and the key. ``zhpc config check`` therefore catches what a
 job would trip over an hour later, on another machine.
 """
@@ -9,6 +9,7 @@ job would trip over an hour later, on another machine.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -155,16 +156,13 @@ def check_existing_directory(path: Path | None) -> Path | None:
     return expanded
 
 
-def check_allowed_roots(roots: Any) -> Any:
-    """Before conversion to paths: every root is a non-empty absolute path other than ``/``.
+def check_allowed_roots(roots: list[Any]) -> list[Any]:
+    """Every root, as written, is a non-empty absolute path other than ``/``.
 
     An empty entry would become ``.``, silently allowing whatever directory a job runs in.
     """
-    if not isinstance(roots, list):
-        return roots  # pydantic reports the wrong type
     for number, root in enumerate(roots, 1):
-        if not isinstance(root, str):
-            continue
+        root = os.fspath(root)
         if not root.strip():
             raise ValueError(f"entry {number} is empty; list absolute directories")
         path = Path(root).expanduser()

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
-from pydantic import ValidationError
 
+from zhpc.config.base import build
 from zhpc.config.model import Config
 from zhpc.errors import ConfigError
 from zhpc.masking import mask_secrets, mask_url
@@ -47,13 +48,6 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
-
-
-def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        return f"{path}: unknown key"
-    return f"{path}: {error['msg']}"
 
 
 class _ConfigLoader(yaml.SafeLoader):
@@ -95,11 +89,13 @@ def parse_config(
         if not isinstance(overlay, dict):
             raise ConfigError(f"{where}: environments.{environment}: must be a mapping")
         data = _deep_merge(data, overlay)
+    for key in Config.not_from_file:
+        if key in data:
+            raise ConfigError(f"{where}: {key}: unknown key")
     try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(_describe(err) for err in exc.errors())
-        raise ConfigError(f"{where}: {problems}") from None
+        config = build(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     config.source = source
     config.environment = environment
     return config
@@ -141,7 +137,10 @@ def load_config(
 
 def masked_dump(config: Config) -> dict[str, Any]:
     """The effective configuration as plain data, with every secret masked."""
-    data = mask_secrets(config.model_dump(mode="json", exclude={"environments"}))
+    data = msgspec.to_builtins(config, enc_hook=str)
+    for key in ("environments", *Config.not_from_file):
+        data.pop(key, None)
+    data = mask_secrets(data)
     data["broker"]["url"] = config.broker.display_url()
     data["quarantine"]["url"] = mask_url(config.quarantine.url)
     if config.broker.management_url:

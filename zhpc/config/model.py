@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+import msgspec
 
-from zhpc.config.base import Section
+from zhpc.config.base import Section, check_choice
 from zhpc.config.broker import BrokerConfig
 from zhpc.config.checks import check_allowed_roots, check_existing_directory
 from zhpc.config.cluster import ClusterConfig
@@ -16,57 +16,66 @@ from zhpc.config.services import LimitsConfig, ScalerConfig, ServiceConfig
 from zhpc.config.stores import EventsConfig, QuarantineConfig
 
 
-class RecipesConfig(Section):
+class RecipesConfig(Section, kw_only=True):
     #: Directory of ``*.json``/``*.yaml`` recipes; None means the examples shipped with zhpc.
     directory: Path | None = None
 
-    @field_validator("directory")
-    @classmethod
-    def _existing(cls, path: Path | None) -> Path | None:
-        return check_existing_directory(path)
+    checks = {"directory": check_existing_directory}
 
 
-class StagingConfig(Section):
-    #: Only files under these roots may be staged into or out of a job.
-    allowed_roots: list[Path] = []
+class StagingConfig(Section, kw_only=True):
+    #: Only files under these roots may be staged into or out of a job: absolute directories,
+    #: checked as written (an empty entry would mean ``.``), then kept as paths.
+    allowed_roots: list[str] = []
 
-    @field_validator("allowed_roots", mode="before")
-    @classmethod
-    def _absolute_roots(cls, roots: Any) -> Any:
-        return check_allowed_roots(roots)
+    checks = {"allowed_roots": lambda roots: [Path(root) for root in check_allowed_roots(roots)]}
 
 
-class LoggingConfig(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
-    format: Literal["text", "json"] = "text"
+def _check_gelf_url(url: str) -> str:
+    if url and (urlsplit(url).scheme not in ("udp", "tcp") or not urlsplit(url).hostname):
+        raise ValueError("must be udp://host:port or tcp://host:port")
+    return url
+
+
+class LoggingConfig(Section, kw_only=True):
+    #: DEBUG, INFO, WARNING or ERROR.
+    level: str = "WARNING"
+    #: text or json.
+    format: str = "text"
     #: Also send log records to Graylog: ``udp://host:port`` (GELF, needs graypy).
     gelf: str = ""
 
-    @field_validator("gelf")
-    @classmethod
-    def _gelf_url(cls, url: str) -> str:
-        if url and (urlsplit(url).scheme not in ("udp", "tcp") or not urlsplit(url).hostname):
-            raise ValueError("must be udp://host:port or tcp://host:port")
-        return url
+    checks = {
+        "level": lambda level: check_choice(level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        "format": lambda form: check_choice(form, ("text", "json")),
+        "gelf": _check_gelf_url,
+    }
 
 
-class Config(Section):
-    broker: BrokerConfig = BrokerConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    recipes: RecipesConfig = RecipesConfig()
-    staging: StagingConfig = StagingConfig()
+def _section(kind: type[Section]) -> Any:
+    return msgspec.field(default_factory=kind)
+
+
+class Config(Section, kw_only=True):
+    broker: BrokerConfig = _section(BrokerConfig)
+    cluster: ClusterConfig = _section(ClusterConfig)
+    recipes: RecipesConfig = _section(RecipesConfig)
+    staging: StagingConfig = _section(StagingConfig)
     services: dict[str, ServiceConfig] = {}
     scaler: dict[str, ScalerConfig] = {}
-    logging: LoggingConfig = LoggingConfig()
-    quarantine: QuarantineConfig = QuarantineConfig()
-    limits: LimitsConfig = LimitsConfig()
-    events: EventsConfig = EventsConfig()
+    logging: LoggingConfig = _section(LoggingConfig)
+    quarantine: QuarantineConfig = _section(QuarantineConfig)
+    limits: LimitsConfig = _section(LimitsConfig)
+    events: EventsConfig = _section(EventsConfig)
     #: Named partial configurations, overlaid by ``-e NAME``; not part of the result.
     environments: dict[str, dict[str, Any]] = {}
 
     #: Where this configuration came from (None: the embedded default); not a YAML key.
-    source: Path | None = Field(None, exclude=True)
-    environment: str | None = Field(None, exclude=True)
+    source: Path | None = None
+    environment: str | None = None
+
+    #: Set by the loader, never read from the file (:func:`~zhpc.config.loading.parse_config`).
+    not_from_file = ("source", "environment")
 
     def service(self, name: str) -> ServiceConfig:
         return self.services.get(name) or ServiceConfig()

@@ -3,87 +3,84 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from msgspec import Meta
 
-from zhpc.config.base import Section
+from zhpc.config.base import Invalid, Section
 from zhpc.config.checks import check_job_counts, check_time_limit
 
 
-class ServiceConfig(Section):
+class ServiceConfig(Section, kw_only=True):
     queue: str | None = None
-    prefetch: int = Field(100, ge=1, le=65535)  # AMQP prefetch-count is 16 bits
-    max_runtime: float | None = Field(None, gt=0)
-    idle_timeout: float | None = Field(None, gt=0)
-    heartbeat_interval: float = Field(30.0, gt=0)
+    prefetch: Annotated[int, Meta(ge=1, le=65535)] = 100  # AMQP prefetch-count is 16 bits
+    max_runtime: Annotated[float, Meta(gt=0)] | None = None
+    idle_timeout: Annotated[float, Meta(gt=0)] | None = None
+    heartbeat_interval: Annotated[float, Meta(gt=0)] = 30.0
     #: After a drain signal, how long the message in progress may still run before it is
     #: handed back. Keep it below the scheduler's KillWait (Slurm's default: 30 s).
-    drain_grace: float = Field(10.0, ge=0)
+    drain_grace: Annotated[float, Meta(ge=0)] = 10.0
     #: Stop this long before the job's wall-clock end, leaving time to hand back and exit.
-    end_margin: float = Field(15.0, ge=0)
+    end_margin: Annotated[float, Meta(ge=0)] = 15.0
     #: Hand-backs (drains) after which a message is dead-lettered instead: one that never
     #: fits the time a job has left must not bounce between jobs forever.
-    max_handbacks: int = Field(20, ge=1)
+    max_handbacks: Annotated[int, Meta(ge=1)] = 20
     #: Seconds between looks at the queue's retry lane while messages keep coming.
-    retry_interval: float = Field(1.0, gt=0)
+    retry_interval: Annotated[float, Meta(gt=0)] = 1.0
     #: Free parameters a service reads for itself.
     parameters: dict[str, Any] = {}
 
 
-class ScalerConfig(Section):
+class ScalerConfig(Section, kw_only=True):
     """How ``zhpc scale`` sizes one service's job arrays (docs/scaling.md)."""
 
-    min_jobs: int = Field(0, ge=0)
-    max_jobs: int = Field(20, ge=0)
+    min_jobs: Annotated[int, Meta(ge=0)] = 0
+    max_jobs: Annotated[int, Meta(ge=0)] = 20
     #: Messages one job is expected to handle; desired jobs = ceil(work / this).
-    messages_per_job: int = Field(100, ge=1)
+    messages_per_job: Annotated[int, Meta(ge=1)] = 100
     #: Instead: drain the backlog in this many seconds at the measured rate per job
     #: (messages_per_job still applies while no rate is known).
-    target_drain_s: float | None = Field(None, gt=0)
+    target_drain_s: Annotated[float, Meta(gt=0)] | None = None
     #: Never more than this many of the service's jobs PENDING.
-    max_pending: int = Field(5, ge=1)
+    max_pending: Annotated[int, Meta(ge=1)] = 5
     #: A job PENDING longer than this (seconds) is reported (and cancelled when not needed).
-    pending_timeout: float = Field(600.0, gt=0)
+    pending_timeout: Annotated[float, Meta(gt=0)] = 600.0
     #: Seconds after a submission before the next one, or before its jobs may be cancelled.
-    cooldown: float = Field(30.0, ge=0)
+    cooldown: Annotated[float, Meta(ge=0)] = 30.0
     #: Job shape: wall-clock limit (default cluster.default_time), partition, cpus, memory.
     time: str | None = None
     partition: str | None = None
-    cpus: int | None = Field(None, ge=1)
+    cpus: Annotated[int, Meta(ge=1)] | None = None
     memory: str | None = None
     #: At most this many tasks in one array submission.
-    array_max: int = Field(100, ge=1)
+    array_max: Annotated[int, Meta(ge=1)] = 100
     #: Seconds between daemon cycles.
-    interval: float = Field(60.0, gt=0)
+    interval: Annotated[float, Meta(gt=0)] = 60.0
     #: Stop submitting after this many job failures in a row ("crash-looping service").
-    crash_limit: int = Field(3, ge=1)
+    crash_limit: Annotated[int, Meta(ge=1)] = 3
     #: A job that ends with a non-zero status within this many seconds of starting failed.
-    crash_window: float = Field(10.0, gt=0)
+    crash_window: Annotated[float, Meta(gt=0)] = 10.0
 
-    @field_validator("memory")
-    @classmethod
-    def _slurm_memory(cls, memory: str | None) -> str | None:
-        if memory is not None and not re.fullmatch(r"[1-9]\d*[KMGT]?", memory.strip()):
-            raise ValueError(f"{memory!r} is not a Slurm memory size such as 500M or 4G")
-        return memory
+    checks = {
+        "memory": lambda memory: _check_memory(memory),
+        "time": check_time_limit,
+    }
 
-    @field_validator("time")
-    @classmethod
-    def _time_limit(cls, value: str | None) -> str | None:
-        return check_time_limit(value)
-
-    @field_validator("max_jobs")
-    @classmethod
-    def _not_below_min(cls, max_jobs: int, info: ValidationInfo) -> int:
+    def check(self) -> None:
         """On max_jobs, so the one-line error names the key to change."""
-        min_jobs = info.data.get("min_jobs")
-        if min_jobs is not None:
-            check_job_counts(min_jobs, max_jobs)
-        return max_jobs
+        try:
+            check_job_counts(self.min_jobs, self.max_jobs)
+        except ValueError as exc:
+            raise Invalid("max_jobs", str(exc)) from None
 
 
-class LimitsConfig(Section):
+def _check_memory(memory: str | None) -> str | None:
+    if memory is not None and not re.fullmatch(r"[1-9]\d*[KMGT]?", memory.strip()):
+        raise ValueError(f"{memory!r} is not a Slurm memory size such as 500M or 4G")
+    return memory
+
+
+class LimitsConfig(Section, kw_only=True):
     """Bounds on what one request may make the Dispatcher build (docs/recipes.md).
 
     A request over a bound is dead-lettered with the reason (``zhpc go`` refuses it),
@@ -91,10 +88,10 @@ class LimitsConfig(Section):
     """
 
     #: Longest string a parameter substitution may produce, and the widest format field.
-    max_substituted_chars: int = Field(1_000_000, ge=1, le=2**31)
+    max_substituted_chars: Annotated[int, Meta(ge=1, le=2**31)] = 1_000_000
     #: Most ``start`` entries (start messages) one recipe may have.
-    max_start_messages: int = Field(1000, ge=1, le=1_000_000)
+    max_start_messages: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000
     #: Largest single message body a request or a start message may have, in bytes.
-    max_message_bytes: int = Field(16 * 2**20, ge=1024, le=2**31)
+    max_message_bytes: Annotated[int, Meta(ge=1024, le=2**31)] = 16 * 2**20
     #: Largest total of all start messages of one request, in bytes.
-    max_dispatch_bytes: int = Field(64 * 2**20, ge=1024, le=2**34)
+    max_dispatch_bytes: Annotated[int, Meta(ge=1024, le=2**34)] = 64 * 2**20
