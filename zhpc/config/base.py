@@ -1,8 +1,8 @@
 """What every configuration section shares: strict validation, the state directory, secrets.
 
 A section is a :class:`msgspec.Struct`: msgspec checks types, bounds and unknown keys
-while it converts the parsed YAML (:func:`build`), and each section's ``check`` runs the
-checks of :mod:`zhpc.config.checks` that types cannot say. msgspec rather than pydantic
+while it converts the parsed YAML (:func:`build`), and each section's ``checks`` run
+what types cannot say (:mod:`zhpc.config.checks`). msgspec rather than pydantic
 because every service process loads this: pydantic and its models cost a service
 ~20 MB of its ~40 MB, msgspec ~3 MB (issue 18).
 """
@@ -111,12 +111,11 @@ _TYPE_WORDS = {
     "null": "empty",
 }
 _EXPECTED = re.compile(r"Expected `([^`]+)`(?:, got `([^`]+)`)?(.*)")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
 
 
 def _words(message: str) -> str:
     """msgspec's ``Expected `int` >= 1`` as ``must be an integer >= 1``."""
-    if message.startswith("Object contains unknown field `"):
-        return "unknown key"
     if message == "Number out of range":
         return "must be a finite number"
     match = _EXPECTED.fullmatch(message)
@@ -138,10 +137,10 @@ def _path_from(exc: msgspec.ValidationError, where: str) -> tuple[str, str]:
         location = f"{location}.{cause.key}" if location else cause.key
         message = str(cause)
     else:
-        unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
+        unknown = _UNKNOWN.fullmatch(message)
         if unknown:
             location = f"{location}.{unknown.group(1)}" if location else unknown.group(1)
-        message = _words(message)
+        message = "unknown key" if unknown else _words(message)
     key = ".".join(filter(None, [where, location])) or "(top level)"
     return key.replace(".[", "["), message
 

@@ -78,7 +78,7 @@ class BrokerConfig(Section, kw_only=True):
     checks = {
         "url": lambda url: check_broker_url(url, plugins.names(plugins.TRANSPORTS)),
         "hosts": lambda hosts: [check_host_port(host) for host in hosts],
-        "management_url": lambda url: _check_http(url),
+        "management_url": _check_http,
     }
 
     def connection_urls(self) -> list[str]:

@@ -45,6 +45,10 @@ class DRMAAConfig(Section, kw_only=True):
     native_args: list[str] = []
 
 
+def _check_backend(backend: Any) -> Any:
+    return check_choice(backend, plugins.names(plugins.CLUSTERS))
+
+
 class ClusterConfig(Section, kw_only=True):
     #: An installed backend (the ``zhpc.clusters`` entry points): local, slurm, ssh...
     backend: str = "local"
@@ -60,13 +64,9 @@ class ClusterConfig(Section, kw_only=True):
     drmaa: DRMAAConfig = msgspec.field(default_factory=DRMAAConfig)
 
     checks = {
-        "backend": lambda backend: _check_backend(backend),
+        "backend": _check_backend,
         "default_time": check_time_limit,
     }
 
     def job_workdir(self) -> Path:
         return (self.workdir or zhpc_home() / "jobs").expanduser()
-
-
-def _check_backend(backend: Any) -> Any:
-    return check_choice(backend, plugins.names(plugins.CLUSTERS))

@@ -52,21 +52,17 @@ class LoggingConfig(Section, kw_only=True):
     }
 
 
-def _section(kind: type[Section]) -> Any:
-    return msgspec.field(default_factory=kind)
-
-
 class Config(Section, kw_only=True):
-    broker: BrokerConfig = _section(BrokerConfig)
-    cluster: ClusterConfig = _section(ClusterConfig)
-    recipes: RecipesConfig = _section(RecipesConfig)
-    staging: StagingConfig = _section(StagingConfig)
+    broker: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
+    recipes: RecipesConfig = msgspec.field(default_factory=RecipesConfig)
+    staging: StagingConfig = msgspec.field(default_factory=StagingConfig)
     services: dict[str, ServiceConfig] = {}
     scaler: dict[str, ScalerConfig] = {}
-    logging: LoggingConfig = _section(LoggingConfig)
-    quarantine: QuarantineConfig = _section(QuarantineConfig)
-    limits: LimitsConfig = _section(LimitsConfig)
-    events: EventsConfig = _section(EventsConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    quarantine: QuarantineConfig = msgspec.field(default_factory=QuarantineConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    events: EventsConfig = msgspec.field(default_factory=EventsConfig)
     #: Named partial configurations, overlaid by ``-e NAME``; not part of the result.
     environments: dict[str, dict[str, Any]] = {}
 

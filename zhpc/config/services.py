@@ -31,6 +31,12 @@ class ServiceConfig(Section, kw_only=True):
     parameters: dict[str, Any] = {}
 
 
+def _check_memory(memory: str | None) -> str | None:
+    if memory is not None and not re.fullmatch(r"[1-9]\d*[KMGT]?", memory.strip()):
+        raise ValueError(f"{memory!r} is not a Slurm memory size such as 500M or 4G")
+    return memory
+
+
 class ScalerConfig(Section, kw_only=True):
     """How ``zhpc scale`` sizes one service's job arrays (docs/scaling.md)."""
 
@@ -62,7 +68,7 @@ class ScalerConfig(Section, kw_only=True):
     crash_window: Annotated[float, Meta(gt=0)] = 10.0
 
     checks = {
-        "memory": lambda memory: _check_memory(memory),
+        "memory": _check_memory,
         "time": check_time_limit,
     }
 
@@ -72,12 +78,6 @@ class ScalerConfig(Section, kw_only=True):
             check_job_counts(self.min_jobs, self.max_jobs)
         except ValueError as exc:
             raise Invalid("max_jobs", str(exc)) from None
-
-
-def _check_memory(memory: str | None) -> str | None:
-    if memory is not None and not re.fullmatch(r"[1-9]\d*[KMGT]?", memory.strip()):
-        raise ValueError(f"{memory!r} is not a Slurm memory size such as 500M or 4G")
-    return memory
 
 
 class LimitsConfig(Section, kw_only=True):
