@@ -38,3 +38,48 @@ def test_strict_json_round_trip_and_refusals() -> None:
         strictjson.dumps(math.inf)
     with pytest.raises(strictjson.NonFiniteNumber):
         strictjson.loads("NaN")
+
+
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("[NaN]", strictjson.NonFiniteNumber),
+        ("-Infinity", strictjson.NonFiniteNumber),
+        ('{"a": 1e400}', strictjson.NonFiniteNumber),
+        ("1" * (strictjson.MAX_INT_DIGITS + 1), strictjson.NonFiniteNumber),
+        ('{"a": 1,}', ValueError),
+        ('{"a": 1} x', ValueError),
+    ],
+)
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_the_fast_decoder_refuses_what_json_refuses(
+    text: str, refusal: type[Exception], as_bytes: bool
+) -> None:
+    """msgspec decodes valid documents; everything else still gets json's strict answer."""
+    with pytest.raises(refusal):
+        strictjson.loads(text.encode() if as_bytes else text)
+    if as_bytes:
+        with pytest.raises(refusal):
+            strictjson.loads_utf8(text.encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": [1, -0, 2.5e-3, 1E2, null, true, "\\u00e9", "\\ud800"]}',
+        "9" * strictjson.MAX_INT_DIGITS,
+        '{"a": 1, "a": 2}',
+        "[" * 500 + "]" * 500,
+    ],
+)
+def test_the_fast_decoder_reads_what_json_reads(text: str) -> None:
+    """The same values as json (a lone surrogate escape and long integers go through json)."""
+    import json
+
+    assert strictjson.loads(text) == json.loads(text)
+    assert strictjson.loads_utf8(text.encode()) == json.loads(text)
+
+
+def test_a_body_that_is_not_utf8_says_so() -> None:
+    message = Message(b'{"a": "\xff"}', {}, "q")
+    assert message.malformed is not None and "not UTF-8" in message.malformed

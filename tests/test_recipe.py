@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +440,40 @@ def test_headers_and_ids() -> None:
 def test_payload_that_is_not_json() -> None:
     with pytest.raises(RecipeError, match="cannot be encoded"):
         at(2).send({1, 2})
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, {1, 2}, b"bytes"])
+@pytest.mark.parametrize("where", ["payload", "environment"])
+def test_what_json_cannot_carry_is_refused_in_a_payload_or_environment(
+    value: Any, where: str
+) -> None:
+    rw = at(2)
+    payload: Any = {"v": 1}
+    if where == "payload":
+        payload = {"v": value}
+    else:
+        rw.environment["extra"] = value
+    with pytest.raises(RecipeError, match="cannot be encoded"):
+        rw.send(payload)
+
+
+@pytest.mark.parametrize("value", [math.nan, -math.inf])
+def test_a_recipe_its_service_gave_a_non_finite_number_is_refused(value: float) -> None:
+    """msgspec writes the recipe (faster) and would write NaN as null: still refused."""
+    rw = at(2)
+    rw.recipe.data[2]["parameters"] = {"v": value}
+    with pytest.raises(RecipeError, match="cannot be encoded"):
+        rw.send({"v": 1})
+
+
+def test_a_recipe_with_nulls_and_unicode_is_sent_as_it_is() -> None:
+    data = good()
+    data["2"]["parameters"] = {"none": None, "text": "\u00e9t\u00e9 \u2603", "n": [1.5, -0.0]}
+    rw = at(2, data)
+    sent = json.loads(rw.send({"v": None})[0].body)
+    assert sent["recipe"]["2"]["parameters"] == data["2"]["parameters"]
+    assert sent["payload"] == {"v": None}
+    assert list(sent) == ["environment", "payload", "recipe", "recipe-path", "recipe-pointer"]
 
 
 def test_emit_callback_receives_everything() -> None:

@@ -213,12 +213,30 @@ class Recording(OfflineTransport):
         self.sent.append(("broadcast", destination, message, dict(headers or {}), delay, None))
 
 
+def as_read(body: str) -> Any:
+    """A body as its consumer reads it, key order kept (objects as lists of pairs).
+
+    The text itself may differ: workflows writes ``", "`` between items and escapes
+    non-ASCII; zhpc writes compact UTF-8. Every JSON parser reads both the same.
+    """
+    return json.loads(body, object_pairs_hook=list)
+
+
 def theirs_published(transport: Recording) -> list[tuple[Any, ...]]:
     """What pika would publish for each recorded call: delay wins over exchange."""
     out = []
     for method, destination, body, headers, delay, exchange in transport.sent:
         delay = delay or None
-        out.append((method, destination, body, headers, delay, None if delay else exchange or None))
+        out.append(
+            (
+                method,
+                destination,
+                as_read(body),
+                headers,
+                delay,
+                None if delay else exchange or None,
+            )
+        )
     return out
 
 
@@ -228,7 +246,7 @@ def ours_published(outgoing: list[Any]) -> list[tuple[Any, ...]]:
         headers = {k: v for k, v in o.headers.items() if k != MESSAGE_ID_HEADER}
         assert o.headers[MESSAGE_ID_HEADER] == o.message_id
         assert o.persistent
-        body = o.body.decode("utf-8")
+        body = as_read(o.body.decode("utf-8"))
         if o.kind == "topic":
             out.append(("broadcast", o.destination, body, headers, o.delay, None))
         elif o.kind == "exchange":

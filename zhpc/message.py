@@ -185,7 +185,7 @@ class Message:
         if self._parsed is not _UNPARSED or self._error is not None:
             return
         try:
-            self._parsed = strictjson.loads(self.body.decode("utf-8"))
+            self._parsed = strictjson.loads_utf8(self.body)
         except UnicodeDecodeError as exc:
             self._error = f"body is not UTF-8: {exc.reason} at byte {exc.start}"
         except (ValueError, RecursionError) as exc:

@@ -22,8 +22,10 @@ class StepEvents:
 
     def __init__(self, emitter: events.Emitter | None, clock: Callable[[], float]) -> None:
         self.emitter = emitter if emitter is not None else events.NoEvents()
+        #: Events are on: otherwise only the ref is built (log records carry its fields).
+        self._on = not isinstance(self.emitter, events.NoEvents)
         #: Whether a ``received`` event carries the recipe's plan (no one reads it otherwise).
-        self._plans = not isinstance(self.emitter, events.NoEvents)
+        self._plans = self._on
         self._clock = clock
         self._in_hand: tuple[Message, float] | None = None
 
@@ -56,6 +58,8 @@ class StepEvents:
     ) -> events.StepRef:
         if ref is None:
             ref = events.StepRef.of(message, plan=self._plans and kind == events.RECEIVED)
+        if not self._on:
+            return ref
         if kind != events.DONE:
             fields["delivery"] = message.delivery_count
         self.emitter.emit(kind, ref, message_id=message.message_id, **fields)
@@ -69,6 +73,8 @@ class StepEvents:
         error: BaseException | None,
     ) -> None:
         """A commit settled: ``done``, or ``failed`` with the input returned by the transport."""
+        if not self._on:
+            return
         took = None if received is None else round(self._clock() - received, 6)
         if error is None:
             self.emit(events.DONE, message, ref, duration=took)
