@@ -22,10 +22,9 @@ class StepEvents:
 
     def __init__(self, emitter: events.Emitter | None, clock: Callable[[], float]) -> None:
         self.emitter = emitter if emitter is not None else events.NoEvents()
-        #: Events are on: otherwise only the ref is built (log records carry its fields).
+        #: Events are on: otherwise only the ref is built (log records carry its fields),
+        #: and a ``received`` ref carries no plan of the recipe (no one reads it).
         self._on = not isinstance(self.emitter, events.NoEvents)
-        #: Whether a ``received`` event carries the recipe's plan (no one reads it otherwise).
-        self._plans = self._on
         self._clock = clock
         self._in_hand: tuple[Message, float] | None = None
 
@@ -57,7 +56,7 @@ class StepEvents:
         **fields: Any,
     ) -> events.StepRef:
         if ref is None:
-            ref = events.StepRef.of(message, plan=self._plans and kind == events.RECEIVED)
+            ref = events.StepRef.of(message, plan=self._on and kind == events.RECEIVED)
         if not self._on:
             return ref
         if kind != events.DONE:

@@ -91,6 +91,12 @@ def _quick(text: str | bytes) -> Any:
         return _UNDECIDED
 
 
+def _decided_by_json(text: str) -> Any:
+    """``text`` that msgspec refused or could not judge, decoded (or refused) by json."""
+    decoder = _DECODER if _LONG_DIGITS.search(text) else _FAST_DECODER
+    return decoder.decode(text)
+
+
 def loads(text: str | bytes, *, unique_keys: bool = False, **kwargs: Any) -> Any:
     """``json.loads`` refusing non-finite numbers and huge integers (NonFiniteNumber,
     a ValueError); with ``unique_keys``, also an object with a key twice (DuplicateKey).
@@ -102,8 +108,7 @@ def loads(text: str | bytes, *, unique_keys: bool = False, **kwargs: Any) -> Any
         if value is not _UNDECIDED:
             return value
         if isinstance(text, str):
-            decoder = _DECODER if _LONG_DIGITS.search(text) else _FAST_DECODER
-            return decoder.decode(text)
+            return _decided_by_json(text)
     if unique_keys:
         kwargs.setdefault("object_pairs_hook", _no_duplicates)
     return json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int, **kwargs)
@@ -115,7 +120,7 @@ def loads_utf8(data: bytes) -> Any:
     value = _quick(data)
     if value is not _UNDECIDED:
         return value
-    return loads(data.decode("utf-8"))
+    return _decided_by_json(data.decode("utf-8"))
 
 
 def dumps(value: Any, **kwargs: Any) -> str:
