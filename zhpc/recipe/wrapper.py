@@ -7,16 +7,14 @@ service decides when.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgspec
-
 from zhpc.errors import RecipeError
 from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message, Outgoing
-from zhpc.recipe.data import DIGITS, is_node_number, json_default, short
+from zhpc.recipe.data import DIGITS, is_node_number, short
+from zhpc.recipe.encoding import encode_body
 from zhpc.recipe.links import parse_links
 from zhpc.recipe.recipe import Recipe
 
@@ -27,31 +25,6 @@ BODY_KEYS = ("environment", "payload", "recipe", "recipe-path", "recipe-pointer"
 
 _ID_NAMESPACE = uuid.UUID("6b1f3c52-4a8e-4a43-9d55-0c6f7d1e2a90")
 _ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
-#: The payload and environment of every message: they come from the service, and json
-#: refuses what a message cannot carry (NaN, sets, bytes, dates), which msgspec would
-#: write (NaN as null, a set as a list). One encoder: ``json.dumps(default=)`` builds one a call.
-_ENCODE_PART = json.JSONEncoder(default=json_default, allow_nan=False, separators=(",", ":")).encode
-_MSGSPEC_ENCODE = msgspec.json.Encoder().encode
-
-
-def _recipe_json(data: Any) -> bytes:
-    """The recipe of an outgoing message: the bulk of every body, and JSON-only data
-    already (``Recipe`` copies and checks what it is given, a decoded one is JSON), so
-    msgspec writes it (ten times faster than json).
-
-    Only a service that changes the recipe in place can put something else there.
-    msgspec would write a NaN or Infinity as null: with a null in the output, json
-    writes it instead, and refuses those. A set or bytes put there would go out as
-    a list or base64 text (json would refuse them); payloads and environments,
-    which services do build, are written by json.
-    """
-    try:
-        encoded = _MSGSPEC_ENCODE(data)
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        encoded = b""  # json says what is wrong (or writes a key msgspec refuses: True)
-    if not encoded or b"null" in encoded:
-        encoded = _ENCODE_PART(data).encode("utf-8")
-    return encoded
 
 
 def derived_id(name: str) -> str:
@@ -385,25 +358,6 @@ class RecipeWrapper:
             "recipe-pointer": destination,
         }
 
-    def _encoded_body(self, destination: Any, payload: Any, add_path_step: bool) -> bytes:
-        """:meth:`body` as JSON bytes, each part by the encoder that suits it."""
-        body = self.body(destination, payload, add_path_step)
-        return b"".join(
-            (
-                b'{"environment":',
-                _ENCODE_PART(body["environment"]).encode("utf-8"),
-                b',"payload":',
-                _ENCODE_PART(body["payload"]).encode("utf-8"),
-                b',"recipe":',
-                _recipe_json(body["recipe"]),
-                b',"recipe-path":',  # node numbers (checked ints): msgspec's
-                _MSGSPEC_ENCODE(body["recipe-path"]),
-                b',"recipe-pointer":',
-                _MSGSPEC_ENCODE(body["recipe-pointer"]),
-                b"}",
-            )
-        )
-
     def _emit_all(
         self,
         planned: list[tuple[Any, Any]],
@@ -437,7 +391,7 @@ class RecipeWrapper:
         if delay is None:
             delay = node.get("transport-delay")
         try:
-            body = self._encoded_body(destination, payload, add_path_step)
+            body = encode_body(self.body(destination, payload, add_path_step))
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"message for node {destination} cannot be encoded: {exc}") from None
         except RecursionError:
