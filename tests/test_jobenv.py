@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from testsupport import wait_until
+from testsupport import signal_storm, wait_until
 
 from zhpc.jobenv import DRAIN_SIGNALS, Drain, JobEnvironment
 
@@ -104,6 +104,36 @@ def test_a_subprocess_drains_on_sigusr1_from_outside(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert out == "drained SIGUSR1\n" and proc.returncode == 0
+
+
+def test_a_storm_of_sigterm_drains_once_and_cleanly() -> None:
+    """A handler re-entered by the next signal must neither deadlock nor recurse to death."""
+    program = textwrap.dedent(
+        """
+        import sys, time
+        from zhpc.jobenv import Drain
+        drain = Drain().install()
+        print("ready", flush=True)
+        while not drain.should_drain():
+            time.sleep(0.001)
+        print("drained", drain.signal.name, flush=True)
+        sys.stdin.read()  # keep the handler installed until the storm is over
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        assert signal_storm(proc.pid, signal.SIGTERM) > 100
+        out, err = proc.communicate(input="", timeout=30)
+    finally:
+        proc.kill()
+    assert (out, proc.returncode) == ("drained SIGTERM\n", 0), err[-2000:]
 
 
 def test_importing_jobenv_stays_cheap() -> None:

@@ -76,6 +76,24 @@ def wait_until(
         pause = min(pause * 2, interval)
 
 
+def signal_storm(pid: int, signum: int, seconds: float = 0.3) -> int:
+    """Send ``signum`` to ``pid`` as fast as possible for ``seconds``; the number sent.
+
+    Signals then land while the handler of the one before is still running, which
+    is where a handler that takes a lock deadlocks or one that does too much recurses.
+    Two SIGTERMs close together (Slurm's and an operator's ``scancel``) do this by chance.
+    """
+    sent = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            break
+        sent += 1
+    return sent
+
+
 def jobs_finished(cluster: Cluster, prefix: str, count: int) -> Callable[[], list[JobInfo] | None]:
     """A ``wait_until`` condition: the jobs named ``prefix...``, once there are ``count``
     and all have finished."""

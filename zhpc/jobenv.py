@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
@@ -31,6 +30,8 @@ DRAIN_SIGNALS: tuple[signal.Signals, ...] = (
 )
 
 _UNSET = object()
+#: How often Drain.wait looks at the flag (a signal handler must not take a lock to wake it).
+_WAIT_SLICE = 0.05
 
 
 class JobEnvironment:
@@ -136,7 +137,13 @@ class Drain:
     job's end time or a ``max_runtime`` deadline comes within ``grace``
     seconds. A second SIGINT raises KeyboardInterrupt, so Ctrl-C twice still
     stops an interactive run at once. Callbacks run in the signal handler
-    (e.g. to forward the signal to a child process); keep them short.
+    (e.g. to forward the signal to a child process); keep them short and
+    lock-free.
+
+    The flag is a plain attribute, not a ``threading.Event``: a signal that lands
+    while the main thread is inside ``Event.set`` (the handler's own, for a second
+    SIGTERM from Slurm or ``scancel``) would run the handler again on that thread
+    and deadlock on the Event's lock. :meth:`wait` therefore polls.
     """
 
     def __init__(
@@ -150,7 +157,8 @@ class Drain:
         self.started = time.monotonic()
         self.deadline = self.started + max_runtime if max_runtime else None
         self.signals = tuple(signal.Signals(s) for s in signals)
-        self.event = threading.Event()
+        self._by_number = {int(s): s for s in self.signals}  # no Enum call in the handler
+        self._requested = False
         #: The first signal received, if a signal caused the drain.
         self.signal: signal.Signals | None = None
         self.reason: str | None = None
@@ -180,13 +188,13 @@ class Drain:
         self._callbacks.append(callback)
 
     def _handle(self, signum: int, frame: object) -> None:
-        sig = signal.Signals(signum)
+        self._requested = True  # first, before anything a repeated signal could interrupt
+        sig = self._by_number[signum]
         if sig == signal.SIGINT and self.signal == signal.SIGINT:
             raise KeyboardInterrupt
         if self.signal is None:
             self.signal = sig
             self.reason = f"received {sig.name}"
-        self.event.set()
         for callback in self._callbacks:
             callback(sig)
 
@@ -194,16 +202,16 @@ class Drain:
         """Ask for a drain from code (e.g. an idle timeout)."""
         if self.reason is None:
             self.reason = reason
-        self.event.set()
+        self._requested = True
 
     @property
     def requested(self) -> bool:
         """True once a signal came or :meth:`request` was called."""
-        return self.event.is_set()
+        return self._requested
 
     def should_drain(self, grace: float = 0.0) -> bool:
         """True if work should stop now: a signal came, or a deadline is within ``grace`` s."""
-        if self.event.is_set():
+        if self._requested:
             return True
         if self.deadline is not None and time.monotonic() + grace >= self.deadline:
             self.request("max runtime reached")
@@ -217,7 +225,15 @@ class Drain:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until a drain is requested (by signal or :meth:`request`); True if it was."""
-        return self.event.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._requested:
+            left = _WAIT_SLICE
+            if deadline is not None:
+                left = min(left, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            time.sleep(left)
+        return True
 
 
 # -- when a consumer loop stops (times are the caller's monotonic clock) ------------------------

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from testsupport import ARGV_DUMP, jobs_finished, wait_until
+from testsupport import ARGV_DUMP, jobs_finished, signal_storm, wait_until
 
 from zhpc.cluster import JobSpec, JobState, get_cluster
 from zhpc.cluster.local import LocalCluster
@@ -160,6 +160,18 @@ def test_cancel_one_array_task_only(local: LocalCluster, unique_name: str) -> No
     states = {j.job_id: j.state for j in local.jobs(unique_name)}
     assert states[f"{job_id}_1"] is JobState.CANCELLED
     assert states[f"{job_id}_0"] in (JobState.PENDING, JobState.RUNNING)
+
+
+def test_a_storm_of_sigterm_still_cancels(local: LocalCluster, unique_name: str) -> None:
+    """Seen in CI: ``cancel`` twice left a job RUNNING; the handler deadlocked on an Event."""
+    job_id = local.submit(JobSpec(name=unique_name, argv=["sleep", "300"]))
+    wait_until(
+        lambda: local.jobs(unique_name)[0].state is JobState.RUNNING, timeout=30, what="running"
+    )
+    supervisor = json.loads((local.root / job_id / "pid").read_text())["pid"]
+    assert signal_storm(supervisor, signal.SIGTERM) > 0
+    (info,) = wait_until(jobs_finished(local, unique_name, 1), timeout=30, what="the cancel")
+    assert info.state is JobState.CANCELLED
 
 
 def test_killed_supervisor_is_reported_as_node_fail(local: LocalCluster, unique_name: str) -> None:

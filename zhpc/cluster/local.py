@@ -23,7 +23,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
@@ -284,11 +283,13 @@ class _Supervisor:
         if spec is None:
             raise SystemExit(f"no readable {_SPEC} in {task_dir}")
         self.spec = spec
-        self.cancelled = threading.Event()
+        #: Set by the signal handler. A plain attribute, not a threading.Event: a handler
+        #: that takes a lock deadlocks when a second signal lands while it holds it.
+        self.cancelled = False
         self._cancel_file = task_dir / _CANCEL
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        self.cancelled.set()
+        self.cancelled = True
 
     def _state(self, state: str, reason: str = "", **extra: Any) -> None:
         _write_json(self.task_dir / _STATE, {"state": state, "reason": reason, **extra})
@@ -299,7 +300,7 @@ class _Supervisor:
 
     def run(self) -> int:
         spec = self.spec
-        if (self.task_dir / _CANCEL).exists() or self.cancelled.is_set():
+        if (self.task_dir / _CANCEL).exists() or self.cancelled:
             self._state("CANCELLED", "cancelled before start", end_time=time.time())
             return 0
         start = time.time()
@@ -358,7 +359,7 @@ class _Supervisor:
         while True:
             now = time.time()
             # The cancel file too: a cancel is recorded there before the signal is sent.
-            if outcome is None and (self.cancelled.is_set() or self._cancel_file.exists()):
+            if outcome is None and (self.cancelled or self._cancel_file.exists()):
                 outcome, reason = "CANCELLED", "cancelled"
             elif outcome is None and deadline is not None and now >= deadline:
                 outcome, reason = "TIMEOUT", "TimeLimit"
