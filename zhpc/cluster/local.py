@@ -291,6 +291,10 @@ class _Supervisor:
     def _on_signal(self, signum: int, frame: object) -> None:
         self.cancelled = True
 
+    def _cancel_requested(self) -> bool:
+        """A signal came, or the cancel file is there (recorded before the signal is sent)."""
+        return self.cancelled or self._cancel_file.exists()
+
     def _state(self, state: str, reason: str = "", **extra: Any) -> None:
         _write_json(self.task_dir / _STATE, {"state": state, "reason": reason, **extra})
 
@@ -300,7 +304,7 @@ class _Supervisor:
 
     def run(self) -> int:
         spec = self.spec
-        if (self.task_dir / _CANCEL).exists() or self.cancelled:
+        if self._cancel_requested():
             self._state("CANCELLED", "cancelled before start", end_time=time.time())
             return 0
         start = time.time()
@@ -358,8 +362,7 @@ class _Supervisor:
         reason = ""
         while True:
             now = time.time()
-            # The cancel file too: a cancel is recorded there before the signal is sent.
-            if outcome is None and (self.cancelled or self._cancel_file.exists()):
+            if outcome is None and self._cancel_requested():
                 outcome, reason = "CANCELLED", "cancelled"
             elif outcome is None and deadline is not None and now >= deadline:
                 outcome, reason = "TIMEOUT", "TimeLimit"
