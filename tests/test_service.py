@@ -148,3 +148,28 @@ def test_status_is_broadcast_with_workflows_fields(transport: EmbeddedTransport)
         assert key in last
     assert last["statustext"] == "shutdown" and last["processed"] == 1
     assert json.dumps(last)
+
+
+def test_the_runner_lengthens_the_gil_switch_interval_while_it_runs(
+    transport: EmbeddedTransport,
+) -> None:
+    """The service and I/O threads trade the GIL less often while a runner runs
+    (zhpc.runner.SWITCH_INTERVAL_S); the process's own setting comes back after it."""
+    import sys
+
+    from zhpc import runner as runner_module
+
+    seen: list[float] = []
+
+    class Watching(Service):
+        queue = "watching"
+
+        def process(self, rw: RecipeWrapper, payload: Any) -> None:
+            seen.append(sys.getswitchinterval())
+            rw.send(payload)
+
+    before = sys.getswitchinterval()
+    start(transport, recipe("watching"), [{"value": 1}])
+    run(Watching("watching"), transport)
+    assert seen == [pytest.approx(runner_module.SWITCH_INTERVAL_S)]
+    assert sys.getswitchinterval() == pytest.approx(before)
