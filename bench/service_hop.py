@@ -30,7 +30,9 @@ Per implementation:
 * ``p50_ms``/``p99_ms``: one message in flight, publish to step 1 until it is
   consumed from step 2 (raw pika client, same for all), ``--samples`` times.
 * ``cpu_us_per_msg``: the service's CPU time per message while draining: on a
-  loaded machine a steadier comparison than the rate.
+  loaded machine a steadier comparison than the rate; ``main_thread_cpu_us_per_msg``
+  and ``other_threads_cpu_us_per_msg`` split it (zhpc: the service's thread, and its
+  transport's I/O thread, which does the pika work raw pika does on its one thread).
 * ``idle_rss_mb``: all processes of the service (workflows: frontend + service)
   once it consumes, before any message; ``peak_rss_mb``: their VmHWM after the backlog.
 
@@ -232,6 +234,16 @@ def _cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _main_thread_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid``'s main thread alone (where zhpc's service runs;
+    the rest of a zhpc service's CPU is its transport's I/O thread)."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class Client:
     """Raw pika publisher/consumer of the benchmark itself (the same for every service)."""
 
@@ -277,21 +289,23 @@ class Client:
 
     def drain_rate(
         self, outq: str, count: int, pid: int, timeout: float = 300
-    ) -> tuple[float, float]:
+    ) -> tuple[float, float, float]:
         """Outputs per second between the first and the count-th arriving on ``outq``, and
-        the service's CPU time per message over the same span (what load does not skew)."""
+        the service's CPU time per message over the same span (what load does not skew),
+        all of it and its main thread's alone."""
         deadline = time.monotonic() + timeout
-        first: tuple[float, int, float] | None = None
+        first: tuple[float, int, float, float] | None = None
         while True:
             depth = self.transport.queue_depth(outq).ready
             now = time.monotonic()
             if first is None and depth > 0:
-                first = (now, depth, _cpu_s(pid))
+                first = (now, depth, _cpu_s(pid), _main_thread_cpu_s(pid))
             if depth >= count and first is not None:
                 done = count - first[1]
                 rate = done / (now - first[0]) if now > first[0] else 0.0
                 cpu_us = (_cpu_s(pid) - first[2]) / done * 1e6 if done else 0.0
-                return rate, cpu_us
+                main_us = (_main_thread_cpu_s(pid) - first[3]) / done * 1e6 if done else 0.0
+                return rate, cpu_us, main_us
             if now > deadline:
                 raise RuntimeError(f"only {depth} of {count} outputs after {timeout} s")
             time.sleep(0.005)
@@ -407,9 +421,12 @@ def measure(client: Client, kind: str, messages: int, samples: int) -> dict[str,
     client.backlog(inq, outq, messages)
     proc = start(kind, inq)
     try:
-        rate, cpu_us = client.drain_rate(outq, messages, proc.pid)
+        rate, cpu_us, main_us = client.drain_rate(outq, messages, proc.pid)
         result["msgs_per_s"] = round(rate, 1)
         result["cpu_us_per_msg"] = round(cpu_us, 1)
+        # zhpc: the service's thread, and (the rest) its transport's I/O thread
+        result["main_thread_cpu_us_per_msg"] = round(main_us, 1)
+        result["other_threads_cpu_us_per_msg"] = max(0.0, round(cpu_us - main_us, 1))
         result["peak_rss_mb"] = _rss_mb(proc.pid, "VmHWM")
     finally:
         stop(proc)

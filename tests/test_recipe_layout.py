@@ -9,7 +9,18 @@ import zhpc.recipe
 
 PACKAGE = Path(zhpc.recipe.__file__).parent
 #: Lowest first; a module may import only modules before it.
-ORDER = ["data", "encoding", "parameters", "links", "validate", "recipe", "wrapper", "files"]
+ORDER = [
+    "data",
+    "encoding",
+    "plans",
+    "parameters",
+    "links",
+    "validate",
+    "recipe",
+    "steps",
+    "wrapper",
+    "files",
+]
 #: Standard modules that reach the file system, the network or other processes.
 IO_MODULES = {
     "os",

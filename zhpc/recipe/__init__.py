@@ -12,8 +12,10 @@ The message body carries exactly the keys python-workflows uses (``recipe``,
 same way, so Zocalo services and zhpc services can pass messages to each other.
 
 Modules, each importing only those before it: ``data`` (JSON-like values),
+``encoding`` (outgoing bodies), ``plans`` (steps checked before, by recipe bytes),
 ``parameters`` (substitution), ``links`` (reading ``output``/``error``),
-``validate`` (problems), ``recipe`` (:class:`Recipe`, merge), ``wrapper``
+``validate`` (problems), ``recipe`` (:class:`Recipe`, merge), ``steps`` (a
+step's links and destinations, checked), ``wrapper``
 (:class:`RecipeWrapper`), ``files`` (loading and finding recipe files).
 """
 

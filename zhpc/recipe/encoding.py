@@ -14,7 +14,7 @@ import msgspec
 
 from zhpc.recipe.data import json_default
 
-__all__ = ["encode_body"]
+__all__ = ["encode_body", "encode_recipe"]
 
 #: The payload and environment of every message: they come from the service, and json
 #: refuses what a message cannot carry (NaN, sets, bytes, dates), which msgspec would
@@ -43,8 +43,14 @@ def _recipe_json(data: Any) -> bytes:
     return encoded
 
 
-def encode_body(body: dict[str, Any]) -> bytes:
-    """A workflows message body (``RecipeWrapper.body``) as compact JSON in its key order.
+def encode_recipe(data: Any) -> bytes:
+    """A recipe's data as an outgoing body carries it (what :func:`encode_body` writes)."""
+    return _recipe_json(data)
+
+
+def encode_body(body: dict[str, Any], recipe_json: bytes | None = None) -> bytes:
+    """A workflows message body (``RecipeWrapper.body``) as compact JSON in its key order;
+    ``recipe_json``: the recipe already encoded (by :func:`encode_recipe`).
 
     TypeError or ValueError if a part cannot be carried (RecursionError if nested too deep).
     """
@@ -55,7 +61,7 @@ def encode_body(body: dict[str, Any]) -> bytes:
             b',"payload":',
             _ENCODE_PART(body["payload"]).encode("utf-8"),
             b',"recipe":',
-            _recipe_json(body["recipe"]),
+            recipe_json if recipe_json is not None else _recipe_json(body["recipe"]),
             b',"recipe-path":',  # node numbers (checked ints): msgspec's
             _MSGSPEC_ENCODE(body["recipe-path"]),
             b',"recipe-pointer":',

@@ -13,10 +13,12 @@ from typing import Any
 
 from zhpc.errors import RecipeError
 from zhpc.message import MESSAGE_ID_HEADER, RECIPE_HEADER, Message, Outgoing
+from zhpc.recipe import plans
 from zhpc.recipe.data import DIGITS, is_node_number, short
 from zhpc.recipe.encoding import encode_body
-from zhpc.recipe.links import parse_links
+from zhpc.recipe.plans import StepPlan
 from zhpc.recipe.recipe import Recipe
+from zhpc.recipe.steps import checked_links, destination_problem, remember_plan
 
 __all__ = ["BODY_KEYS", "RecipeWrapper"]
 
@@ -57,9 +59,24 @@ class RecipeWrapper:
         emit: Callable[[Outgoing], None] | None = None,
         message_id: str | None = None,
     ) -> None:
-        self.recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
-        if pointer is not None and not isinstance(self.recipe.node(pointer), dict):
+        self._recipe: Recipe | None = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
+        if pointer is not None and not isinstance(self._recipe.node(pointer), dict):
             raise RecipeError(f"recipe-pointer {pointer} names no step of the recipe")
+        self._setup(pointer, path, environment, payload, emit, message_id)
+
+    def _setup(
+        self,
+        pointer: int | None,
+        path: list[int] | None,
+        environment: dict[str, Any] | None,
+        payload: Any,
+        emit: Callable[[Outgoing], None] | None,
+        message_id: str | None,
+    ) -> None:
+        #: The decoded recipe of a step sent by its plan, made a Recipe on first use.
+        self._unread: Mapping[Any, Any] | None = None
+        #: How the step sends when its recipe and step were checked before (plans).
+        self._plan: StepPlan | None = None
         self.recipe_pointer = pointer
         self.recipe_path: list[int] = list(path or [])
         self.environment: dict[str, Any] = environment if environment is not None else {}
@@ -113,6 +130,7 @@ class RecipeWrapper:
             emit=emit,
             decoded=True,
             message_id=str(message_id) if message_id else None,
+            _recipe_bytes=plans.recipe_bytes(message.body),
         )
 
     @classmethod
@@ -124,11 +142,14 @@ class RecipeWrapper:
         emit: Callable[[Outgoing], None] | None = None,
         message_id: str | None = None,
         decoded: bool = False,
+        _recipe_bytes: bytes | None = None,
     ) -> RecipeWrapper:
         """From a decoded message body (and its headers, if any are to be checked).
 
         ``decoded`` says the body came straight from ``json.loads`` and is not
         shared, so the recipe need not be copied and checked for non-JSON values.
+        ``_recipe_bytes`` (from :meth:`from_message`): the recipe as received, so that a
+        step checked before is not checked again (:mod:`zhpc.recipe.plans`).
         """
         if headers is not None:
             if not Message(b"", dict(headers), "").is_recipe:
@@ -157,6 +178,13 @@ class RecipeWrapper:
             raise RecipeError(
                 f"recipe message: environment must be an object, not {type(environment).__name__}"
             )
+        plan = None if _recipe_bytes is None else plans.plan_for(_recipe_bytes, pointer)
+        if plan is not None and decoded:
+            wrapper = cls.__new__(cls)
+            wrapper._recipe = None
+            wrapper._setup(pointer, path, environment, body.get("payload"), emit, message_id)
+            wrapper._unread, wrapper._plan = body["recipe"], plan
+            return wrapper
         recipe = Recipe(body["recipe"], source="recipe message", _decoded=decoded)
         step = recipe.node(pointer)
         if not isinstance(step, dict):
@@ -167,11 +195,11 @@ class RecipeWrapper:
         links = {}
         destinations: dict[int, dict[str, Any]] = {}
         for kind in ("output", "error"):
-            links[kind] = _checked_links(pointer, step, kind)
+            links[kind] = checked_links(pointer, step, kind)
             for name, targets in links[kind].items():
                 for target in targets:
                     if target not in destinations:
-                        destinations[target] = _destination_problem(
+                        destinations[target] = destination_problem(
                             recipe,
                             target,
                             f"step {pointer} {kind}" + (f" {name!r}" if name else ""),
@@ -187,9 +215,24 @@ class RecipeWrapper:
         )
         wrapper._links = links
         wrapper._destinations = destinations
+        if _recipe_bytes is not None and decoded:
+            remember_plan(_recipe_bytes, pointer, recipe, step, links, destinations)
         return wrapper
 
     # state ------------------------------------------------------------------
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe (for a step sent by its plan, made from the message on first use:
+        most services never read it)."""
+        if self._recipe is None:
+            self._recipe = Recipe(self._unread, source="recipe message", _decoded=True)
+            self._unread = None
+        return self._recipe
+
+    @recipe.setter
+    def recipe(self, recipe: Recipe) -> None:
+        self._recipe, self._unread = recipe, None
 
     @property
     def recipe_step(self) -> dict[str, Any] | None:
@@ -314,7 +357,8 @@ class RecipeWrapper:
         step = self._step()
         if "error" in step:
             return list(self._step_links(step, "error").get(None, []))
-        targets = self.recipe.data.get("error", [])
+        plan = self._valid_plan()
+        targets = plan.error if plan is not None else self.recipe.data.get("error", [])
         return list(targets) if isinstance(targets, list) else []
 
     def send_error(
@@ -331,7 +375,30 @@ class RecipeWrapper:
 
     # internals --------------------------------------------------------------
 
+    def _valid_plan(self) -> StepPlan | None:
+        """The step's plan, if the recipe still says what the plan was made from.
+
+        Read but unchanged (the usual case: a service reads its parameters) keeps
+        it; a service that changed the step, a node it sends to or the top-level
+        error route in place sends as the recipe now says, checked again.
+        """
+        plan = self._plan
+        if plan is None or self._recipe is None:
+            return plan
+        data = self._recipe.data
+        if (
+            data.get(self.recipe_pointer) == plan.step
+            and data.get("error") == plan.error
+            and all(data.get(number) == node for number, node in plan.destinations.items())
+        ):
+            return plan
+        self._plan, self._links, self._destinations = None, {}, {}
+        return None
+
     def _step(self) -> dict[str, Any]:
+        plan = self._valid_plan()
+        if plan is not None:
+            return plan.step
         step = self.recipe_step
         if step is None:
             raise RecipeError("this recipe wrapper has no current step (call start() first)")
@@ -339,13 +406,21 @@ class RecipeWrapper:
 
     def _step_links(self, step: dict[str, Any], kind: str) -> dict[Any, list[int]]:
         """The current step's ``kind`` links, checked (once per wrapper)."""
+        plan = self._valid_plan()
+        if plan is not None:
+            return plan.links.get(kind, {})
         links = self._links.get(kind)
         if links is None:
-            links = self._links[kind] = _checked_links(self.recipe_pointer, step, kind)
+            links = self._links[kind] = checked_links(self.recipe_pointer, step, kind)
         return links
 
     def body(self, destination: int, payload: Any, add_path_step: bool = True) -> dict[str, Any]:
         """The message body for ``destination``, with workflows' keys in workflows' order."""
+        return self._body(destination, payload, add_path_step, self.recipe.data)
+
+    def _body(
+        self, destination: Any, payload: Any, add_path_step: bool, recipe: Any
+    ) -> dict[str, Any]:
         if add_path_step and self.recipe_pointer:
             path = [*self.recipe_path, self.recipe_pointer]
         else:
@@ -353,7 +428,7 @@ class RecipeWrapper:
         return {
             "environment": self.environment,
             "payload": payload,
-            "recipe": self.recipe.data,
+            "recipe": recipe,
             "recipe-path": path,
             "recipe-pointer": destination,
         }
@@ -385,13 +460,20 @@ class RecipeWrapper:
         expiration: float | None,
         add_path_step: bool,
     ) -> list[Outgoing]:
-        node = self._destinations.get(destination) if type(destination) is int else None
+        plan = self._valid_plan()
+        known = plan.destinations if plan is not None else self._destinations
+        node = known.get(destination) if type(destination) is int else None
         if node is None:
-            node = _destination_problem(self.recipe, destination, f"step {self.recipe_pointer}")
+            node = destination_problem(self.recipe, destination, f"step {self.recipe_pointer}")
         if delay is None:
             delay = node.get("transport-delay")
         try:
-            body = encode_body(self.body(destination, payload, add_path_step))
+            if self._recipe is None and plan is not None:  # the recipe as received, unread
+                body = encode_body(
+                    self._body(destination, payload, add_path_step, None), plan.recipe_json
+                )
+            else:
+                body = encode_body(self.body(destination, payload, add_path_step))
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"message for node {destination} cannot be encoded: {exc}") from None
         except RecursionError:
@@ -442,38 +524,3 @@ class RecipeWrapper:
             expiration=expiration,
             message_id=message_id,
         )
-
-
-def _checked_links(pointer: Any, step: dict[str, Any], kind: str) -> dict[Any, list[int]]:
-    """A step's links by channel, refusing values workflows would choke on."""
-    value = step.get(kind)
-    if value is None and kind not in step:
-        return {}
-    where = f"step {pointer} {kind}"
-    links = parse_links(value)
-    if not links.shaped or (links.named and kind != "output"):
-        raise RecipeError(f"{where}: {short(value)} is not a valid link")
-    for channel in links.channels:
-        if not channel.node_numbers:
-            named = f" {channel.name!r}" if links.named else ""
-            raise RecipeError(f"{where}{named}: {short(channel.raw)} is not a list of node numbers")
-    return links.by_channel()
-
-
-def _destination_problem(recipe: Recipe, target: Any, where: str) -> dict[str, Any]:
-    """The node a message goes to; RecipeError if it cannot receive one."""
-    node = recipe.node(target)
-    if not isinstance(node, dict):
-        raise RecipeError(f"{where}: link to node {short(target)}, which does not exist")
-    if not (isinstance(node.get("queue"), str) and node["queue"]) and not (
-        isinstance(node.get("topic"), str) and node["topic"]
-    ):
-        raise RecipeError(f"{where}: node {target} has no queue or topic to send to")
-    if node.get("exchange") is not None and not isinstance(node["exchange"], str):
-        raise RecipeError(f"{where}: node {target} exchange must be a string")
-    delay = node.get("transport-delay")
-    if delay is not None and (
-        isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0
-    ):
-        raise RecipeError(f"{where}: node {target} transport-delay must be seconds >= 0")
-    return node
