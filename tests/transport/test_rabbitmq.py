@@ -543,3 +543,33 @@ def test_consumer_timeout_is_detected_and_the_message_redelivered(names, caplog)
         t.ack(got[1])
     finally:
         t.close()
+
+
+def test_a_consume_whose_channel_is_lost_before_the_answer_still_subscribes(transport, names):
+    """A basic.consume the broker answers by closing the channel (here: its queue was
+    deleted behind the transport's back; in CI once, a 541 INTERNAL_ERROR) must not leave
+    subscribe waiting for an answer that never comes: it is tried again on the next
+    channel, declaring the queue again, and the subscription works."""
+    queue = names("lost-consume")
+    transport.declare_queue(queue)
+    conn = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        conn.channel().queue_delete(queue)  # the transport still believes it declared
+    finally:
+        conn.close()
+    done: list[BaseException | str] = []
+
+    def subscribe() -> None:
+        try:
+            done.append(transport.subscribe(queue, got.append, prefetch=10))
+        except BaseException as exc:
+            done.append(exc)
+
+    got: list[Message] = []
+    thread = threading.Thread(target=subscribe, daemon=True)
+    thread.start()
+    thread.join(20)  # the answer it waited for before took 60 s, then it failed
+    assert done and isinstance(done[0], str), done or "subscribe still waiting after 20 s"
+    transport.publish(Outgoing(queue, b"after"))
+    poll_until(transport, lambda: len(got) == 1)
+    assert got[0].body == b"after"

@@ -39,6 +39,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -280,6 +281,10 @@ class IOThread:
         self._unsettled: set[int] = set()
         #: Commits whose outputs are confirmed, acked together once per ioloop pass.
         self._acks_due: list[Batch] = []
+        #: basic.consume and basic.cancel sent on the work channel, not answered yet: a
+        #: channel lost first never answers them (_lose_channel settles them instead).
+        self._consuming: set[Future[None]] = set()
+        self._cancelling: set[Future[None]] = set()
 
     # == caller side: lifecycle ===============================================
     def start(self) -> None:
@@ -349,6 +354,15 @@ class IOThread:
         op = _TopologyOp(method, kwargs)
         self._submit(lambda: self._io_topology(op), op.future)
         return op.future
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until a work channel is open (after a loss: the next one); False if none
+        opened within ``timeout`` or the thread gave up or is stopping."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self.fatal is not None or self.closing or time.monotonic() > deadline:
+                return False
+        return True
 
     def wait(self, future: Future[Any], timeout: float | None = None) -> Any:
         """Wait for the I/O thread's answer (never on the I/O thread itself)."""
@@ -617,6 +631,12 @@ class IOThread:
         current, self._get_current = self._get_current, None
         if current is not None:
             fail(current, error)
+        consuming, self._consuming = self._consuming, set()
+        for future in consuming:  # the caller subscribes again on the next channel
+            fail(future, error)
+        cancelling, self._cancelling = self._cancelling, set()
+        for future in cancelling:  # no channel, no consumer: cancelled
+            _done(future)
 
     def _on_topo_open(self, channel: Any) -> None:
         self._topo = channel
@@ -896,19 +916,31 @@ class IOThread:
         if sub.sub_id in channel.consumer_tags:  # the recovery thread got there first
             future.set_result(None)
             return
+
+        def consuming(_frame: Any) -> None:
+            self._consuming.discard(future)
+            _done(future)
+
         if not sub.broadcast:
             channel.basic_qos(prefetch_count=sub.prefetch)
+        self._consuming.add(future)
         channel.basic_consume(
             consumer_queue,
             on_message,
             auto_ack=sub.broadcast,
             consumer_tag=sub.sub_id,
-            callback=lambda _frame: future.set_result(None),
+            callback=consuming,
         )
 
     def _io_cancel(self, sub: Subscription, future: Future[None]) -> None:
         if self._work is not None and sub.sub_id in self._work.consumer_tags:
-            self._work.basic_cancel(sub.sub_id, callback=lambda _frame: _done(future))
+
+            def cancelled(_frame: Any) -> None:
+                self._cancelling.discard(future)
+                _done(future)
+
+            self._cancelling.add(future)
+            self._work.basic_cancel(sub.sub_id, callback=cancelled)
         else:
             _done(future)
 

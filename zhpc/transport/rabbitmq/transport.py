@@ -59,6 +59,8 @@ _PUBLISH_CHUNK = 500
 #: How long a basic.get may wait for the broker (while it reconnects, say).
 _FETCH_TIMEOUT_S = 60.0
 _FETCH_ATTEMPTS = 5
+#: How long a subscription retried after a lost channel waits for the next one.
+_READY_TIMEOUT_S = 30.0
 
 
 class RabbitMQTransport(Transport):
@@ -252,18 +254,21 @@ class RabbitMQTransport(Transport):
         self._subs[sub.sub_id] = sub
         for attempt in itertools.count(1):
             try:
-                self._consume(sub, self._io.generation)
+                # Again after a lost channel: declared again too, in case the queue is
+                # what the broker closed the channel over (deleted meanwhile: 404).
+                self._consume(sub, self._io.generation, redeclare=attempt > 1)
                 return sub.sub_id
             except ConnectionLostError:
                 if attempt >= 3:
                     del self._subs[sub.sub_id]
                     raise
+                self._io.wait_ready(_READY_TIMEOUT_S)  # then the generation read is the new one's
             except BaseException:
                 del self._subs[sub.sub_id]
                 raise
         raise AssertionError("unreachable")
 
-    def _consume(self, sub: Subscription, generation: int) -> None:
+    def _consume(self, sub: Subscription, generation: int, *, redeclare: bool = False) -> None:
         """Declare what ``sub`` needs and start its consumer (caller or recovery thread)."""
         if sub.broadcast:
             self._topology.ensure_exchange(sub.source, fanout=True)
@@ -271,7 +276,7 @@ class RabbitMQTransport(Transport):
             consumer_queue = frame.method.queue
             self._topology.call("queue_bind", queue=consumer_queue, exchange=sub.source)
         else:
-            self._ensure_queue(sub.source)
+            self._topology.ensure_queue(sub.source, self.delivery_limit, force=redeclare)
             consumer_queue = sub.source
         self._io.wait(self._io.consume(sub, consumer_queue, generation), 60)
 
@@ -296,7 +301,7 @@ class RabbitMQTransport(Transport):
             if not sub.active or generation != self._io.generation:
                 return
             try:
-                self._consume(sub, generation)
+                self._consume(sub, generation, redeclare=True)  # a deleted queue, say
                 log.info("resubscribed to %r", sub.source)
             except Exception as exc:
                 log.error("could not resubscribe to %r: %s", sub.source, exc)
