@@ -150,26 +150,32 @@ def test_status_is_broadcast_with_workflows_fields(transport: EmbeddedTransport)
     assert json.dumps(last)
 
 
-def test_the_runner_lengthens_the_gil_switch_interval_while_it_runs(
+def test_while_it_runs_the_runner_trades_the_gil_less_and_freezes_what_exists(
     transport: EmbeddedTransport,
 ) -> None:
-    """The service and I/O threads trade the GIL less often while a runner runs
-    (zhpc.runner.SWITCH_INTERVAL_S); the process's own setting comes back after it."""
+    """The service and I/O threads trade the GIL less often (zhpc.runner.SWITCH_INTERVAL_S),
+    and the objects that exist once it consumes are left out of full collections
+    (``gc.freeze``); the process's own settings come back after it."""
+    import gc
     import sys
 
     from zhpc import runner as runner_module
 
-    seen: list[float] = []
+    seen: list[tuple[float, int]] = []
 
     class Watching(Service):
         queue = "watching"
 
         def process(self, rw: RecipeWrapper, payload: Any) -> None:
-            seen.append(sys.getswitchinterval())
+            seen.append((sys.getswitchinterval(), gc.get_freeze_count()))
             rw.send(payload)
 
     before = sys.getswitchinterval()
+    assert gc.get_freeze_count() == 0
     start(transport, recipe("watching"), [{"value": 1}])
     run(Watching("watching"), transport)
-    assert seen == [pytest.approx(runner_module.SWITCH_INTERVAL_S)]
+    assert len(seen) == 1
+    assert seen[0][0] == pytest.approx(runner_module.SWITCH_INTERVAL_S)
+    assert seen[0][1] > 0
     assert sys.getswitchinterval() == pytest.approx(before)
+    assert gc.get_freeze_count() == 0

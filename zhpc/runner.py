@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -170,6 +171,7 @@ class ServiceRunner:
         sys.setswitchinterval(max(old_interval, SWITCH_INTERVAL_S))
         self.drain.on_signal(self._on_drain_signal)
         self.drain.install()
+        froze = False
         try:
             if not self.service.consumes_dead_letters:
                 accounting.refuse_as_work_queue(self.queue)
@@ -177,6 +179,14 @@ class ServiceRunner:
             self.service.setup()
             self._set_up = True
             self._subscription = self._subscribe()
+            # What exists now (modules, configuration, the service's own set-up) lives as
+            # long as the process: kept out of the cyclic collector's full passes, which
+            # would otherwise walk all of it again every few thousand messages (measured:
+            # 5 us a message, most of the collector's time). Given back in ``finally``;
+            # left alone if the process froze objects itself (or another runner did).
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                froze = True
             self.transport.subscribe_broadcast(shutdown.SHUTDOWN_TOPIC, self._on_shutdown)
             self._beat.enter(STATUS_IDLE)
             log.info("%s: consuming %s", self.service.name, self.queue)
@@ -195,6 +205,8 @@ class ServiceRunner:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old_alarm)
             sys.setswitchinterval(old_interval)
+            if froze:
+                gc.unfreeze()
             self.drain.uninstall()
 
     def _subscribe(self) -> str:
