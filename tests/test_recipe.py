@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -455,6 +456,33 @@ def test_what_json_cannot_carry_is_refused_in_a_payload_or_environment(
         rw.environment["extra"] = value
     with pytest.raises(RecipeError, match="cannot be encoded"):
         rw.send(payload)
+
+
+def test_a_payload_that_contains_itself_is_refused_in_one_line() -> None:
+    looped: dict[str, Any] = {"v": 1}
+    looped["again"] = looped
+    for _ in range(2):  # and the encoder still works for the next one
+        with pytest.raises(RecipeError, match="cannot be encoded: Circular reference"):
+            at(2).send(looped)
+        assert json.loads(at(2).send({"v": 2})[0].body)["payload"] == {"v": 2}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"f": 1.5, "e": "\u00e9\u2028", "n": None, "l": [True, False, -0.0, 10**30]},
+        "text",
+        7,
+        None,
+        {3: "int key", True: "bool key", None: "null key", 2.5: "float key"},
+        {"d": Decimal("1.25")},
+    ],
+)
+def test_payloads_are_written_as_json_writes_them(payload: Any) -> None:
+    body = at(2).send(payload)[0].body
+    written = body.split(b',"payload":', 1)[1].split(b',"recipe":', 1)[0]
+    expected = json.dumps(payload, separators=(",", ":"), default=float)
+    assert written.decode("ascii") == expected
 
 
 @pytest.mark.parametrize("value", [math.nan, -math.inf])

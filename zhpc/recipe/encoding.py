@@ -8,6 +8,8 @@ what a message cannot carry.
 from __future__ import annotations
 
 import json
+import json.encoder
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -16,10 +18,47 @@ from zhpc.recipe.data import json_default
 
 __all__ = ["encode_body", "encode_recipe"]
 
-#: The payload and environment of every message: they come from the service, and json
-#: refuses what a message cannot carry (NaN, sets, bytes, dates), which msgspec would
-#: write (NaN as null, a set as a list). One encoder: ``json.dumps(default=)`` builds one a call.
-_ENCODE_PART = json.JSONEncoder(default=json_default, allow_nan=False, separators=(",", ":")).encode
+_JSON_ENCODER = json.JSONEncoder(default=json_default, allow_nan=False, separators=(",", ":"))
+
+
+def _part_encoder() -> Callable[[Any], str]:
+    """The payload and environment of every message: they come from the service, and json
+    refuses what a message cannot carry (NaN, sets, bytes, dates), which msgspec would
+    write (NaN as null, a set as a list).
+
+    ``JSONEncoder.encode`` builds json's C encoder again on every call, three quarters
+    of what encoding a small payload costs (3.0 against 0.7 us here); this one is built
+    once, with the same settings, so the text is the same. It keeps no table of the
+    containers being written (the table is what makes json's single-use): a payload
+    that contains itself runs into the recursion limit, and ``JSONEncoder.encode``
+    then says which it is, circular or deep. Without json's C part (another Python),
+    ``JSONEncoder.encode`` it is.
+    """
+    make = json.encoder.c_make_encoder
+    if make is None:  # pragma: no cover - CPython has it
+        return _JSON_ENCODER.encode
+    encoder = make(
+        None,
+        json_default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
+
+    def encode(value: Any) -> str:
+        try:
+            return "".join(encoder(value, 0))
+        except RecursionError:  # json's own says whether it is circular or just deep
+            return _JSON_ENCODER.encode(value)
+
+    return encode
+
+
+_ENCODE_PART = _part_encoder()
 _MSGSPEC_ENCODE = msgspec.json.Encoder().encode
 
 
