@@ -222,26 +222,25 @@ def _rss_mb(pid: int, field: str) -> float:
     return round(total / 1024, 1)
 
 
+def _stat_ticks(stat: Path) -> int:
+    """User + system clock ticks in a /proc ``stat`` file (0 if it is gone)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its descendants so far."""
-    ticks = 0
-    for proc in _descendants(pid):
-        try:
-            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
+    ticks = sum(_stat_ticks(Path(f"/proc/{proc}/stat")) for proc in _descendants(pid))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _main_thread_cpu_s(pid: int) -> float:
     """User + system CPU seconds of ``pid``'s main thread alone (where zhpc's service runs;
     the rest of a zhpc service's CPU is its transport's I/O thread)."""
-    try:
-        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return _stat_ticks(Path(f"/proc/{pid}/task/{pid}/stat")) / os.sysconf("SC_CLK_TCK")
 
 
 class Client:

@@ -62,7 +62,7 @@ _ENCODE_PART = _part_encoder()
 _MSGSPEC_ENCODE = msgspec.json.Encoder().encode
 
 
-def _recipe_json(data: Any) -> bytes:
+def encode_recipe(data: Any) -> bytes:
     """The recipe of an outgoing message: the bulk of every body, and JSON-only data
     already (``Recipe`` copies and checks what it is given, a decoded one is JSON), so
     msgspec writes it (ten times faster than json).
@@ -82,11 +82,6 @@ def _recipe_json(data: Any) -> bytes:
     return encoded
 
 
-def encode_recipe(data: Any) -> bytes:
-    """A recipe's data as an outgoing body carries it (what :func:`encode_body` writes)."""
-    return _recipe_json(data)
-
-
 def encode_body(body: dict[str, Any], recipe_json: bytes | None = None) -> bytes:
     """A workflows message body (``RecipeWrapper.body``) as compact JSON in its key order;
     ``recipe_json``: the recipe already encoded (by :func:`encode_recipe`).
@@ -100,7 +95,7 @@ def encode_body(body: dict[str, Any], recipe_json: bytes | None = None) -> bytes
             b',"payload":',
             _ENCODE_PART(body["payload"]).encode("utf-8"),
             b',"recipe":',
-            recipe_json if recipe_json is not None else _recipe_json(body["recipe"]),
+            recipe_json if recipe_json is not None else encode_recipe(body["recipe"]),
             b',"recipe-path":',  # node numbers (checked ints): msgspec's
             _MSGSPEC_ENCODE(body["recipe-path"]),
             b',"recipe-pointer":',

@@ -17,7 +17,11 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-__all__ = ["StepPlan", "plan_for", "private_copy", "recipe_bytes", "remember"]
+from zhpc.errors import RecipeError
+from zhpc.recipe.data import plain
+from zhpc.recipe.encoding import encode_recipe
+
+__all__ = ["StepPlan", "plan_for", "recipe_bytes", "remember"]
 
 #: Recipes larger than this (encoded) are not kept: checking one is dwarfed by its size.
 MAX_RECIPE_BYTES = 64 * 1024
@@ -63,21 +67,39 @@ def plan_for(recipe: bytes, pointer: int) -> StepPlan | None:
     return _plans.get((recipe, pointer))
 
 
-def remember(recipe: bytes, pointer: int, plan: StepPlan) -> None:
-    """Keep ``plan``; the oldest goes if too many are kept (safe from any thread: only
-    single dict operations, and a lost race only drops a plan, which is rebuilt)."""
+def remember(
+    recipe: bytes,
+    pointer: int,
+    data: dict[Any, Any],
+    step: dict[str, Any],
+    links: dict[str, dict[Any, list[int]]],
+    destinations: dict[int, dict[str, Any]],
+) -> None:
+    """Keep the plan of a step just checked (``data``: its normalised recipe), as copies
+    made before any service saw it; the oldest goes if too many are kept.
+
+    Safe from any thread: only single dict operations, and a lost race only drops
+    a plan, which is made again. A recipe the copies or the encoder refuse gets no
+    plan: it is sent from the recipe itself, which says what is wrong.
+    """
+    where = "recipe message"
+    try:
+        plan = StepPlan(
+            step=plain(step, where),
+            # kind -> channel (None when unnamed, which plain refuses) -> node numbers
+            links={
+                kind: {name: list(nodes) for name, nodes in by.items()}
+                for kind, by in links.items()
+            },
+            destinations={number: plain(node, where) for number, node in destinations.items()},
+            error=plain(data.get("error"), where),
+            recipe_json=encode_recipe(data),
+        )
+    except (RecipeError, TypeError, ValueError, RecursionError):
+        return
     while len(_plans) >= MAX_PLANS:
         try:
             del _plans[next(iter(_plans))]
         except (KeyError, StopIteration, RuntimeError):
             break
     _plans[(recipe, pointer)] = plan
-
-
-def private_copy(value: Any) -> Any:
-    """A deep copy of JSON data (a checked recipe holds nothing else)."""
-    if isinstance(value, dict):
-        return {key: private_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [private_copy(item) for item in value]
-    return value

@@ -1,6 +1,6 @@
-"""What a step links to, checked before it sends: its links, the nodes they reach, its plan.
+"""What a step links to, checked before it sends: its links and the nodes they reach.
 
-A step is checked once per message (or once per recipe and step, with a plan):
+A step is checked once per message (or once per recipe and step: :mod:`.plans`):
 a link workflows would choke on, or a node that cannot receive a message, is a
 RecipeError before anything is sent.
 """
@@ -10,40 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from zhpc.errors import RecipeError
-from zhpc.recipe import plans
 from zhpc.recipe.data import short
-from zhpc.recipe.encoding import encode_recipe
 from zhpc.recipe.links import parse_links
-from zhpc.recipe.plans import StepPlan, private_copy
 from zhpc.recipe.recipe import Recipe
 
-__all__ = ["checked_links", "destination_problem", "remember_plan"]
-
-
-def remember_plan(
-    recipe_bytes: bytes,
-    pointer: int,
-    recipe: Recipe,
-    step: dict[str, Any],
-    links: dict[str, dict[Any, list[int]]],
-    destinations: dict[int, dict[str, Any]],
-) -> None:
-    """Keep what a checked step sends with, as private copies (before any service saw it)."""
-    try:
-        recipe_json = encode_recipe(recipe.data)
-    except (TypeError, ValueError, RecursionError):
-        return  # sent from the recipe itself, which says what is wrong
-    plans.remember(
-        recipe_bytes,
-        pointer,
-        StepPlan(
-            step=private_copy(step),
-            links=private_copy(links),
-            destinations={number: private_copy(node) for number, node in destinations.items()},
-            error=private_copy(recipe.data.get("error")),
-            recipe_json=recipe_json,
-        ),
-    )
+__all__ = ["checked_links", "destination_problem"]
 
 
 def checked_links(pointer: Any, step: dict[str, Any], kind: str) -> dict[Any, list[int]]:

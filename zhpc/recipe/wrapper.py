@@ -18,7 +18,7 @@ from zhpc.recipe.data import DIGITS, is_node_number, short
 from zhpc.recipe.encoding import encode_body
 from zhpc.recipe.plans import StepPlan
 from zhpc.recipe.recipe import Recipe
-from zhpc.recipe.steps import checked_links, destination_problem, remember_plan
+from zhpc.recipe.steps import checked_links, destination_problem
 
 __all__ = ["BODY_KEYS", "RecipeWrapper"]
 
@@ -216,7 +216,7 @@ class RecipeWrapper:
         wrapper._links = links
         wrapper._destinations = destinations
         if _recipe_bytes is not None and decoded:
-            remember_plan(_recipe_bytes, pointer, recipe, step, links, destinations)
+            plans.remember(_recipe_bytes, pointer, recipe.data, step, links, destinations)
         return wrapper
 
     # state ------------------------------------------------------------------
@@ -392,7 +392,7 @@ class RecipeWrapper:
             and all(data.get(number) == node for number, node in plan.destinations.items())
         ):
             return plan
-        self._plan, self._links, self._destinations = None, {}, {}
+        self._plan = None  # links and destinations are checked from the recipe from now on
         return None
 
     def _step(self) -> dict[str, Any]:

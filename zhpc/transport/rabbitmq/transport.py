@@ -144,8 +144,8 @@ class RabbitMQTransport(Transport):
         limit = self.delivery_limit if delivery_limit is None else delivery_limit
         self._topology.ensure_queue(name, limit, force=True)
 
-    def _ensure_queue(self, name: str) -> None:
-        self._topology.ensure_queue(name, self.delivery_limit)
+    def _ensure_queue(self, name: str, *, force: bool = False) -> None:
+        self._topology.ensure_queue(name, self.delivery_limit, force=force)
 
     def queue_depth(self, name: str) -> QueueDepth:
         return self._topology.queue_depth(name)
@@ -276,7 +276,7 @@ class RabbitMQTransport(Transport):
             consumer_queue = frame.method.queue
             self._topology.call("queue_bind", queue=consumer_queue, exchange=sub.source)
         else:
-            self._topology.ensure_queue(sub.source, self.delivery_limit, force=redeclare)
+            self._ensure_queue(sub.source, force=redeclare)
             consumer_queue = sub.source
         self._io.wait(self._io.consume(sub, consumer_queue, generation), 60)
 
