@@ -5,7 +5,8 @@ delivery guarantees without running RabbitMQ. Every process opens the same
 file; SQLite's write lock serialises changes (``BEGIN IMMEDIATE`` for every
 write, a busy timeout so writers queue instead of failing).
 
-Schema (``PRAGMA user_version`` = 2)::
+Schema (``PRAGMA user_version`` = 2; the tables, their migration and the stored
+header format are :mod:`zhpc.transport.sqlitefile`)::
 
     queues(name PK, delivery_limit NULL=unlimited, topic NULL, owner NULL,
            dead_letter_to NULL)
@@ -63,8 +64,6 @@ number of deliveries (RabbitMQ's counts how often the message died: 1).
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import socket
@@ -93,13 +92,13 @@ from zhpc.transport.accounting import (
     retry_name,
 )
 from zhpc.transport.base import Callback, QueueDepth, Transport
+from zhpc.transport.sqlitefile import decode_headers, encode_headers, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
     from zhpc.config import BrokerConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
 #: Seconds between reclaim passes (dead consumers) triggered by poll/queue_depth.
 RECLAIM_INTERVAL = 0.25
 #: Longest wait between two looks at the file while poll() has nothing to do.
@@ -117,80 +116,6 @@ LEASE_LOCK_WAIT_MS = 20
 #: Seconds between two warnings that the file stayed locked (or unwritable) during poll.
 _BUSY_WARNING_INTERVAL = 10.0
 DEFAULT_LEASE_TIMEOUT = 120.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS queues (
-    name TEXT PRIMARY KEY,
-    delivery_limit INTEGER,
-    topic TEXT,
-    owner INTEGER,
-    dead_letter_to TEXT
-);
-CREATE INDEX IF NOT EXISTS queues_topic ON queues(topic) WHERE topic IS NOT NULL;
-CREATE INDEX IF NOT EXISTS queues_owner ON queues(owner) WHERE owner IS NOT NULL;
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    body BLOB NOT NULL,
-    headers TEXT NOT NULL,
-    message_id TEXT,
-    ready_at REAL NOT NULL DEFAULT 0,
-    expires_at REAL,
-    deliveries INTEGER NOT NULL DEFAULT 0,
-    consumer INTEGER
-);
-CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, id) WHERE consumer IS NULL;
-CREATE INDEX IF NOT EXISTS messages_leased ON messages(consumer) WHERE consumer IS NOT NULL;
-CREATE INDEX IF NOT EXISTS messages_expiring ON messages(queue, expires_at)
-    WHERE expires_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS consumers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    pid_start TEXT NOT NULL,
-    heartbeat REAL NOT NULL,
-    lease_timeout REAL
-);
-CREATE TABLE IF NOT EXISTS subscriptions (
-    consumer INTEGER NOT NULL,
-    queue TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS subscriptions_queue ON subscriptions(queue);
-CREATE TABLE IF NOT EXISTS bindings (
-    exchange TEXT NOT NULL,
-    routing_key TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    PRIMARY KEY (exchange, routing_key, queue)
-);
-"""
-
-
-# -- header encoding ---------------------------------------------------------------------------
-def _encode_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray):
-        return {"__bytes__": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"header value of type {type(value).__name__} cannot be stored")
-
-
-def _decode_hook(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and "__bytes__" in obj:
-        return base64.b64decode(obj["__bytes__"])
-    return obj
-
-
-def _encode_headers(headers: dict[str, Any]) -> str:
-    if not headers:
-        return "{}"
-    try:
-        return json.dumps(headers, default=_encode_default, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise TransportError(f"message headers cannot be stored: {exc}") from None
-
-
-def _decode_headers(text: str) -> dict[str, Any]:
-    if text == "{}":
-        return {}
-    return json.loads(text, object_hook=_decode_hook)
 
 
 # -- in-memory bookkeeping ---------------------------------------------------------------------
@@ -278,8 +203,7 @@ class EmbeddedTransport(Transport):
             self._pid = os.getpid()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
-            self._db.executescript(_SCHEMA)
-            self._migrate(self._db)
+            prepare(self._db)
             self._register()
         except (OSError, sqlite3.Error) as exc:
             self._close_db()
@@ -313,15 +237,6 @@ class EmbeddedTransport(Transport):
             log.warning("closing embedded broker %s: %s", self.path, exc)
         finally:
             self._close_db()
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Bring a file made by an older zhpc up to this schema (idempotent)."""
-        columns = {row[1] for row in db.execute("PRAGMA table_info(queues)")}
-        if "dead_letter_to" not in columns:
-            with suppress(sqlite3.OperationalError):  # another process just added it
-                db.execute("ALTER TABLE queues ADD COLUMN dead_letter_to TEXT")
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _close_db(self) -> None:
         if self._db is not None:
@@ -510,7 +425,7 @@ class EmbeddedTransport(Transport):
             expires_at = max(ready_at, now) + max(message.expiration, 0.0)
         row = (
             bytes(body),
-            _encode_headers(message.headers),
+            encode_headers(message.headers),
             message.message_id,
             ready_at,
             expires_at,
@@ -750,7 +665,7 @@ class EmbeddedTransport(Transport):
         return [
             Message(
                 body=bytes(body),
-                headers=_decode_headers(headers),
+                headers=decode_headers(headers),
                 queue=sub.topic if sub.broadcast and sub.topic else sub.queue,
                 delivery_count=deliveries,
                 redelivered=deliveries > 1,
@@ -903,11 +818,11 @@ class EmbeddedTransport(Transport):
             if lease is None:
                 return
             (text,) = db.execute("SELECT headers FROM messages WHERE id=?", (lease.row,)).fetchone()
-            headers = _decode_headers(text)
+            headers = decode_headers(text)
             headers[HANDBACK_HEADER] = handbacks(headers) + 1
             db.execute(
                 "UPDATE messages SET consumer=NULL, deliveries=deliveries-1, headers=? WHERE id=?",
-                (_encode_headers(headers), lease.row),
+                (encode_headers(headers), lease.row),
             )
 
     def fetch(self, queue: str) -> Message | None:
@@ -962,12 +877,12 @@ class EmbeddedTransport(Transport):
         found = db.execute("SELECT headers, deliveries FROM messages WHERE id=?", (row,)).fetchone()
         if found is None:
             return
-        headers = mark(_decode_headers(found[0]), found[1])
+        headers = mark(decode_headers(found[0]), found[1])
         self._declare(db, queue)
         db.execute(
             "INSERT INTO messages(queue, body, headers, message_id) "
             "SELECT ?, body, ?, message_id FROM messages WHERE id=?",
-            (queue, _encode_headers(headers), row),
+            (queue, encode_headers(headers), row),
         )
         db.execute("DELETE FROM messages WHERE id=?", (row,))
 
