@@ -17,6 +17,8 @@ Threads, and who owns what (the boundary is the module boundary):
 * **A short-lived recovery thread** after each reconnection re-declares and
   re-subscribes using the same blocking calls as a caller (it must not block
   the I/O thread it is waiting for).
+* What the two sides hand each other (subscriptions, batches of publishes,
+  deliveries) and the errors they fail with are :mod:`.handoff`.
 * What is declared is cached by :class:`~zhpc.transport.rabbitmq.topology.Topology`
   on the caller side, under its own lock; the I/O thread never writes it.
 
@@ -31,7 +33,7 @@ without ``mandatory``; messages are persistent and carry their headers as is.
 
 from __future__ import annotations
 
-from zhpc.transport.rabbitmq.iothread import ConnectionLostError
+from zhpc.transport.rabbitmq.handoff import ConnectionLostError
 from zhpc.transport.rabbitmq.transport import RabbitMQTransport
 from zhpc.transport.rabbitmq.wire import DELAY_QUEUE_PREFIX
 

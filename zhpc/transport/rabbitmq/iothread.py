@@ -55,7 +55,15 @@ from pika.adapters.select_connection import IOLoop
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.logs import default_pika_level
 from zhpc.message import MESSAGE_ID_HEADER
-from zhpc.transport.base import Callback
+from zhpc.transport.rabbitmq.handoff import (
+    Batch,
+    ConnectionLostError,
+    Delivery,
+    Pub,
+    RawDelivery,
+    Subscription,
+    as_transport_error,
+)
 from zhpc.transport.rabbitmq.republish import DEFAULT_BUDGET_S, NackRetry
 from zhpc.transport.rabbitmq.wire import (
     ENCODE_ERRORS,
@@ -70,83 +78,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__package__)
 
 
-class ConnectionLostError(TransportError):
-    """The channel or connection went away before the broker answered."""
-
-
-class BrokerRefused(TransportError):
-    """The broker answered a declare-like call by closing the topology channel."""
-
-    def __init__(self, reply_code: int, reply_text: str) -> None:
-        super().__init__(f"RabbitMQ refused: ({reply_code}) {reply_text}")
-        self.reply_code = reply_code
-        self.reply_text = reply_text
-
-
-def as_transport_error(reason: BaseException) -> TransportError:
-    """pika's reason for a lost channel or connection as zhpc's error (never pika's own).
-
-    Callers catch TransportError only: a pika exception escaping to them would
-    crash a service (a heartbeat after a reconnect) or stop ``zhpc go`` spooling.
-    """
-    if isinstance(reason, TransportError):
-        return reason
-    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
-        return BrokerRefused(reason.reply_code, reason.reply_text)
-    return ConnectionLostError(f"channel to RabbitMQ lost: {describe(reason)}")
-
-
 class _ConnectFailed(Exception):
     """One connection attempt failed; tenacity retries these."""
-
-
-@dataclass(slots=True)
-class Delivery:
-    """What a :class:`Message` handle holds: enough to settle it on the right channel."""
-
-    generation: int
-    tag: int
-    subscription: str
-    broadcast: bool
-    properties: pika.spec.BasicProperties
-
-
-@dataclass(slots=True)
-class Subscription:
-    """A consumer. The caller side writes it (``active``); the I/O thread only reads it."""
-
-    sub_id: str
-    source: str  # queue name, or topic (fanout exchange) for a broadcast
-    callback: Callback
-    prefetch: int
-    broadcast: bool
-    active: bool = True
-
-
-@dataclass(slots=True)
-class Pub:
-    """One basic.publish, ready for the wire."""
-
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: pika.spec.BasicProperties
-    mandatory: bool
-
-
-@dataclass(slots=True)
-class Batch:
-    """Publishes confirmed together, then (for commits) an ack of their input.
-
-    Built by the caller; once handed to :meth:`IOThread.send`, only the I/O thread
-    touches it (the caller keeps only ``future``).
-    """
-
-    pubs: list[Pub]
-    future: Future[None]
-    ack: Delivery | None = None
-    remaining: int = 0
-    failed: bool = False
 
 
 @dataclass(slots=True)
@@ -166,10 +99,6 @@ class _TopologyOp:
     method: str
     kwargs: dict[str, Any]
     future: Future[Any] = field(default_factory=Future)
-
-
-#: What the I/O thread hands the polling thread: (subscription, generation, method, props, body).
-RawDelivery = tuple[str, int, Any, Any, bytes]
 
 
 class _Connection(pika.SelectConnection):

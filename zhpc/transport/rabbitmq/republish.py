@@ -31,7 +31,7 @@ from zhpc.message import MESSAGE_ID_HEADER
 from zhpc.transport.rabbitmq.wire import describe
 
 if TYPE_CHECKING:  # pragma: no cover
-    from zhpc.transport.rabbitmq.iothread import Batch, Pub
+    from zhpc.transport.rabbitmq.handoff import Batch, Pub
 
 log = logging.getLogger(__package__)
 

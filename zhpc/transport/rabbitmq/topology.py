@@ -27,7 +27,8 @@ from zhpc.transport.accounting import (
     retry_name,
 )
 from zhpc.transport.base import QueueDepth
-from zhpc.transport.rabbitmq.iothread import BrokerRefused, ConnectionLostError, IOThread
+from zhpc.transport.rabbitmq.handoff import BrokerRefused, ConnectionLostError
+from zhpc.transport.rabbitmq.iothread import IOThread
 from zhpc.transport.rabbitmq.wire import (
     NOT_FOUND,
     PRECONDITION_FAILED,

@@ -28,15 +28,14 @@ from zhpc.message import Message, Outgoing
 from zhpc.transport.accounting import with_handback
 from zhpc.transport.base import Callback, QueueDepth, Transport
 from zhpc.transport.pending import PendingCommits
-from zhpc.transport.rabbitmq.iothread import (
+from zhpc.transport.rabbitmq.handoff import (
     Batch,
     ConnectionLostError,
     Delivery,
-    IOThread,
     Pub,
     Subscription,
-    fail,
 )
+from zhpc.transport.rabbitmq.iothread import IOThread, fail
 from zhpc.transport.rabbitmq.topology import Topology
 from zhpc.transport.rabbitmq.wire import (
     check_name,
