@@ -55,6 +55,7 @@ from pika.adapters.select_connection import IOLoop
 from zhpc.errors import TransportError, UnroutableError
 from zhpc.logs import default_pika_level
 from zhpc.message import MESSAGE_ID_HEADER
+from zhpc.transport.rabbitmq.connection import Connection
 from zhpc.transport.rabbitmq.handoff import (
     Batch,
     ConnectionLostError,
@@ -99,41 +100,6 @@ class _TopologyOp:
     method: str
     kwargs: dict[str, Any]
     future: Future[Any] = field(default_factory=Future)
-
-
-class _Connection(pika.SelectConnection):
-    """pika's SelectConnection, writing everything of one ioloop pass with one ``send()``.
-
-    pika hands every frame to its socket transport as its own buffer, and sends
-    each buffer with its own ``send()``. Each such call lets the service's
-    thread take the GIL, and the I/O thread then waits for it back. Here the
-    frames of one pass
-    (the publishes of every commit handed over since the last pass, their acks,
-    a heartbeat) are joined and written once, at the end of the pass: the same
-    bytes in the same order, sent no later than pika would (it sends only on the
-    next writable event anyway). ``frames_sent``, a statistic, is unchanged.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._outbox: list[bytes] = []
-        super().__init__(*args, **kwargs)
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        if not self._outbox:
-            self._adapter_call_later(0, self._flush_outbox)
-        self._outbox.append(data)
-
-    def _flush_outbox(self) -> None:
-        outbox, self._outbox = self._outbox, []
-        if outbox and self._transport is not None:
-            super()._adapter_emit_data(outbox[0] if len(outbox) == 1 else b"".join(outbox))
-
-    def _get_write_buffer_size(self) -> int:
-        return super()._get_write_buffer_size() + sum(map(len, self._outbox))
-
-    def _adapter_disconnect_stream(self) -> None:
-        self._flush_outbox()  # a Connection.Close still goes out first
-        super()._adapter_disconnect_stream()
 
 
 class IOThread:
@@ -191,7 +157,7 @@ class IOThread:
         self.generation = 0
         self.connections = 0
         # I/O thread only
-        self._conn: pika.SelectConnection | None = None
+        self._conn: Connection | None = None
         self._work: Any = None
         self._topo: Any = None
         self._next_seq = 1
@@ -431,7 +397,7 @@ class IOThread:
         assert self._ioloop is not None
         self.node = self._display_urls[index]
         self._open_error = None
-        self._conn = _Connection(
+        self._conn = Connection(
             connection_parameters(
                 self._urls[index], self._heartbeat, self._tls, self._blocked_timeout
             ),
@@ -508,6 +474,8 @@ class IOThread:
         channel.add_on_return_callback(self._on_returned)
         channel.add_callback(self._on_get_empty, [pika.spec.Basic.GetEmpty], one_shot=False)
         channel.confirm_delivery(self._on_confirm, callback=self._on_confirm_ok)
+        assert self._conn is not None
+        self._conn.fast_channel(channel, self._on_confirm)
 
     def _on_confirm_ok(self, _frame: Any) -> None:
         self.generation += 1
@@ -633,10 +601,11 @@ class IOThread:
             return
         batch.remaining = len(batch.pubs)
         channel = self._work
+        publish = self._conn.publish  # type: ignore[union-attr]
         for pub in batch.pubs:
             try:
-                channel.basic_publish(
-                    pub.exchange, pub.routing_key, pub.body, pub.properties, pub.mandatory
+                publish(
+                    channel, pub.exchange, pub.routing_key, pub.body, pub.properties, pub.mandatory
                 )
             except Exception as exc:
                 self._publish_failed(batch, exc)
