@@ -15,7 +15,8 @@ from zhpc.config import BrokerConfig
 from zhpc.errors import InvalidHeaders, TransportError, UnroutableError
 from zhpc.message import Outgoing
 from zhpc.transport import death_record, dlq_name, get_transport
-from zhpc.transport.embedded import PID_CHECK_IDLE, EmbeddedTransport
+from zhpc.transport.deadconsumers import PID_CHECK_IDLE
+from zhpc.transport.embedded import EmbeddedTransport
 
 
 @pytest.fixture

@@ -92,6 +92,7 @@ from zhpc.transport.accounting import (
     retry_name,
 )
 from zhpc.transport.base import Callback, QueueDepth, Transport
+from zhpc.transport.deadconsumers import DeadConsumers
 from zhpc.transport.sqlitefile import decode_headers, encode_headers, prepare
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,10 +107,6 @@ MAX_IDLE_WAIT = 0.05
 #: Messages leased per transaction at most (bounded by each subscription's prefetch).
 MAX_BATCH = 500
 BUSY_TIMEOUT = 30.0
-#: Seconds between two /proc looks at another consumer's pid (one holding leases);
-#: consumers holding nothing are looked at every PID_CHECK_IDLE seconds.
-PID_CHECK_INTERVAL = 1.0
-PID_CHECK_IDLE = 10.0
 #: Milliseconds poll waits for the write lock to lease new messages before it looks
 #: again after the holder's commit (instead of queueing for up to BUSY_TIMEOUT).
 LEASE_LOCK_WAIT_MS = 20
@@ -175,7 +172,7 @@ class EmbeddedTransport(Transport):
         self._pending_declared: set[str] = set()
         self._failed_commits: list[BaseException] = []
         self._last_reclaim = 0.0
-        self._pid_checked: dict[int, float] = {}
+        self._dead = DeadConsumers()
         self._stranded: list[_Lease] = []
         self._busy_warned = 0.0
         self._data_version = -1
@@ -900,57 +897,12 @@ class EmbeddedTransport(Transport):
             return self._reclaim()
 
     def _reclaim(self) -> int:
-        """Find dead consumers (cheaply, outside any transaction), then return their messages.
-
-        A pid is looked up in /proc only for consumers of this host, at most every
-        PID_CHECK_INTERVAL s for one holding leases (whose messages wait on it) and
-        every PID_CHECK_IDLE s for the others. Death by a stale heartbeat is decided
-        again inside the reclaiming transaction, so a consumer that came back
-        meanwhile (it was stopped) keeps its messages.
-        """
-        db = self._read()
-        host = socket.gethostname()
-        now, clock = time.time(), time.monotonic()
-        holding = {
-            r[0]
-            for r in db.execute("SELECT DISTINCT consumer FROM messages WHERE consumer IS NOT NULL")
-        }
-        gone: list[int] = []
-        stale: list[int] = []
-        seen = set()
-        for cid, chost, pid, pid_start, heartbeat, timeout in db.execute(
-            "SELECT id, host, pid, pid_start, heartbeat, lease_timeout FROM consumers"
-        ).fetchall():
-            seen.add(cid)
-            if cid == self._consumer:
-                continue
-            if (
-                chost == host
-                and pid_start != "?"
-                and self._pid_check_due(cid, cid in holding, clock)
-            ):
-                start = procinfo.identity(pid)
-                if start is None or (start != "?" and start != pid_start):
-                    gone.append(cid)
-                    continue
-            if timeout is not None and heartbeat < now - timeout:
-                stale.append(cid)
-        for cid in set(self._pid_checked) - seen:
-            del self._pid_checked[cid]
+        """Return the messages of dead consumers (see :mod:`zhpc.transport.deadconsumers`)."""
+        gone, stale = self._dead.suspects(self._read(), self._consumer)
         if not gone and not stale:
             return 0
-        dead = []
         with self._tx() as db:
-            for cid in gone:  # a dead pid stays dead: only check that nobody reclaimed it
-                if db.execute("SELECT 1 FROM consumers WHERE id=?", (cid,)).fetchone():
-                    dead.append(cid)
-            now = time.time()
-            for cid in stale:
-                row = db.execute(
-                    "SELECT heartbeat, lease_timeout FROM consumers WHERE id=?", (cid,)
-                ).fetchone()
-                if row is not None and row[1] is not None and row[0] < now - row[1]:
-                    dead.append(cid)
+            dead = self._dead.confirm(db, gone, stale)
             for cid in dead:
                 rows = db.execute("SELECT id FROM messages WHERE consumer=?", (cid,)).fetchall()
                 if rows:
@@ -962,14 +914,6 @@ class EmbeddedTransport(Transport):
                 self._return_rows(db, [r[0] for r in rows])
                 self._forget_consumer(db, cid)
         return len(dead)
-
-    def _pid_check_due(self, cid: int, holding: bool, clock: float) -> bool:
-        last = self._pid_checked.get(cid)
-        interval = PID_CHECK_INTERVAL if holding else PID_CHECK_IDLE
-        if last is not None and clock - last < interval:
-            return False
-        self._pid_checked[cid] = clock
-        return True
 
     def _forget_consumer(self, db: sqlite3.Connection, cid: int | None) -> None:
         db.execute(
