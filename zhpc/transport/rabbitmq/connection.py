@@ -20,7 +20,8 @@ Three changes, all invisible on the wire and to pika's own state:
   Two frame sequences of a channel registered with :meth:`Connection.fast_channel`
   take a short path: a whole delivery (``basic.deliver``, its header, its body
   frames, all in this read and not interleaved with another channel's frames)
-  goes straight to pika's ``Channel._on_deliver``, which applies pika's own
+  goes, its properties decoded by :mod:`zhpc.transport.rabbitmq.properties`,
+  straight to pika's ``Channel._on_deliver``, which applies pika's own
   checks (a cancelled or unknown consumer); a publisher confirm
   (``basic.ack``) goes straight to the channel's confirm callback. Every other
   frame, and any delivery that is split across reads, is decoded by pika and
@@ -38,6 +39,8 @@ import pika
 import pika.exceptions
 import pika.frame
 import pika.spec
+
+from zhpc.transport.rabbitmq.properties import decode_properties
 
 _HEAD = struct.Struct(">BHI")  # frame type, channel, payload size
 _METHOD_ID = struct.Struct(">I")
@@ -237,8 +240,10 @@ class Connection(pika.SelectConnection):
         if seen > body_size:
             return _NOT_FAST  # pika raises BodyTooLongError for it
         method = pika.spec.Basic.Deliver().decode(data, pos + 11)
-        properties = pika.spec.props[class_id]()
-        properties.decode(data, head + 19)
+        if class_id == _BASIC_CLASS:
+            properties = decode_properties(data, head + 19)
+        else:
+            properties = pika.spec.props[class_id]().decode(data, head + 19)
         body = fragments[0] if len(fragments) == 1 else b"".join(fragments)
         used = cursor - pos
         self.bytes_received += used
