@@ -113,6 +113,11 @@ def _stream() -> list[bytes]:
     frames += [first, header, pika.frame.Heartbeat().marshal(), body]
     first, header, *bodies = _delivery(1, 9, b"another channel in between " * 9)
     frames += [first, header, *_delivery(2, 10, b""), *bodies]
+    # another channel's frame exactly as long as the body still due: not a body frame
+    other = _delivery(2, 11, b"")
+    length = struct.unpack_from(">I", other[0], 3)[0]
+    first, header, body = _delivery(1, 12, b"=" * length)
+    frames += [first, header, *other, body]
     frames += _delivery(1, 6, b"a body in two frames", split=[b"a body ", b"in two frames"])
     frames += _delivery(1, 7, "ünïcode".encode(), headers={"x": "é"})
     return frames
@@ -145,7 +150,7 @@ def test_every_split_of_a_stream_is_read_as_pika_reads_it() -> None:
             ours.close()
     assert count == len(data) + 1
     kinds = [entry[0] for entry in expected]
-    assert kinds.count("deliver") == 10 and kinds.count("confirm") == 3
+    assert kinds.count("deliver") == 12 and kinds.count("confirm") == 3
 
 
 def test_a_read_that_ends_inside_a_delivery_keeps_the_rest_for_the_next() -> None:
