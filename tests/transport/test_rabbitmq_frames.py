@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pika
@@ -130,24 +131,27 @@ def _splits(data: bytes) -> Iterator[list[bytes]]:
     yield [data[i : i + 1] for i in range(len(data))]
 
 
-def _both() -> tuple[_Side, _Side]:
-    return _Side(_StockConnection, fast=False), _Side(Connection, fast=True)
+@contextmanager
+def _both() -> Iterator[tuple[_Side, _Side]]:
+    """Stock pika and zhpc's connection, each set up alike; their ioloops closed after."""
+    stock, ours = _Side(_StockConnection, fast=False), _Side(Connection, fast=True)
+    try:
+        yield stock, ours
+    finally:
+        stock.close()
+        ours.close()
 
 
 def test_every_split_of_a_stream_is_read_as_pika_reads_it() -> None:
     data = b"".join(_stream())
     count = 0
     for chunks in _splits(data):
-        stock, ours = _both()
-        try:
+        with _both() as (stock, ours):
             expected = stock.feed(chunks)
             assert ours.feed(chunks) == expected, f"split into {[len(c) for c in chunks]}"
             assert ours.counters() == stock.counters()
             assert ours.conn._frame_buffer == stock.conn._frame_buffer == b""
             count += 1
-        finally:
-            stock.close()
-            ours.close()
     assert count == len(data) + 1
     kinds = [entry[0] for entry in expected]
     assert kinds.count("deliver") == 12 and kinds.count("confirm") == 3
@@ -156,21 +160,16 @@ def test_every_split_of_a_stream_is_read_as_pika_reads_it() -> None:
 def test_a_read_that_ends_inside_a_delivery_keeps_the_rest_for_the_next() -> None:
     frames = _delivery(1, 1, b"x" * 5000)
     data = b"".join(frames)
-    stock, ours = _both()
-    try:
+    with _both() as (stock, ours):
         for side in (stock, ours):
             assert side.feed([data[:-3]]) == []
             assert len(side.conn._frame_buffer) > 0
         assert ours.feed([data[-3:]]) == stock.feed([data[-3:]])
         assert len(ours.seen) == 1 and ours.seen[0][4] == b"x" * 5000
-    finally:
-        stock.close()
-        ours.close()
 
 
 def test_a_channel_pika_no_longer_holds_leaves_the_short_path() -> None:
-    stock, ours = _both()
-    try:
+    with _both() as (_stock, ours):
         replacement = pika.channel.Channel(ours.conn, 1, lambda _ch: None)
         replacement._set_state(replacement.OPEN)
         ours.conn._channels[1] = replacement  # channel 1 closed and was opened again
@@ -178,28 +177,20 @@ def test_a_channel_pika_no_longer_holds_leaves_the_short_path() -> None:
         ours.feed([data])
         assert ours.seen == []  # the new channel has no consumer: pika logs and drops it
         assert ours.counters() == (len(data), 3)
-    finally:
-        stock.close()
-        ours.close()
 
 
 def test_a_broken_frame_end_is_refused_as_pika_refuses_it() -> None:
     data = bytearray(b"".join(_delivery(1, 1, b"body")))
     data[-1] = 0
-    stock, ours = _both()
-    try:
+    with _both() as (stock, ours):
         for side in (stock, ours):
             with pytest.raises(pika.exceptions.InvalidFrameError):
                 side.feed([bytes(data)])
-    finally:
-        stock.close()
-        ours.close()
 
 
 @pytest.mark.parametrize("size", [0, 1, BODY_MAX, BODY_MAX + 1, 3 * BODY_MAX + 5])
 def test_a_publish_writes_what_pika_writes(size: int) -> None:
-    stock, ours = _both()
-    try:
+    with _both() as (stock, ours):
         body = bytes(i % 251 for i in range(size))
         props = pika.BasicProperties(
             headers={"zhpc-message-id": "m1", "n": 3, "d": {"a": [1, None]}},
@@ -215,14 +206,10 @@ def test_a_publish_writes_what_pika_writes(size: int) -> None:
             stock.conn.bytes_sent,
             stock.conn.frames_sent,
         )
-    finally:
-        stock.close()
-        ours.close()
 
 
 def test_a_publish_that_cannot_be_encoded_writes_nothing() -> None:
-    stock, ours = _both()
-    try:
+    with _both() as (_stock, ours):
         props = pika.BasicProperties(headers={"float": 1.5})
         with pytest.raises(pika.exceptions.UnsupportedAMQPFieldException):
             ours.conn.publish(ours.channels[1], "", "q.out", b"body", props, True)
@@ -234,9 +221,6 @@ def test_a_publish_that_cannot_be_encoded_writes_nothing() -> None:
         ours.channels[1]._set_state(ours.channels[1].CLOSED)
         with pytest.raises(pika.exceptions.ChannelWrongStateError):
             ours.conn.publish(ours.channels[1], "", "q.out", b"body", pika.BasicProperties(), True)
-    finally:
-        stock.close()
-        ours.close()
 
 
 def test_the_frames_used_here_are_amqp_frames() -> None:

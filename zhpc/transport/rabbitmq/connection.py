@@ -51,7 +51,6 @@ _DELIVER = pika.spec.Basic.Deliver.INDEX
 _ACK = pika.spec.Basic.Ack.INDEX
 _METHOD, _HEADER, _BODY = pika.spec.FRAME_METHOD, pika.spec.FRAME_HEADER, pika.spec.FRAME_BODY
 _FRAME_KINDS = frozenset((_METHOD, _HEADER, _BODY, pika.spec.FRAME_HEARTBEAT))
-_CONTENT_PREFIX = struct.Struct(">HxxQ")  # class id, weight (0), body size
 _END_BYTE = bytes((_FRAME_END,))
 _BASIC_CLASS = pika.spec.BasicProperties.INDEX
 #: How many basic.publish frames a connection keeps (destinations of one service are few).
@@ -112,7 +111,7 @@ class Connection(pika.SelectConnection):
         frames = [
             method,
             _HEAD.pack(_HEADER, number, 12 + len(header))
-            + _CONTENT_PREFIX.pack(_BASIC_CLASS, length)
+            + _CONTENT_HEAD.pack(_BASIC_CLASS, 0, length)
             + header
             + _END_BYTE,
         ]
@@ -141,7 +140,7 @@ class Connection(pika.SelectConnection):
 
     # -- reads ------------------------------------------------------------------------------------
     def _init_connection_state(self) -> None:
-        self._incarnation = getattr(self, "_incarnation", 0) + 1
+        self._incarnation += 1
         self._fast = {}
         super()._init_connection_state()
 
@@ -155,18 +154,14 @@ class Connection(pika.SelectConnection):
         size = len(data)
         pos = 0
         while pos < size:
-            if size - pos < 8:
-                break
-            kind, channel_number, length = _HEAD.unpack_from(data, pos)
-            if kind not in _FRAME_KINDS:  # not a frame (a protocol header): pika's to handle
+            if data[pos] not in _FRAME_KINDS:  # not a frame (a protocol header): pika's to handle
                 self._frame_buffer = data[pos:]
                 super()._on_data_available(b"")
                 return
-            end = pos + 7 + length  # index of the frame-end octet
-            if end >= size:
+            frame = _frame_at(data, pos)
+            if frame is None:
                 break
-            if data[end] != _FRAME_END:
-                raise pika.exceptions.InvalidFrameError("Invalid FRAME_END marker")
+            kind, channel_number, end = frame
             used = _NOT_FAST
             if kind == _METHOD and channel_number in self._fast:
                 used = self._short_path(data, pos, end, channel_number)
@@ -204,37 +199,28 @@ class Connection(pika.SelectConnection):
 
     def _delivery(self, channel: Any, data: bytes, pos: int, end: int) -> int:
         """A whole delivery starting at ``pos``, handed to pika's ``Channel._on_deliver``."""
-        size = len(data)
         number = channel.channel_number
         head = end + 1
-        if head + 7 > size:
+        frame = _frame_at(data, head)
+        if frame is None:
             return _INCOMPLETE
-        kind, frame_channel, length = _HEAD.unpack_from(data, head)
+        kind, frame_channel, head_end = frame
         if kind != _HEADER or frame_channel != number:
             return _NOT_FAST
-        head_end = head + 7 + length
-        if head_end >= size:
-            return _INCOMPLETE
-        if data[head_end] != _FRAME_END:
-            raise pika.exceptions.InvalidFrameError("Invalid FRAME_END marker")
         class_id, _weight, body_size = _CONTENT_HEAD.unpack_from(data, head + 7)
         fragments = []
         seen = 0
         frames = 2
         cursor = head_end + 1
         while seen < body_size:
-            if cursor + 7 > size:
+            frame = _frame_at(data, cursor)
+            if frame is None:
                 return _INCOMPLETE
-            kind, frame_channel, length = _HEAD.unpack_from(data, cursor)
+            kind, frame_channel, frame_end = frame
             if kind != _BODY or frame_channel != number:
                 return _NOT_FAST  # pika assembles it, and complains as it would
-            frame_end = cursor + 7 + length
-            if frame_end >= size:
-                return _INCOMPLETE
-            if data[frame_end] != _FRAME_END:
-                raise pika.exceptions.InvalidFrameError("Invalid FRAME_END marker")
             fragments.append(data[cursor + 7 : frame_end])
-            seen += length
+            seen += frame_end - cursor - 7
             frames += 1
             cursor = frame_end + 1
         if seen > body_size:
@@ -251,3 +237,17 @@ class Connection(pika.SelectConnection):
         header = pika.frame.Header(number, body_size, properties)
         channel._on_deliver(pika.frame.Method(number, method), header, body)
         return used
+
+
+def _frame_at(data: bytes, pos: int) -> tuple[int, int, int] | None:
+    """The type, channel and frame-end index of the frame at ``pos``; None if this read
+    ends inside it."""
+    if pos + 7 > len(data):
+        return None
+    kind, channel_number, length = _HEAD.unpack_from(data, pos)
+    end = pos + 7 + length
+    if end >= len(data):
+        return None
+    if data[end] != _FRAME_END:
+        raise pika.exceptions.InvalidFrameError("Invalid FRAME_END marker")
+    return kind, channel_number, end
